@@ -1,0 +1,97 @@
+"""agentgym-runtime: make production AI agents better at using their tools, while they serve.
+
+Add one decorator to an agent you already run; every run is recorded as an
+OpenTelemetry episode in an embedded DuckDB file, rewarded, and (with training
+configured) used to improve the agent's policy.
+
+Example:
+    >>> import agentgym_runtime as agentgym
+    >>> @agentgym.tool
+    ... def lookup(order_id: int) -> str:
+    ...     return "shipped"
+    >>> @agentgym.train_online(name="support")
+    ... def support(question: str) -> str:
+    ...     return lookup(order_id=1)
+    >>> support("where is my order?")
+    'shipped'
+    >>> agentgym.last_episode().tool_reliability
+    1.0
+
+Importing this package loads no agent framework, torch or Agent Lightning: names
+are resolved on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from agentgym_runtime._version import __version__
+
+if TYPE_CHECKING:
+    from agentgym_runtime.api import (
+        configure,
+        current_episode,
+        episode,
+        export,
+        feedback,
+        flush,
+        last_episode,
+        shutdown,
+        stats,
+    )
+    from agentgym_runtime.config import Settings
+    from agentgym_runtime.context import Episode
+    from agentgym_runtime.decorator import train_online
+    from agentgym_runtime.errors import (
+        AgentGymError,
+        ConfigurationError,
+        EpisodeNotFoundError,
+        MissingExtraError,
+        StoreUnavailableError,
+        ToolArgumentsError,
+        UnknownToolError,
+    )
+    from agentgym_runtime.semconv import ToolOutcome
+    from agentgym_runtime.tools import Tool, Toolbox, tool
+
+_EXPORTS: dict[str, str] = {
+    "configure": "agentgym_runtime.api",
+    "current_episode": "agentgym_runtime.api",
+    "episode": "agentgym_runtime.api",
+    "export": "agentgym_runtime.api",
+    "feedback": "agentgym_runtime.api",
+    "flush": "agentgym_runtime.api",
+    "last_episode": "agentgym_runtime.api",
+    "shutdown": "agentgym_runtime.api",
+    "stats": "agentgym_runtime.api",
+    "Settings": "agentgym_runtime.config",
+    "Episode": "agentgym_runtime.context",
+    "train_online": "agentgym_runtime.decorator",
+    "AgentGymError": "agentgym_runtime.errors",
+    "ConfigurationError": "agentgym_runtime.errors",
+    "EpisodeNotFoundError": "agentgym_runtime.errors",
+    "MissingExtraError": "agentgym_runtime.errors",
+    "StoreUnavailableError": "agentgym_runtime.errors",
+    "ToolArgumentsError": "agentgym_runtime.errors",
+    "UnknownToolError": "agentgym_runtime.errors",
+    "ToolOutcome": "agentgym_runtime.semconv",
+    "Tool": "agentgym_runtime.tools",
+    "Toolbox": "agentgym_runtime.tools",
+    "tool": "agentgym_runtime.tools",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentgym_runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

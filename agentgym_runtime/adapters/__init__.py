@@ -1,0 +1,89 @@
+"""Framework adapters: one isolated module per framework, loaded only when used.
+
+:func:`adapter_for` picks the adapter for an agent object, from its class
+hierarchy (no framework is imported to find out) or from an explicit
+``framework=`` name.
+
+Example:
+    >>> from agentgym_runtime.adapters import adapter_for
+    >>> type(adapter_for(print)).__name__
+    'CallableAdapter'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from agentgym_runtime.adapters.base import Adapter, AgentProxy, class_modules
+from agentgym_runtime.adapters.callable import CallableAdapter
+from agentgym_runtime.errors import ConfigurationError, MissingExtraError
+
+#: framework name -> (adapter "module:Class", extra, module prefixes that identify it)
+FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "langchain": (
+        "agentgym_runtime.adapters.langchain:LangChainAdapter",
+        "langchain",
+        ("langchain", "langchain_core", "langgraph", "langchain_classic"),
+    ),
+    "autogen": (
+        "agentgym_runtime.adapters.autogen:AutoGenAdapter",
+        "autogen",
+        ("autogen_agentchat", "autogen_core", "autogen_ext"),
+    ),
+    "crewai": ("agentgym_runtime.adapters.crewai:CrewAIAdapter", "crewai", ("crewai",)),
+    "callable": ("agentgym_runtime.adapters.callable:CallableAdapter", None, ()),
+}
+
+_instances: dict[str, Adapter] = {}
+
+
+def detect_framework(obj: Any) -> str:
+    """The framework ``obj`` belongs to, from its class hierarchy; ``"callable"`` otherwise."""
+    modules = class_modules(obj)
+    for name, (_, _, prefixes) in FRAMEWORKS.items():
+        if any(m == p or m.startswith(p + ".") for m in modules for p in prefixes):
+            return name
+    return "callable"
+
+
+def load_adapter(framework: str) -> Adapter:
+    """The (shared) adapter instance for ``framework``.
+
+    Raises:
+        ConfigurationError: Unknown framework name.
+        MissingExtraError: The framework's extra is not installed.
+    """
+    if framework not in FRAMEWORKS:
+        raise ConfigurationError(f"unknown framework {framework!r}; choose one of: {', '.join(sorted(FRAMEWORKS))}")
+    adapter = _instances.get(framework)
+    if adapter is not None:
+        return adapter
+    target, extra, _ = FRAMEWORKS[framework]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or framework
+        if missing.startswith("agentgym_runtime"):
+            raise
+        raise MissingExtraError(framework, extra or framework, missing) from exc
+    adapter = getattr(module, class_name)()
+    _instances[framework] = adapter
+    return adapter
+
+
+def adapter_for(obj: Any, framework: str | None = None) -> Adapter:
+    """The adapter for ``obj``: the forced ``framework``, else the detected one."""
+    return load_adapter(framework or detect_framework(obj))
+
+
+__all__ = [
+    "FRAMEWORKS",
+    "Adapter",
+    "AgentProxy",
+    "CallableAdapter",
+    "adapter_for",
+    "detect_framework",
+    "load_adapter",
+]

@@ -1,0 +1,148 @@
+"""The adapter interface: detect an agent object, capture its calls, apply a policy, undo.
+
+Each framework has one module in this package holding one :class:`Adapter`
+subclass; framework imports happen only inside that module. Detection looks at
+the module names in the object's class hierarchy, so it never imports a
+framework the host does not already use.
+
+Example:
+    >>> from agentgym_runtime.adapters.callable import CallableAdapter
+    >>> CallableAdapter.detects(len)
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import wrapt
+
+from agentgym_runtime.episodes import AgentOptions
+from agentgym_runtime.wrapping import CallKind, run_kind
+
+
+def class_modules(obj: Any) -> tuple[str, ...]:
+    """Module names of every class in ``obj``'s type hierarchy (``obj`` itself if a class)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return tuple(getattr(k, "__module__", "") or "" for k in cls.__mro__)
+
+
+class Adapter:
+    """Base class of the framework adapters.
+
+    Subclasses set :attr:`framework`, :attr:`extra`, :attr:`module_prefixes` and
+    :attr:`entry_points`, and override the hooks they need.
+    """
+
+    framework: ClassVar[str] = "callable"
+    extra: ClassVar[str | None] = None
+    module_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Entry-point method names and their shapes; ``None`` infers the shape from the method.
+    entry_points: ClassVar[Mapping[str, CallKind | None]] = {}
+
+    _instrument_lock: ClassVar[threading.Lock] = threading.Lock()
+    _instrument_count: ClassVar[int] = 0
+
+    @classmethod
+    def detects(cls, obj: Any) -> bool:
+        """Whether ``obj`` belongs to this adapter's framework."""
+        modules = class_modules(obj)
+        return any(m == p or m.startswith(p + ".") for m in modules for p in cls.module_prefixes)
+
+    # --- global instrumentation (reference counted, reversible) ------------------------------
+    def instrument(self) -> None:
+        """Install the framework-wide hooks this adapter needs (idempotent, reference counted)."""
+        cls = type(self)
+        with cls._instrument_lock:
+            if cls._instrument_count == 0:
+                self._install()
+            cls._instrument_count += 1
+
+    def uninstrument(self) -> None:
+        """Release one :meth:`instrument`; the hooks go away with the last release."""
+        cls = type(self)
+        with cls._instrument_lock:
+            if cls._instrument_count == 0:
+                return
+            cls._instrument_count -= 1
+            if cls._instrument_count == 0:
+                self._remove()
+
+    def _install(self) -> None:
+        """Install framework hooks (override)."""
+
+    def _remove(self) -> None:
+        """Remove what :meth:`_install` installed (override)."""
+
+    # --- per call ---------------------------------------------------------------------------
+    def prepare_call(self, target: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Adjust the call's arguments before it runs (e.g. inject a callback handler)."""
+        return args, kwargs
+
+    def call_input(self, target: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """What to record as the episode's input."""
+        if len(args) == 1 and not kwargs:
+            return args[0]
+        if not args and not kwargs:
+            return None
+        return {"args": list(args), "kwargs": kwargs}
+
+    def wrap(self, obj: Any, options: AgentOptions) -> Any:
+        """Return a transparent proxy of ``obj`` whose entry points run as episodes."""
+        self.instrument()
+        return AgentProxy(obj, self, options)
+
+    def run(self, target: Any, method: str, kind: CallKind | None, options: AgentOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one entry point of ``target`` as an episode."""
+        bound: Callable[..., Any] = getattr(target, method) if method != "__call__" else target
+        actual = kind or CallKind.of(bound if method != "__call__" else type(target).__call__)
+        call_input = self.call_input(target, method, args, kwargs)
+        args, kwargs = self.prepare_call(target, method, args, kwargs)
+        return run_kind(actual, options, bound, args, kwargs, call_input)
+
+
+class AgentProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A transparent stand-in for an agent: same type checks, attributes and methods.
+
+    Only the adapter's entry points behave differently: each call is one episode.
+    """
+
+    def __init__(self, wrapped: Any, adapter: Adapter, options: AgentOptions) -> None:
+        super().__init__(wrapped)
+        self._self_adapter = adapter
+        self._self_options = options
+
+    @property
+    def agentgym_options(self) -> AgentOptions:
+        """How this agent is recorded."""
+        return self._self_options
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        adapter = self._self_adapter
+        kind = adapter.entry_points.get("__call__")
+        return adapter.run(self.__wrapped__, "__call__", kind, self._self_options, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.__wrapped__, name)
+        adapter = self._self_adapter
+        if name in adapter.entry_points and callable(value):
+            kind = adapter.entry_points[name]
+            options = self._self_options
+            wrapped = self.__wrapped__
+
+            def entry_point(*args: Any, **kwargs: Any) -> Any:
+                return adapter.run(wrapped, name, kind, options, args, kwargs)
+
+            entry_point.__name__ = name
+            entry_point.__doc__ = getattr(value, "__doc__", None)
+            entry_point.__wrapped__ = value  # type: ignore[attr-defined]
+            return entry_point
+        return value
+
+    def __repr__(self) -> str:
+        return f"<agentgym {self._self_adapter.framework} proxy of {self.__wrapped__!r}>"
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("agentgym agent proxies cannot be pickled; pickle the wrapped agent instead")

@@ -1,0 +1,119 @@
+"""Attach agentgym-runtime to an OpenTelemetry ``TracerProvider``.
+
+One :class:`EpisodeSpanProcessor` is added per provider (the SDK cannot remove a
+processor, so reconfiguring swaps what it delegates to instead). It
+
+* stamps every span that *starts* inside an episode (ours, or another library's,
+  e.g. AutoGen's native ``execute_tool`` spans) with the episode id, policy
+  version and agent name, so foreign spans are attributed without any patching;
+* forwards to the store only spans that belong to an episode or come from our
+  own instrumentation scope; the host's other spans stay with the host's
+  exporters.
+
+If the host application already installed an SDK ``TracerProvider``, we join
+it and its exporters keep receiving everything; otherwise we install one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+
+from agentgym_runtime import semconv
+from agentgym_runtime.collectors.stats import PipelineStats
+
+logger = logging.getLogger("agentgym_runtime.processor")
+
+StampFn = Callable[[], dict[str, str | int] | None]
+"""Returns the attributes to stamp on a span starting now (``None`` outside an episode)."""
+
+
+class EpisodeSpanProcessor(SpanProcessor):
+    """Stamp episode context on starting spans and route episode spans to the store pipeline.
+
+    Args:
+        stamp: Gives the current episode's attributes, or ``None``.
+    """
+
+    def __init__(self, stamp: StampFn) -> None:
+        self._stamp = stamp
+        self._pipeline: SpanProcessor | None = None
+        self._stats: PipelineStats | None = None
+
+    def set_pipeline(self, pipeline: SpanProcessor | None, stats: PipelineStats | None) -> None:
+        """Route from now on to ``pipeline`` (``None`` stops routing)."""
+        self._pipeline = pipeline
+        self._stats = stats
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        scope = span.instrumentation_scope
+        if scope is not None and scope.name == semconv.SCOPE_NAME:
+            return  # our own spans carry their attributes from creation
+        try:
+            attributes = self._stamp()
+            if attributes:
+                existing = span.attributes or {}
+                span.set_attributes({k: v for k, v in attributes.items() if k not in existing})
+        except Exception:  # never let stamping break another library's span
+            logger.debug("agentgym: stamping a span failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        attributes = span.attributes or {}
+        scope = span.instrumentation_scope
+        if semconv.EPISODE_ID in attributes or (scope is not None and scope.name == semconv.SCOPE_NAME):
+            stats = self._stats
+            if stats is not None:
+                stats.incr_enqueued()
+            pipeline.on_end(span)
+
+    def shutdown(self) -> None:
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        pipeline = self._pipeline
+        return pipeline.force_flush(timeout_millis) if pipeline is not None else True
+
+
+_attached: weakref.WeakKeyDictionary[TracerProvider, EpisodeSpanProcessor] = weakref.WeakKeyDictionary()
+_attach_lock = threading.Lock()
+
+
+def resolve_provider(service_name: str, *, install_global: bool) -> tuple[TracerProvider, bool]:
+    """Find the SDK provider to join, installing ours if the host has none.
+
+    Returns:
+        The provider and whether it is the host's own (``True``) or ours.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current, not getattr(current, "_agentgym_owned", False)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider._agentgym_owned = True  # type: ignore[attr-defined]
+    if install_global and isinstance(current, trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:  # lost a race with the host
+            return resolve_provider(service_name, install_global=False)
+    return provider, False
+
+
+def router_for(provider: TracerProvider, stamp: StampFn) -> EpisodeSpanProcessor:
+    """The one :class:`EpisodeSpanProcessor` of ``provider``, added on first use."""
+    with _attach_lock:
+        router = _attached.get(provider)
+        if router is None:
+            router = EpisodeSpanProcessor(stamp)
+            provider.add_span_processor(router)
+            _attached[provider] = router
+        return router

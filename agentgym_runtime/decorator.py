@@ -1,0 +1,229 @@
+"""``@agentgym.train_online``: one decorator on an agent that already runs.
+
+On a function (sync, async, generator or async generator) each call becomes an
+episode; on an agent object (LangChain, AutoGen, CrewAI or any callable) it
+returns a transparent proxy whose entry points do the same. The wrapped agent
+returns exactly what it returned and raises exactly what it raised.
+
+Example:
+    >>> import agentgym_runtime as agentgym
+    >>> @agentgym.train_online(name="greeter")
+    ... def greet(name: str) -> str:
+    ...     '''Say hello.'''
+    ...     return f"hello {name}"
+    >>> greet("ada"), greet.__name__, greet.__doc__
+    ('hello ada', 'greet', 'Say hello.')
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from agentgym_runtime.adapters import FRAMEWORKS, adapter_for
+from agentgym_runtime.episodes import AgentOptions
+from agentgym_runtime.errors import ConfigurationError
+from agentgym_runtime.rewards import RewardFn, RewardSource
+from agentgym_runtime.wrapping import CallKind, call_async, call_sync, iterate_async, iterate_sync
+
+T = TypeVar("T")
+
+
+def _entrypoint(fn: Callable[..., Any]) -> str | None:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None
+
+
+def _input_recorder(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    """Record the call's arguments by parameter name, so a replay can call ``fn(**input)``."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return lambda args, kwargs: {"args": list(args), "kwargs": kwargs}
+    params = list(signature.parameters)
+    skip_first = bool(params) and params[0] in ("self", "cls")
+
+    def record(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return {"args": list(args), "kwargs": kwargs}
+        if skip_first and params[0] in bound:
+            bound = {k: v for k, v in bound.items() if k != params[0]}
+        return dict(bound)
+
+    return record
+
+
+def _wrap_function(fn: Callable[..., Any], options: AgentOptions) -> Callable[..., Any]:
+    record = _input_recorder(fn)
+    kind = CallKind.of(fn)
+    wrapper: Callable[..., Any]
+    if kind is CallKind.ASYNC:
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await call_async(options, fn, args, kwargs, record(args, kwargs))
+
+        wrapper = async_wrapper
+    elif kind is CallKind.GENERATOR:
+
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return (yield from iterate_sync(options, fn, args, kwargs, record(args, kwargs)))
+
+        wrapper = gen_wrapper
+    elif kind is CallKind.ASYNC_GENERATOR:
+
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            async for item in iterate_async(options, fn, args, kwargs, record(args, kwargs)):
+                yield item
+
+        wrapper = agen_wrapper
+    else:
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return call_sync(options, fn, args, kwargs, record(args, kwargs))
+
+        wrapper = sync_wrapper
+    functools.update_wrapper(wrapper, fn)
+    wrapper.agentgym_options = options  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _options(
+    target: Any,
+    *,
+    name: str | None,
+    scenario: Any,
+    reward: RewardFn | RewardSource | None,
+    framework: str | None,
+    session_id: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> AgentOptions:
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+    if reward is not None and not callable(reward) and not isinstance(reward, RewardSource):
+        raise ConfigurationError(f"reward must be a callable (episode[, output]) -> float, got {type(reward).__name__}")
+    if framework is not None and framework not in FRAMEWORKS:
+        raise ConfigurationError(f"unknown framework {framework!r}; choose one of: {', '.join(sorted(FRAMEWORKS))}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    if scenario is not None and not isinstance(scenario, str) and not isinstance(scenario, RewardSource):
+        raise ConfigurationError("scenario must be a scenario name or an object with a reward(episode, output) method")
+    return AgentOptions(
+        name=name or _default_name(target),
+        scenario=scenario,
+        reward=reward,
+        framework=framework,
+        entrypoint=_entrypoint(target) if inspect.isroutine(target) else _entrypoint(type(target)),
+        session_id=session_id,
+        metadata=dict(metadata or {}),
+    )
+
+
+def _default_name(target: Any) -> str:
+    if inspect.isroutine(target):
+        return str(getattr(target, "__name__", "agent"))
+    for attribute in ("name", "role"):
+        value = getattr(target, attribute, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return type(target).__name__
+
+
+@overload
+def train_online(target: T, /) -> T: ...
+@overload
+def train_online(
+    target: T,
+    /,
+    *,
+    name: str | None = ...,
+    scenario: Any = ...,
+    reward: RewardFn | RewardSource | None = ...,
+    framework: str | None = ...,
+    session_id: str | None = ...,
+    metadata: Mapping[str, Any] | None = ...,
+) -> T: ...
+@overload
+def train_online(
+    *,
+    name: str | None = ...,
+    scenario: Any = ...,
+    reward: RewardFn | RewardSource | None = ...,
+    framework: str | None = ...,
+    session_id: str | None = ...,
+    metadata: Mapping[str, Any] | None = ...,
+) -> Callable[[T], T]: ...
+def train_online(
+    target: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    scenario: Any = None,
+    reward: RewardFn | RewardSource | None = None,
+    framework: str | None = None,
+    session_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """Record every run of an agent as an episode (and, with training configured, improve it).
+
+    Args:
+        target: A function that runs the agent, or the agent object itself.
+        name: The agent's name in the store (default: the function's name or agent's ``name``).
+        scenario: A scenario name, or an object whose ``reward(episode, output)`` rewards runs.
+        reward: ``reward(episode)`` or ``reward(episode, output)`` → float; default: tool reliability.
+        framework: Force an adapter (``"langchain"``, ``"autogen"``, ``"crewai"``, ``"callable"``).
+        session_id: Default session id of the episodes (used for sticky canary routing).
+        metadata: Stored with every episode.
+
+    Returns:
+        The wrapped function, or a transparent proxy of the agent object.
+
+    Raises:
+        ConfigurationError: An argument cannot work (the message names it).
+        MissingExtraError: The agent's framework extra is not installed.
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> @agentgym.train_online
+        ... async def answer(question: str) -> str:
+        ...     return "42"
+        >>> import asyncio
+        >>> asyncio.run(answer("why?"))
+        '42'
+    """
+
+    def apply(obj: Any) -> Any:
+        if isinstance(obj, type):
+            raise ConfigurationError(
+                f"train_online wraps functions and agent objects, not classes: wrap an instance, "
+                f"e.g. agentgym.train_online({obj.__name__}(...))"
+            )
+        if obj is None or not (callable(obj) or framework is not None or _has_entry_point(obj)):
+            raise ConfigurationError(f"train_online needs a function or an agent object, got {type(obj).__name__}")
+        options = _options(
+            obj,
+            name=name,
+            scenario=scenario,
+            reward=reward,
+            framework=framework,
+            session_id=session_id,
+            metadata=metadata,
+        )
+        if inspect.isroutine(obj) or isinstance(obj, functools.partial):
+            if framework is None or framework == "callable":
+                return _wrap_function(obj, options)
+        adapter = adapter_for(obj, framework)
+        options.framework = options.framework or adapter.framework
+        return adapter.wrap(obj, options)
+
+    if target is None:
+        return apply
+    return apply(target)
+
+
+def _has_entry_point(obj: Any) -> bool:
+    return any(callable(getattr(obj, n, None)) for n in ("invoke", "run", "kickoff", "ainvoke", "arun"))

@@ -1,0 +1,358 @@
+"""``@agentgym.tool``: plain Python tools with a JSON schema, validation and a span per call.
+
+The schema comes from the function's type hints (through pydantic); arguments
+are validated before the function runs, so a model's bad call never reaches
+the tool: the caller gets a :class:`~agentgym_runtime.errors.ToolArgumentsError`
+naming the argument, and the call is recorded as ``invalid_arguments``.
+
+Example:
+    >>> import agentgym_runtime as agentgym
+    >>> @agentgym.tool
+    ... def get_order(order_id: int) -> dict:
+    ...     '''Look up an order.'''
+    ...     return {"id": order_id, "status": "shipped"}
+    >>> get_order(order_id=7)
+    {'id': 7, 'status': 'shipped'}
+    >>> get_order.parameters["required"]
+    ['order_id']
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError, UnknownToolError
+from agentgym_runtime.recording import ToolCall, record_tool_failure, start_tool_call
+from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.semconv import ToolOutcome
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """Summary paragraph and Google-style ``Args:`` descriptions of ``fn``'s docstring."""
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.split("\n\n", 1)[0].strip()
+    params: dict[str, str] = {}
+    lines = doc.splitlines()
+    inside = False
+    current: str | None = None
+    for line in lines:
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:", "Parameters:"):
+            inside = True
+            continue
+        if inside:
+            if stripped.endswith(":") and " " not in stripped:
+                break  # next section, e.g. "Returns:"
+            if not stripped:
+                continue
+            head, sep, rest = stripped.partition(":")
+            name = head.split("(")[0].strip()
+            if sep and name.isidentifier() and line.startswith(("    ", "\t")) and not line.startswith(("        ", "\t\t")):
+                current = name
+                params[name] = rest.strip()
+            elif current:
+                params[current] = f"{params[current]} {stripped}".strip()
+    return summary, params
+
+
+def _arguments_model(fn: Callable[..., Any], name: str, descriptions: Mapping[str, str]) -> type[BaseModel]:
+    from pydantic import Field
+
+    signature = inspect.signature(fn)
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:
+        hints = {}
+    fields: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise ConfigurationError(
+                f"tool {name!r}: parameter {param.name!r} must be a named parameter "
+                "(tools are called with keyword arguments from JSON; *args, **kwargs and positional-only are not allowed)"
+            )
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, Field(default, description=descriptions.get(param.name)))
+    model_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Arguments"
+    return create_model(model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+
+
+def _problems(error: ValidationError) -> list[dict[str, Any]]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(p) for p in item.get("loc", ())) or "(arguments)"
+        problems.append({"argument": loc, "message": item.get("msg", "invalid"), "type": item.get("type", "")})
+    return problems
+
+
+class Tool(Generic[P, R]):
+    """A function callable by an agent, with a schema, validation and recording.
+
+    Create it with :func:`agentgym_runtime.tool`. Calling it behaves like the function
+    (same return value, same exceptions) after validating the arguments.
+
+    Attributes:
+        name: The tool's name as models see it.
+        description: What the tool does (first paragraph of the docstring by default).
+        parameters: JSON schema of the arguments.
+    """
+
+    def __init__(self, fn: Callable[P, R], *, name: str | None = None, description: str | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"tool needs a function, got {type(fn).__name__}")
+        tool_name = name or getattr(fn, "__name__", None)
+        if not tool_name or not isinstance(tool_name, str):
+            raise ConfigurationError("tool needs a name: pass name=... for callables without __name__")
+        summary, param_docs = _doc_parts(fn)
+        self.fn = fn
+        self.name: str = tool_name
+        self.description: str = description if description is not None else summary
+        self._model = _arguments_model(fn, tool_name, param_docs)
+        self._fields = tuple(self._model.model_fields)
+        self.parameters: dict[str, Any] = _clean_schema(self._model.model_json_schema())
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    # --- schema -----------------------------------------------------------------------------
+    def definition(self) -> dict[str, Any]:
+        """``{"name", "description", "parameters"}``: what an LLM is offered."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The definition in OpenAI's ``tools=[...]`` format."""
+        return {"type": "function", "function": self.definition()}
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate keyword ``arguments``; return them converted to the declared types.
+
+        Raises:
+            ToolArgumentsError: Names each argument that is missing, unknown or of the wrong type.
+        """
+        if not isinstance(arguments, Mapping):
+            raise ToolArgumentsError(
+                self.name, [{"argument": "(arguments)", "message": f"expected an object, got {type(arguments).__name__}", "type": "type"}]
+            )
+        try:
+            model = self._model.model_validate(dict(arguments))
+        except ValidationError as exc:
+            raise ToolArgumentsError(self.name, _problems(exc)) from None
+        return {field: getattr(model, field) for field in self._fields}
+
+    # --- calling ----------------------------------------------------------------------------
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not args:
+            return kwargs
+        try:
+            bound = self._signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise ToolArgumentsError(self.name, [{"argument": "(arguments)", "message": str(exc), "type": "binding"}]) from None
+        return dict(bound.arguments)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        arguments = self._bind(args, kwargs)
+        if self.is_async:
+            return self._acall(arguments, None)  # type: ignore[return-value]
+        return self._call(arguments, None)
+
+    def call_with(self, arguments: Mapping[str, Any], *, call_id: str | None = None) -> R:
+        """Call with keyword ``arguments`` (as parsed from a model's tool call)."""
+        if self.is_async:
+            return self._acall(dict(arguments), call_id)  # type: ignore[return-value]
+        return self._call(dict(arguments), call_id)
+
+    def _open(self, arguments: dict[str, Any], call_id: str | None) -> ToolCall | None:
+        runtime = get_runtime()
+        if not runtime.settings.enabled:
+            return None
+        try:
+            return start_tool_call(self.name, call_id=call_id, arguments=arguments, runtime=runtime)
+        except Exception as exc:
+            runtime.internal_error("tool start", exc)
+            return None
+
+    def _validated(self, call: ToolCall | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.validate(arguments)
+        except ToolArgumentsError as exc:
+            if call is not None:
+                _guard(lambda: call.fail(ToolOutcome.INVALID_ARGUMENTS, message=str(exc)))
+            raise
+
+    def _call(self, arguments: dict[str, Any], call_id: str | None) -> R:
+        call = self._open(arguments, call_id)
+        validated = self._validated(call, arguments)
+        try:
+            result = self.fn(**validated)  # type: ignore[call-arg]
+        except BaseException as exc:
+            if call is not None:
+                _guard(lambda: call.fail(ToolOutcome.TOOL_ERROR, error=exc))
+            raise
+        if call is not None:
+            _guard(lambda: call.succeed(result))
+        return result
+
+    async def _acall(self, arguments: dict[str, Any], call_id: str | None) -> Any:
+        call = self._open(arguments, call_id)
+        validated = self._validated(call, arguments)
+        try:
+            result = await self.fn(**validated)  # type: ignore[call-arg, misc]
+        except BaseException as exc:
+            if call is not None:
+                _guard(lambda: call.fail(ToolOutcome.TOOL_ERROR, error=exc))
+            raise
+        if call is not None:
+            _guard(lambda: call.succeed(result))
+        return result
+
+    def __repr__(self) -> str:
+        return f"<agentgym tool {self.name!r}>"
+
+
+def _guard(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as exc:
+        get_runtime().internal_error("tool end", exc)
+
+
+def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    schema = dict(schema)
+    schema.pop("title", None)
+    props = schema.get("properties") or {}
+    schema["properties"] = {k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in props.items()}
+    schema.setdefault("required", [])
+    schema["additionalProperties"] = False
+    return schema
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+@overload
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+def tool(
+    fn: Callable[P, R] | None = None, /, *, name: str | None = None, description: str | None = None
+) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
+    """Make ``fn`` an agent tool: schema from type hints, validated calls, one span per call.
+
+    Args:
+        fn: The function (when used bare, ``@agentgym.tool``).
+        name: The name models see (default: the function's name).
+        description: What models are told the tool does (default: the docstring's summary).
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> @agentgym.tool(name="add", description="Add two integers.")
+        ... def add_numbers(a: int, b: int) -> int:
+        ...     return a + b
+        >>> add_numbers(a=2, b=3), add_numbers.name
+        (5, 'add')
+    """
+
+    def decorate(function: Callable[P, R]) -> Tool[P, R]:
+        return Tool(function, name=name, description=description)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+class Toolbox:
+    """Tools by name, with dispatch of a model's tool call that records every failure kind.
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> @agentgym.tool
+        ... def ping() -> str:
+        ...     return "pong"
+        >>> box = agentgym.Toolbox([ping])
+        >>> box.call("ping", "{}")
+        'pong'
+        >>> box.call("pong", {})
+        Traceback (most recent call last):
+        ...
+        agentgym_runtime.errors.UnknownToolError: unknown tool 'pong'; available tools: ping
+    """
+
+    def __init__(self, tools: Iterable[Tool[..., Any] | Callable[..., Any]]) -> None:
+        self._tools: dict[str, Tool[..., Any]] = {}
+        for item in tools:
+            wrapped = item if isinstance(item, Tool) else Tool(item)
+            if wrapped.name in self._tools:
+                raise ConfigurationError(f"two tools are named {wrapped.name!r}")
+            self._tools[wrapped.name] = wrapped
+
+    @property
+    def names(self) -> list[str]:
+        """Tool names, in registration order."""
+        return list(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __getitem__(self, name: str) -> Tool[..., Any]:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownToolError(name, list(self._tools)) from None
+
+    def __iter__(self) -> Any:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Every tool's definition, as offered to a model."""
+        return [t.definition() for t in self._tools.values()]
+
+    def _resolve(self, name: str, arguments: Mapping[str, Any] | str | None, call_id: str | None) -> tuple[Tool[..., Any], dict[str, Any]]:
+        found = self._tools.get(name)
+        if found is None:
+            error = UnknownToolError(name, list(self._tools))
+            _guard(lambda: record_tool_failure(name, ToolOutcome.UNKNOWN_TOOL, call_id=call_id, arguments=arguments, message=str(error)))
+            raise error
+        if arguments is None:
+            return found, {}
+        if isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                problem = {"argument": "(arguments)", "message": f"not valid JSON: {exc.msg} at char {exc.pos}", "type": "json"}
+                arg_error = ToolArgumentsError(name, [problem])
+                _guard(lambda: record_tool_failure(name, ToolOutcome.INVALID_ARGUMENTS, call_id=call_id, arguments=arguments, message=str(arg_error)))
+                raise arg_error from None
+            arguments = parsed
+        if not isinstance(arguments, Mapping):
+            problem = {"argument": "(arguments)", "message": f"expected an object, got {type(arguments).__name__}", "type": "type"}
+            arg_error = ToolArgumentsError(name, [problem])
+            _guard(lambda: record_tool_failure(name, ToolOutcome.INVALID_ARGUMENTS, call_id=call_id, arguments=arguments, message=str(arg_error)))
+            raise arg_error
+        return found, dict(arguments)
+
+    def call(self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None) -> Any:
+        """Run the tool ``name`` with ``arguments`` (a mapping or JSON text).
+
+        Raises:
+            UnknownToolError: No tool has that name (recorded as ``unknown_tool``).
+            ToolArgumentsError: The arguments do not parse or validate (``invalid_arguments``).
+        """
+        found, parsed = self._resolve(name, arguments, call_id)
+        return found.call_with(parsed, call_id=call_id)
+
+    async def acall(self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None) -> Any:
+        """Async form of :meth:`call` (awaits async tools, calls sync ones)."""
+        found, parsed = self._resolve(name, arguments, call_id)
+        result = found.call_with(parsed, call_id=call_id)
+        if inspect.isawaitable(result):
+            return await result
+        return result
