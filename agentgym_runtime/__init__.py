@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from agentgym_runtime.api import (
         configure,
         current_episode,
+        current_policy,
         episode,
         export,
         feedback,
@@ -52,12 +53,14 @@ if TYPE_CHECKING:
         ToolArgumentsError,
         UnknownToolError,
     )
+    from agentgym_runtime.policy.model import Policy
     from agentgym_runtime.semconv import ToolOutcome
     from agentgym_runtime.tools import Tool, Toolbox, tool
 
 _EXPORTS: dict[str, str] = {
     "configure": "agentgym_runtime.api",
     "current_episode": "agentgym_runtime.api",
+    "current_policy": "agentgym_runtime.api",
     "episode": "agentgym_runtime.api",
     "export": "agentgym_runtime.api",
     "feedback": "agentgym_runtime.api",
@@ -76,12 +79,40 @@ _EXPORTS: dict[str, str] = {
     "ToolArgumentsError": "agentgym_runtime.errors",
     "UnknownToolError": "agentgym_runtime.errors",
     "ToolOutcome": "agentgym_runtime.semconv",
+    "Policy": "agentgym_runtime.policy.model",
     "Tool": "agentgym_runtime.tools",
     "Toolbox": "agentgym_runtime.tools",
     "tool": "agentgym_runtime.tools",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "AgentGymError",
+    "ConfigurationError",
+    "Episode",
+    "EpisodeNotFoundError",
+    "MissingExtraError",
+    "Policy",
+    "Settings",
+    "StoreUnavailableError",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolOutcome",
+    "Toolbox",
+    "UnknownToolError",
+    "__version__",
+    "configure",
+    "current_episode",
+    "current_policy",
+    "episode",
+    "export",
+    "feedback",
+    "flush",
+    "last_episode",
+    "shutdown",
+    "stats",
+    "tool",
+    "train_online",
+]
 
 
 def __getattr__(name: str) -> Any:

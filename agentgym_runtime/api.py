@@ -26,9 +26,10 @@ from opentelemetry.trace import Link, SpanKind
 from agentgym_runtime import semconv
 from agentgym_runtime.collectors.export import ExportResult, export_store
 from agentgym_runtime.config import Settings
-from agentgym_runtime.context import Episode, current_episode_var, last_episode_var
+from agentgym_runtime.context import Episode, current_agent_var, current_episode_var, last_episode_var
 from agentgym_runtime.episodes import _UNNAMED, AgentOptions, AgentRun
 from agentgym_runtime.errors import ConfigurationError, EpisodeNotFoundError, StoreUnavailableError
+from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.runtime import Runtime, get_runtime, peek_runtime, replace_runtime
 
 
@@ -99,6 +100,25 @@ def episode(
         run.exit(error=exc, cancelled=isinstance(exc, GeneratorExit | KeyboardInterrupt))
         raise
     run.exit()
+
+
+def current_policy() -> Policy | None:
+    """The policy pinned for the agent running now (``None`` outside an episode).
+
+    Plain-Python agents read it to apply prompt, demonstrations and model routing themselves;
+    framework adapters apply it for you.
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> with agentgym.episode(agent="doc"):
+        ...     agentgym.current_policy().version
+        0
+    """
+    scope = current_agent_var.get()
+    if scope is not None:
+        return scope.policy
+    current = current_episode_var.get()
+    return current.policy if current is not None else None
 
 
 def current_episode() -> Episode | None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.semconv import EpisodeStatus, ToolOutcome
 
 
@@ -52,9 +54,13 @@ class RequestedToolCall:
             try:
                 parsed = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as exc:
-                return cls(name, call_id, arguments, f"arguments are not valid JSON: {exc.msg} at char {exc.pos}", agent)
+                return cls(
+                    name, call_id, arguments, f"arguments are not valid JSON: {exc.msg} at char {exc.pos}", agent
+                )
             if not isinstance(parsed, dict):
-                return cls(name, call_id, arguments, f"arguments must be a JSON object, got {type(parsed).__name__}", agent)
+                return cls(
+                    name, call_id, arguments, f"arguments must be a JSON object, got {type(parsed).__name__}", agent
+                )
             return cls(name, call_id, parsed, None, agent)
         if arguments is None:
             return cls(name, call_id, {}, None, agent)
@@ -90,7 +96,7 @@ class Episode:
         *,
         session_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        policy_version: int = 0,
+        policy: Policy | None = None,
         scenario: str | None = None,
         framework: str | None = None,
         entrypoint: str | None = None,
@@ -100,7 +106,7 @@ class Episode:
         self.agent = agent
         self.session_id = session_id
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self.policy_version = policy_version
+        self.policy: Policy = policy or Policy.baseline(agent)
         self.scenario = scenario
         self.framework = framework
         self.entrypoint = entrypoint
@@ -115,6 +121,14 @@ class Episode:
         self._counts = _Counts()
         self._lock = threading.Lock()
         self._requested: list[RequestedToolCall] = []
+        #: The episode's root ``invoke_agent`` span (set by the runtime; used to rename an
+        #: unnamed episode once its first agent is known).
+        self.root_span: Any = None
+
+    @property
+    def policy_version(self) -> int:
+        """Version of the policy pinned when the episode started."""
+        return self.policy.version
 
     # --- counters ---------------------------------------------------------------------
     def record_outcome(self, outcome: ToolOutcome) -> None:
@@ -183,7 +197,7 @@ class Episode:
             ValueError: ``value`` is not a finite number.
         """
         reward = float(value)
-        if reward != reward or reward in (float("inf"), float("-inf")):
+        if not math.isfinite(reward):
             raise ValueError(f"reward must be a finite number, got {value!r}")
         self.reward = reward
 
@@ -238,10 +252,18 @@ class Episode:
 
 @dataclass(frozen=True, slots=True)
 class AgentScope:
-    """The agent acting right now inside an episode (teams and crews have several)."""
+    """The agent acting right now inside an episode, and the policy pinned for its turn.
+
+    Teams and crews have several agents in one episode.
+    """
 
     name: str
-    policy_version: int
+    policy: Policy
+
+    @property
+    def policy_version(self) -> int:
+        """The pinned policy's version."""
+        return self.policy.version
 
 
 current_episode_var: ContextVar[Episode | None] = ContextVar("agentgym_episode", default=None)

@@ -88,7 +88,7 @@ def _wrap_function(fn: Callable[..., Any], options: AgentOptions) -> Callable[..
 
         wrapper = sync_wrapper
     functools.update_wrapper(wrapper, fn)
-    wrapper.agentgym_options = options  # type: ignore[attr-defined]
+    setattr(wrapper, "agentgym_options", options)  # noqa: B010 - an attribute functions do not declare
     return wrapper
 
 
@@ -213,9 +213,8 @@ def train_online(
             session_id=session_id,
             metadata=metadata,
         )
-        if inspect.isroutine(obj) or isinstance(obj, functools.partial):
-            if framework is None or framework == "callable":
-                return _wrap_function(obj, options)
+        if (inspect.isroutine(obj) or isinstance(obj, functools.partial)) and framework in (None, "callable"):
+            return _wrap_function(obj, options)
         adapter = adapter_for(obj, framework)
         options.framework = options.framework or adapter.framework
         return adapter.wrap(obj, options)

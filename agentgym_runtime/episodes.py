@@ -71,7 +71,19 @@ class AgentRun:
     set across ``yield`` into foreign code).
     """
 
-    __slots__ = ("_runtime", "_options", "_input", "episode", "_span", "_owns", "_tokens", "_scope", "_session_id", "_metadata", "_otel_token")
+    __slots__ = (
+        "_input",
+        "_metadata",
+        "_options",
+        "_otel_token",
+        "_owns",
+        "_runtime",
+        "_scope",
+        "_session_id",
+        "_span",
+        "_tokens",
+        "episode",
+    )
 
     def __init__(
         self,
@@ -92,7 +104,7 @@ class AgentRun:
         self._owns = False
         self._tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]] = []
         self._scope: AgentScope | None = None
-        self._otel_token: object = None
+        self._otel_token: contextvars.Token[otel_context.Context] | None = None
 
     # --- start / finish ----------------------------------------------------------------
     def start(self) -> Episode:
@@ -101,12 +113,12 @@ class AgentRun:
         parent = current_episode_var.get()
         serializer = runtime.serializer
         if parent is None:
-            version = runtime.policy_resolver(options.name, self._session_id)
+            policy = runtime.resolve_policy(options.name, self._session_id)
             episode = Episode(
                 options.name,
                 session_id=self._session_id,
                 metadata=self._metadata,
-                policy_version=version,
+                policy=policy,
                 scenario=options.scenario_name,
                 framework=options.framework,
                 entrypoint=options.entrypoint,
@@ -117,14 +129,19 @@ class AgentRun:
             episode = parent
             if episode.agent == _UNNAMED:
                 episode.agent = options.name
-                episode.policy_version = runtime.policy_resolver(options.name, episode.session_id)
-            version = (
-                episode.policy_version
+                episode.policy = runtime.resolve_policy(options.name, episode.session_id)
+                if episode.root_span is not None:
+                    episode.root_span.set_attributes(
+                        {semconv.GEN_AI_AGENT_NAME: options.name, semconv.POLICY_VERSION: episode.policy.version}
+                    )
+            policy = (
+                episode.policy
                 if options.name == episode.agent
-                else runtime.policy_resolver(options.name, episode.session_id)
+                else runtime.resolve_policy(options.name, episode.session_id)
             )
         self.episode = episode
-        self._scope = AgentScope(options.name, version)
+        self._scope = AgentScope(options.name, policy)
+        version = policy.version
         attributes: dict[str, Any] = {
             semconv.GEN_AI_OPERATION_NAME: semconv.OP_INVOKE_AGENT,
             semconv.GEN_AI_AGENT_NAME: options.name,
@@ -149,11 +166,14 @@ class AgentRun:
         self._span = runtime.tracer.start_span(
             semconv.agent_span_name(options.name), kind=SpanKind.INTERNAL, attributes=attributes
         )
+        if self._owns:
+            episode.root_span = self._span
         return episode
 
     def activate(self) -> None:
         """Bind the episode, agent and span to the current context."""
-        assert self.episode is not None and self._span is not None
+        assert self.episode is not None
+        assert self._span is not None
         self._tokens = [
             (current_episode_var, current_episode_var.set(self.episode)),
             (current_agent_var, current_agent_var.set(self._scope)),
@@ -162,7 +182,9 @@ class AgentRun:
 
     def deactivate(self) -> None:
         """Undo :meth:`activate` (in the same context it ran in)."""
-        otel_context.detach(self._otel_token)
+        if self._otel_token is not None:
+            otel_context.detach(self._otel_token)
+            self._otel_token = None
         for var, token in reversed(self._tokens):
             var.reset(token)
         self._tokens = []

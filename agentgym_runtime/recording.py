@@ -69,7 +69,7 @@ class ToolCall:
     The span is made current while the tool runs, so whatever the tool calls nests under it.
     """
 
-    __slots__ = ("_runtime", "_span", "_token", "_episode", "name", "call_id", "_done")
+    __slots__ = ("_done", "_episode", "_runtime", "_span", "_token", "call_id", "name")
 
     def __init__(self, runtime: Runtime, span: Span, episode: Episode | None, name: str, call_id: str | None) -> None:
         self._runtime = runtime
@@ -153,7 +153,9 @@ def start_tool_call(
         attributes[semconv.GEN_AI_TOOL_DESCRIPTION] = runtime.serializer.truncate(description)
     if arguments is not None and runtime.settings.capture_content:
         attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = (
-            runtime.serializer.truncate(arguments) if isinstance(arguments, str) else runtime.serializer.to_json(arguments)
+            runtime.serializer.truncate(arguments)
+            if isinstance(arguments, str)
+            else runtime.serializer.to_json(arguments)
         )
     if attempt is not None:
         attributes[semconv.TOOL_ATTEMPT] = attempt
@@ -182,12 +184,14 @@ def record_tool_failure(
         >>> ep.outcomes
         {'unknown_tool': 1}
     """
-    start_tool_call(
-        name, call_id=call_id, arguments=arguments, framework=framework, runtime=runtime
-    ).fail(outcome, message=message)
+    start_tool_call(name, call_id=call_id, arguments=arguments, framework=framework, runtime=runtime).fail(
+        outcome, message=message
+    )
 
 
-def classify_unexecuted(request: RequestedToolCall, tools: Mapping[str, Mapping[str, Any] | None] | None) -> tuple[ToolOutcome, str]:
+def classify_unexecuted(
+    request: RequestedToolCall, tools: Mapping[str, Mapping[str, Any] | None] | None
+) -> tuple[ToolOutcome, str]:
     """Why a requested call never ran: unknown tool, bad arguments, or just not executed."""
     if tools is not None and request.name not in tools:
         available = ", ".join(sorted(tools)) or "(none)"
@@ -242,7 +246,7 @@ def reconcile(
 class LlmCall:
     """An in-flight ``chat {model}`` span; finish it with :meth:`finish` or :meth:`fail`."""
 
-    __slots__ = ("_runtime", "_span", "_token", "_episode", "_agent", "_tools", "_done", "_started")
+    __slots__ = ("_agent", "_done", "_episode", "_runtime", "_span", "_started", "_token", "_tools")
 
     def __init__(
         self,

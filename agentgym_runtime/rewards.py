@@ -27,7 +27,9 @@ RewardFn = Callable[..., float | None]
 class RewardSource(Protocol):
     """Anything with a ``reward(episode, output)`` method, e.g. a scenario."""
 
-    def reward(self, episode: Episode, output: Any) -> float | None: ...
+    def reward(self, episode: Episode, output: Any) -> float | None:
+        """The reward of a finished ``episode`` whose agent returned ``output``."""
+        ...
 
 
 def tool_reliability(episode: Episode) -> float | None:

@@ -38,14 +38,19 @@ from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.config import Settings
 from agentgym_runtime.context import Episode, current_agent_var, current_episode_var
+from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.serialization import Serializer
 
 logger = logging.getLogger("agentgym_runtime")
 
-PolicyResolver = Callable[[str, str | None], int]
-"""``(agent, session_id) -> policy version`` pinned when an episode (or agent turn) starts."""
+PolicyResolver = Callable[[str, str | None], Policy]
+"""``(agent, session_id) -> Policy`` pinned when an episode (or an agent's turn) starts."""
 
 _RECENT_EPISODES = 10_000
+
+
+def _baseline_policy(agent: str, session_id: str | None) -> Policy:
+    return Policy.baseline(agent)
 
 
 def _stamp_current() -> dict[str, str | int] | None:
@@ -80,7 +85,7 @@ class Runtime:
         )
         self.pipeline_stats = PipelineStats()
         self.store = TraceStore(self.settings.store_path)
-        self.policy_resolver: PolicyResolver = lambda agent, session_id: 0
+        self.policy_resolver: PolicyResolver = _baseline_policy
         self.last_episode: Episode | None = None
         self.host_provider = False
         self._exporter: DuckDBSpanExporter | None = None
@@ -164,7 +169,7 @@ class Runtime:
                 if self._router is not None:
                     self._router.set_pipeline(None, None)
                 if self._batch is not None:
-                    self._batch.shutdown()
+                    self._batch.shutdown()  # type: ignore[no-untyped-call]
                 self.publish_status(force=True)
                 self.store.close()
                 self._started = False
@@ -221,6 +226,15 @@ class Runtime:
             os.replace(tmp, path)
         except OSError:
             logger.debug("agentgym: cannot write %s", path, exc_info=True)
+
+    def resolve_policy(self, agent: str, session_id: str | None) -> Policy:
+        """The policy to pin for ``agent`` now; the baseline if the resolver fails."""
+        try:
+            policy = self.policy_resolver(agent, session_id)
+        except Exception as exc:
+            self.internal_error("policy resolution", exc)
+            return Policy.baseline(agent)
+        return policy if isinstance(policy, Policy) else Policy.baseline(agent)
 
     # --- episode bookkeeping -------------------------------------------------------------
     def remember_episode(self, episode: Episode, span_context: SpanContext | None) -> None:

@@ -39,7 +39,7 @@ _MAX_STRING_CHARS = 65_536
 
 
 class Serializer:
-    """Serialize values for span attributes under the runtime's limits.
+    r"""Serialize values for span attributes under the runtime's limits.
 
     Args:
         max_bytes: Upper bound of the UTF-8 encoded result; longer text is cut and marked.
@@ -51,7 +51,7 @@ class Serializer:
         '"<bytes len=2 base64=AAE=>"'
     """
 
-    __slots__ = ("_max_bytes", "_secret_key", "_redactor")
+    __slots__ = ("_max_bytes", "_redactor", "_secret_key")
 
     def __init__(
         self,

@@ -56,7 +56,12 @@ def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
                 continue
             head, sep, rest = stripped.partition(":")
             name = head.split("(")[0].strip()
-            if sep and name.isidentifier() and line.startswith(("    ", "\t")) and not line.startswith(("        ", "\t\t")):
+            if (
+                sep
+                and name.isidentifier()
+                and line.startswith(("    ", "\t"))
+                and not line.startswith(("        ", "\t\t"))
+            ):
                 current = name
                 params[name] = rest.strip()
             elif current:
@@ -77,7 +82,8 @@ def _arguments_model(fn: Callable[..., Any], name: str, descriptions: Mapping[st
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             raise ConfigurationError(
                 f"tool {name!r}: parameter {param.name!r} must be a named parameter "
-                "(tools are called with keyword arguments from JSON; *args, **kwargs and positional-only are not allowed)"
+                "(tools are called with keyword arguments from JSON; "
+                "*args, **kwargs and positional-only parameters are not allowed)"
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is inspect.Parameter.empty else param.default
@@ -121,7 +127,7 @@ class Tool(Generic[P, R]):
         self.parameters: dict[str, Any] = _clean_schema(self._model.model_json_schema())
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     # --- schema -----------------------------------------------------------------------------
     def definition(self) -> dict[str, Any]:
@@ -140,7 +146,14 @@ class Tool(Generic[P, R]):
         """
         if not isinstance(arguments, Mapping):
             raise ToolArgumentsError(
-                self.name, [{"argument": "(arguments)", "message": f"expected an object, got {type(arguments).__name__}", "type": "type"}]
+                self.name,
+                [
+                    {
+                        "argument": "(arguments)",
+                        "message": f"expected an object, got {type(arguments).__name__}",
+                        "type": "type",
+                    }
+                ],
             )
         try:
             model = self._model.model_validate(dict(arguments))
@@ -155,10 +168,13 @@ class Tool(Generic[P, R]):
         try:
             bound = self._signature.bind_partial(*args, **kwargs)
         except TypeError as exc:
-            raise ToolArgumentsError(self.name, [{"argument": "(arguments)", "message": str(exc), "type": "binding"}]) from None
+            raise ToolArgumentsError(
+                self.name, [{"argument": "(arguments)", "message": str(exc), "type": "binding"}]
+            ) from None
         return dict(bound.arguments)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Validate the arguments, run the tool and record the call."""
         arguments = self._bind(args, kwargs)
         if self.is_async:
             return self._acall(arguments, None)  # type: ignore[return-value]
@@ -185,7 +201,7 @@ class Tool(Generic[P, R]):
             return self.validate(arguments)
         except ToolArgumentsError as exc:
             if call is not None:
-                _guard(lambda: call.fail(ToolOutcome.INVALID_ARGUMENTS, message=str(exc)))
+                _guard(call.fail, ToolOutcome.INVALID_ARGUMENTS, message=str(exc))
             raise
 
     def _call(self, arguments: dict[str, Any], call_id: str | None) -> R:
@@ -195,10 +211,10 @@ class Tool(Generic[P, R]):
             result = self.fn(**validated)  # type: ignore[call-arg]
         except BaseException as exc:
             if call is not None:
-                _guard(lambda: call.fail(ToolOutcome.TOOL_ERROR, error=exc))
+                _guard(call.fail, ToolOutcome.TOOL_ERROR, error=exc)
             raise
         if call is not None:
-            _guard(lambda: call.succeed(result))
+            _guard(call.succeed, result)
         return result
 
     async def _acall(self, arguments: dict[str, Any], call_id: str | None) -> Any:
@@ -208,21 +224,22 @@ class Tool(Generic[P, R]):
             result = await self.fn(**validated)  # type: ignore[call-arg, misc]
         except BaseException as exc:
             if call is not None:
-                _guard(lambda: call.fail(ToolOutcome.TOOL_ERROR, error=exc))
+                _guard(call.fail, ToolOutcome.TOOL_ERROR, error=exc)
             raise
         if call is not None:
-            _guard(lambda: call.succeed(result))
+            _guard(call.succeed, result)
         return result
 
     def __repr__(self) -> str:
         return f"<agentgym tool {self.name!r}>"
 
 
-def _guard(action: Callable[[], None]) -> None:
+def _guard(action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a recording step; a failure in it is the middleware's, never the caller's."""
     try:
-        action()
+        action(*args, **kwargs)
     except Exception as exc:
-        get_runtime().internal_error("tool end", exc)
+        get_runtime().internal_error("tool recording", exc)
 
 
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -315,11 +332,20 @@ class Toolbox:
         """Every tool's definition, as offered to a model."""
         return [t.definition() for t in self._tools.values()]
 
-    def _resolve(self, name: str, arguments: Mapping[str, Any] | str | None, call_id: str | None) -> tuple[Tool[..., Any], dict[str, Any]]:
+    def _resolve(
+        self, name: str, arguments: Mapping[str, Any] | str | None, call_id: str | None
+    ) -> tuple[Tool[..., Any], dict[str, Any]]:
         found = self._tools.get(name)
         if found is None:
             error = UnknownToolError(name, list(self._tools))
-            _guard(lambda: record_tool_failure(name, ToolOutcome.UNKNOWN_TOOL, call_id=call_id, arguments=arguments, message=str(error)))
+            _guard(
+                record_tool_failure,
+                name,
+                ToolOutcome.UNKNOWN_TOOL,
+                call_id=call_id,
+                arguments=arguments,
+                message=str(error),
+            )
             raise error
         if arguments is None:
             return found, {}
@@ -327,15 +353,37 @@ class Toolbox:
             try:
                 parsed = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as exc:
-                problem = {"argument": "(arguments)", "message": f"not valid JSON: {exc.msg} at char {exc.pos}", "type": "json"}
+                problem = {
+                    "argument": "(arguments)",
+                    "message": f"not valid JSON: {exc.msg} at char {exc.pos}",
+                    "type": "json",
+                }
                 arg_error = ToolArgumentsError(name, [problem])
-                _guard(lambda: record_tool_failure(name, ToolOutcome.INVALID_ARGUMENTS, call_id=call_id, arguments=arguments, message=str(arg_error)))
+                _guard(
+                    record_tool_failure,
+                    name,
+                    ToolOutcome.INVALID_ARGUMENTS,
+                    call_id=call_id,
+                    arguments=arguments,
+                    message=str(arg_error),
+                )
                 raise arg_error from None
             arguments = parsed
         if not isinstance(arguments, Mapping):
-            problem = {"argument": "(arguments)", "message": f"expected an object, got {type(arguments).__name__}", "type": "type"}
+            problem = {
+                "argument": "(arguments)",
+                "message": f"expected an object, got {type(arguments).__name__}",
+                "type": "type",
+            }
             arg_error = ToolArgumentsError(name, [problem])
-            _guard(lambda: record_tool_failure(name, ToolOutcome.INVALID_ARGUMENTS, call_id=call_id, arguments=arguments, message=str(arg_error)))
+            _guard(
+                record_tool_failure,
+                name,
+                ToolOutcome.INVALID_ARGUMENTS,
+                call_id=call_id,
+                arguments=arguments,
+                message=str(arg_error),
+            )
             raise arg_error
         return found, dict(arguments)
 
@@ -349,7 +397,9 @@ class Toolbox:
         found, parsed = self._resolve(name, arguments, call_id)
         return found.call_with(parsed, call_id=call_id)
 
-    async def acall(self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None) -> Any:
+    async def acall(
+        self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None
+    ) -> Any:
         """Async form of :meth:`call` (awaits async tools, calls sync ones)."""
         found, parsed = self._resolve(name, arguments, call_id)
         result = found.call_with(parsed, call_id=call_id)

@@ -31,7 +31,7 @@ def _validator(schema_text: str) -> Draft202012Validator:
 
 def _argument_of(error: ValidationError) -> str:
     if error.validator == "required" and isinstance(error.instance, Mapping):
-        for name in error.validator_value:
+        for name in error.validator_value or ():  # type: ignore[union-attr]
             if name not in error.instance:
                 return str(name)
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
@@ -49,7 +49,13 @@ def validate_arguments(schema: Mapping[str, Any] | None, arguments: Any) -> list
     A missing or empty schema accepts any object.
     """
     if not isinstance(arguments, Mapping):
-        return [{"argument": "(arguments)", "message": f"expected an object, got {type(arguments).__name__}", "type": "type"}]
+        return [
+            {
+                "argument": "(arguments)",
+                "message": f"expected an object, got {type(arguments).__name__}",
+                "type": "type",
+            }
+        ]
     if not schema:
         return []
     validator = _validator(json.dumps(schema, sort_keys=True, default=str))

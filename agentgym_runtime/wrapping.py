@@ -90,7 +90,9 @@ def _step_guard(runtime: Runtime, action: Callable[[], None], where: str) -> boo
         return False
 
 
-def call_sync(options: AgentOptions, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], call_input: Any) -> T:
+def call_sync(
+    options: AgentOptions, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], call_input: Any
+) -> T:
     """Call ``fn`` inside an episode and return exactly what it returns."""
     runtime, run = _open(options, call_input)
     if runtime is None or run is None:
@@ -125,7 +127,11 @@ async def call_async(
 
 
 def iterate_sync(
-    options: AgentOptions, fn: Callable[..., Iterator[T]], args: tuple[Any, ...], kwargs: dict[str, Any], call_input: Any
+    options: AgentOptions,
+    fn: Callable[..., Iterator[T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    call_input: Any,
 ) -> Iterator[T]:
     """Drive the generator ``fn`` returns inside one episode, binding it around each step."""
     runtime, run = _start(options, call_input)
@@ -236,7 +242,12 @@ def _finish(runtime: Runtime, run: AgentRun, *, output: Any = None, error: BaseE
 
 
 def run_kind(
-    kind: CallKind, options: AgentOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call_input: Any
+    kind: CallKind,
+    options: AgentOptions,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    call_input: Any,
 ) -> Any:
     """Dispatch to the runner for ``kind``."""
     if kind is CallKind.ASYNC:

@@ -56,9 +56,9 @@ def load_adapter(framework: str) -> Adapter:
     """
     if framework not in FRAMEWORKS:
         raise ConfigurationError(f"unknown framework {framework!r}; choose one of: {', '.join(sorted(FRAMEWORKS))}")
-    adapter = _instances.get(framework)
-    if adapter is not None:
-        return adapter
+    cached = _instances.get(framework)
+    if cached is not None:
+        return cached
     target, extra, _ = FRAMEWORKS[framework]
     module_name, _, class_name = target.partition(":")
     try:
@@ -68,7 +68,7 @@ def load_adapter(framework: str) -> Adapter:
         if missing.startswith("agentgym_runtime"):
             raise
         raise MissingExtraError(framework, extra or framework, missing) from exc
-    adapter = getattr(module, class_name)()
+    adapter: Adapter = getattr(module, class_name)()
     _instances[framework] = adapter
     return adapter
 

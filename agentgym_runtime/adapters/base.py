@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import wrapt
 
 from agentgym_runtime.episodes import AgentOptions
+from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.wrapping import CallKind, run_kind
 
 
@@ -77,7 +78,9 @@ class Adapter:
         """Remove what :meth:`_install` installed (override)."""
 
     # --- per call ---------------------------------------------------------------------------
-    def prepare_call(self, target: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def prepare_call(
+        self, target: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Adjust the call's arguments before it runs (e.g. inject a callback handler)."""
         return args, kwargs
 
@@ -89,12 +92,45 @@ class Adapter:
             return None
         return {"args": list(args), "kwargs": kwargs}
 
+    def apply_policy(self, policy: Policy, request: Any) -> Any:
+        """Return ``request`` (the framework's LLM request) with ``policy`` applied.
+
+        Called at the LLM-call boundary for the policy pinned by the current call; the
+        baseline policy is never passed. Framework adapters override it; plain callables
+        read :func:`agentgym_runtime.current_policy` themselves.
+        """
+        return request
+
+    def seed(self, agent: Any, policy: Policy) -> Any:
+        """Apply ``policy`` permanently to a fresh ``agent`` object (``TrainedPolicy.apply``).
+
+        Raises:
+            NotImplementedError: The adapter cannot seed agents.
+        """
+        raise NotImplementedError(f"the {self.framework!r} adapter cannot seed agents with a policy")
+
+    def default_name(self, obj: Any) -> str | None:
+        """The agent's own name, if the framework gives it one."""
+        for attribute in ("name", "role"):
+            value = getattr(obj, attribute, None)
+            if isinstance(value, str) and value.strip():
+                return value
+        return None
+
     def wrap(self, obj: Any, options: AgentOptions) -> Any:
         """Return a transparent proxy of ``obj`` whose entry points run as episodes."""
         self.instrument()
         return AgentProxy(obj, self, options)
 
-    def run(self, target: Any, method: str, kind: CallKind | None, options: AgentOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def run(
+        self,
+        target: Any,
+        method: str,
+        kind: CallKind | None,
+        options: AgentOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         """Run one entry point of ``target`` as an episode."""
         bound: Callable[..., Any] = getattr(target, method) if method != "__call__" else target
         actual = kind or CallKind.of(bound if method != "__call__" else type(target).__call__)
@@ -120,11 +156,13 @@ class AgentProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_options
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the agent itself, as one episode."""
         adapter = self._self_adapter
         kind = adapter.entry_points.get("__call__")
         return adapter.run(self.__wrapped__, "__call__", kind, self._self_options, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        """Attributes of the agent; entry points come back wrapped as episodes."""
         value = getattr(self.__wrapped__, name)
         adapter = self._self_adapter
         if name in adapter.entry_points and callable(value):

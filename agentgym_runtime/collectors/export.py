@@ -70,12 +70,17 @@ def parse_since(since: datetime | timedelta | str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigurationError(f"since={since!r} is not an ISO timestamp or a duration like '30m', '6h', '7d'") from None
+        raise ConfigurationError(
+            f"since={since!r} is not an ISO timestamp or a duration like '30m', '6h', '7d'"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _filters(agent: str | None, since: datetime | None, *, time_column: str, agent_column: str = "agent") -> tuple[str, list[Any]]:
-    clauses, params = [], []
+def _filters(
+    agent: str | None, since: datetime | None, *, time_column: str, agent_column: str = "agent"
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
     if agent is not None:
         clauses.append(f"{agent_column} = ?")
         params.append(agent)
@@ -112,7 +117,8 @@ def export_store(
 def _span_filter(agent: str | None, since: datetime | None) -> tuple[str, list[Any]]:
     # A span belongs to an agent's export when its episode is that agent's (tool spans of
     # sub-agents included), so filter by episode rather than by the span's own agent column.
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     if agent is not None:
         clauses.append("(agent = ? OR episode_id IN (SELECT episode_id FROM episodes WHERE agent = ?))")
         params.extend([agent, agent])
@@ -139,15 +145,18 @@ def _export_parquet(store: TraceStore, target: Path, agent: str | None, since: d
     span_where, span_params = _span_filter(agent, since)
     if target.suffix == ".parquet":
         target.parent.mkdir(parents=True, exist_ok=True)
-        result.rows["spans"] = _copy(store, f"SELECT * FROM spans{span_where} ORDER BY start_unix_nano", span_params, target)
+        result.rows["spans"] = _copy(
+            store, f"SELECT * FROM spans{span_where} ORDER BY start_unix_nano", span_params, target
+        )
         result.files.append(target)
         return result
     target.mkdir(parents=True, exist_ok=True)
     ep_where, ep_params = _filters(agent, since, time_column="started_at")
     tc_where, tc_params = _filters(agent, since, time_column="started_at")
-    fb_where, fb_params = "", []
+    fb_where = ""
+    fb_params: list[Any] = []
     if agent is not None or since is not None:
-        fb_clauses, fb_params = [], []
+        fb_clauses: list[str] = []
         if agent is not None:
             fb_clauses.append("episode_id IN (SELECT episode_id FROM episodes WHERE agent = ?)")
             fb_params.append(agent)
@@ -186,7 +195,8 @@ def _export_jsonl(store: TraceStore, target: Path, agent: str | None, since: dat
     with target.open("w", encoding="utf-8") as handle:
         for episode in episodes:
             spans = store.query_dicts(
-                "SELECT name, operation, tool_name, tool_call_id, tool_arguments, tool_result, tool_outcome, attributes "
+                "SELECT name, operation, tool_name, tool_call_id, tool_arguments, tool_result, tool_outcome, "
+                "attributes "
                 "FROM spans WHERE episode_id = ? AND operation IN (?, ?) ORDER BY start_unix_nano",
                 [episode["episode_id"], semconv.OP_CHAT, semconv.OP_EXECUTE_TOOL],
             )
@@ -210,9 +220,13 @@ def _export_jsonl(store: TraceStore, target: Path, agent: str | None, since: dat
 
 
 def _chat_messages(episode: dict[str, Any], spans: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-    """The episode's conversation: the last LLM call's full input plus its output, when recorded;
-    else one reconstructed from the episode's input, its tool calls and its output."""
+    """The episode's conversation as chat messages.
+
+    The last LLM call's full input plus its output when LLM calls were recorded; else one
+    reconstructed from the episode's input, its tool calls and its output.
+    """
     chats = [s for s in spans if s["operation"] == semconv.OP_CHAT]
+    messages: list[Any]
     if chats:
         last = _loads(chats[-1]["attributes"]) or {}
         messages = list(_loads(last.get(semconv.GEN_AI_INPUT_MESSAGES)) or [])
@@ -223,10 +237,12 @@ def _chat_messages(episode: dict[str, Any], spans: list[dict[str, Any]]) -> tupl
             messages.append(output)
         tools = _loads(last.get(semconv.GEN_AI_TOOL_DEFINITIONS)) or []
         return messages, tools if isinstance(tools, list) else []
-    messages: list[Any] = []
+    messages = []
     user_input = _loads(episode.get("input"))
     if user_input is not None:
-        messages.append({"role": "user", "content": user_input if isinstance(user_input, str) else json.dumps(user_input)})
+        messages.append(
+            {"role": "user", "content": user_input if isinstance(user_input, str) else json.dumps(user_input)}
+        )
     for span in spans:
         if span["operation"] != semconv.OP_EXECUTE_TOOL:
             continue
@@ -244,7 +260,9 @@ def _chat_messages(episode: dict[str, Any], spans: list[dict[str, Any]]) -> tupl
                 ],
             }
         )
-        messages.append({"role": "tool", "tool_call_id": call_id, "content": span["tool_result"] or span["tool_outcome"]})
+        messages.append(
+            {"role": "tool", "tool_call_id": call_id, "content": span["tool_result"] or span["tool_outcome"]}
+        )
     output = _loads(episode.get("output"))
     if output is not None:
         messages.append({"role": "assistant", "content": output if isinstance(output, str) else json.dumps(output)})
@@ -305,13 +323,21 @@ def _export_otlp(store: TraceStore, target: Path, agent: str | None, since: date
         events = _loads(row["events"]) or []
         if events:
             span["events"] = [
-                {"name": e["name"], "timeUnixNano": str(e["time_unix_nano"]), "attributes": _key_values(e.get("attributes") or {})}
+                {
+                    "name": e["name"],
+                    "timeUnixNano": str(e["time_unix_nano"]),
+                    "attributes": _key_values(e.get("attributes") or {}),
+                }
                 for e in events
             ]
         links = _loads(row["links"]) or []
         if links:
             span["links"] = [
-                {"traceId": link["trace_id"], "spanId": link["span_id"], "attributes": _key_values(link.get("attributes") or {})}
+                {
+                    "traceId": link["trace_id"],
+                    "spanId": link["span_id"],
+                    "attributes": _key_values(link.get("attributes") or {}),
+                }
                 for link in links
             ]
         service = row["service_name"] or "unknown_service"

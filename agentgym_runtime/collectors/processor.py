@@ -53,6 +53,7 @@ class EpisodeSpanProcessor(SpanProcessor):
         self._stats = stats
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        """Stamp the current episode's attributes on a foreign span."""
         scope = span.instrumentation_scope
         if scope is not None and scope.name == semconv.SCOPE_NAME:
             return  # our own spans carry their attributes from creation
@@ -65,6 +66,7 @@ class EpisodeSpanProcessor(SpanProcessor):
             logger.debug("agentgym: stamping a span failed", exc_info=True)
 
     def on_end(self, span: ReadableSpan) -> None:
+        """Hand an episode span (or one of ours) to the store pipeline."""
         pipeline = self._pipeline
         if pipeline is None:
             return
@@ -77,11 +79,13 @@ class EpisodeSpanProcessor(SpanProcessor):
             pipeline.on_end(span)
 
     def shutdown(self) -> None:
+        """Shut the current pipeline down (called by the provider's own shutdown)."""
         pipeline = self._pipeline
         if pipeline is not None:
             pipeline.shutdown()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Flush the current pipeline."""
         pipeline = self._pipeline
         return pipeline.force_flush(timeout_millis) if pipeline is not None else True
 

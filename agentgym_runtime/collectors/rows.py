@@ -90,7 +90,11 @@ def span_rows(spans: Sequence[ReadableSpan]) -> RowBatch:
         end = span.end_time or start
         rest = {k: _plain(v) for k, v in attributes.items() if k not in PROMOTED_KEYS}
         events = [
-            {"name": e.name, "time_unix_nano": e.timestamp, "attributes": {k: _plain(v) for k, v in (e.attributes or {}).items()}}
+            {
+                "name": e.name,
+                "time_unix_nano": e.timestamp,
+                "attributes": {k: _plain(v) for k, v in (e.attributes or {}).items()},
+            }
             for e in span.events
         ]
         links = [
@@ -125,7 +129,9 @@ def span_rows(spans: Sequence[ReadableSpan]) -> RowBatch:
             elif value is not None and not isinstance(value, str):
                 value = _dumps(_plain(value))
             row.append(value)
-        row.extend((_dumps(rest) if rest else None, _dumps(events) if events else None, _dumps(links) if links else None))
+        row.extend(
+            (_dumps(rest) if rest else None, _dumps(events) if events else None, _dumps(links) if links else None)
+        )
         batch.spans.append(tuple(row))
 
         if attributes.get(semconv.EPISODE_ROOT):

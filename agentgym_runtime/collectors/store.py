@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agentgym_runtime.collectors.schema import migrate
 from agentgym_runtime.errors import StoreUnavailableError
@@ -47,7 +47,8 @@ class TraceStore:
 
     Example:
         >>> store = TraceStore(":memory:")
-        >>> store.write(lambda con: con.execute("INSERT INTO feedback VALUES ('f1', 'e1', 'thumbs', 1.0, NULL, NULL, now())"))
+        >>> row = "('f1', 'e1', 'thumbs', 1.0, NULL, NULL, now())"
+        >>> _ = store.write(lambda con: con.execute(f"INSERT INTO feedback VALUES {row}"))
         >>> store.query("SELECT name, value FROM feedback")
         [('thumbs', 1.0)]
     """
@@ -116,12 +117,12 @@ class TraceStore:
                 raise
         return con
 
-    def _connect(self, duckdb: Any) -> duckdb.DuckDBPyConnection:
+    def _connect(self, module: Any) -> duckdb.DuckDBPyConnection:
         if self._read_only:
             if self._path != ":memory:" and not os.path.exists(self._path):
                 raise StoreUnavailableError(f"no trace store at {self._path} (nothing recorded yet?)")
-            return duckdb.connect(self._path, read_only=True)
-        return duckdb.connect(self._path)
+            return cast("duckdb.DuckDBPyConnection", module.connect(self._path, read_only=True))
+        return cast("duckdb.DuckDBPyConnection", module.connect(self._path))
 
     def _quarantine(self) -> None:
         target = f"{self._path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"

@@ -1,0 +1,115 @@
+"""The Policy: an immutable, versioned bundle of what can change about an agent.
+
+Version 0 of every agent is the agent as written (nothing overridden). Later
+versions come from training or from :func:`agentgym_runtime.register_policy`.
+A policy is applied at the LLM-call boundary of one call at a time (see
+``policy/apply.py`` and each adapter's ``apply_policy``), never by mutating
+the shared agent.
+
+Example:
+    >>> p = Policy(agent="support", version=2, system_prompt="Always call get_order first.")
+    >>> p.is_baseline, p.ref
+    (False, 'support@v2')
+    >>> Policy.baseline("support").is_baseline
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ToolCallExample(BaseModel):
+    """One tool call inside a demonstration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+
+
+class Demonstration(BaseModel):
+    """A few-shot example: an input, the tool calls that served it well, and the answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: Any
+    tool_calls: tuple[ToolCallExample, ...] = ()
+    output: Any = None
+
+
+class LLMConfig(BaseModel):
+    """Which model serves the agent under this policy.
+
+    Attributes:
+        endpoint: Base URL of an OpenAI-compatible endpoint (``None``: the agent's own model).
+        model: Model name at that endpoint.
+        sampling: Sampling parameters (temperature, top_p, max_tokens, ...).
+        adapter: Path (relative to the policy artifact) of a LoRA adapter in safetensors.
+        api_key_env: Environment variable holding the endpoint's key (keys are never stored).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: str | None = None
+    model: str | None = None
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    adapter: str | None = None
+    api_key_env: str | None = None
+
+
+class Policy(BaseModel):
+    """One version of one agent's policy. Immutable; ``version`` 0 is the baseline.
+
+    Attributes:
+        agent: The agent's name.
+        version: 0 for the agent as written, then 1, 2, ...
+        system_prompt: Replaces the agent's system prompt (``None``: keep it).
+        tool_descriptions: Per tool name, replaces the description the model sees.
+        demonstrations: Few-shot examples inserted after the system prompt.
+        llm: Route the agent's LLM calls elsewhere (``None``: keep its model).
+        metadata: Free-form data.
+        parent_version: The version this one was derived from.
+        trainer: What produced it (``"demos"``, ``"apo"``, ``"grpo"``, ``"manual"``, ...).
+        metrics: Numbers measured when it was produced (held-out reliability, ...).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str
+    version: int = Field(ge=0)
+    system_prompt: str | None = None
+    tool_descriptions: dict[str, str] = Field(default_factory=dict)
+    demonstrations: tuple[Demonstration, ...] = ()
+    llm: LLMConfig | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    parent_version: int | None = None
+    trainer: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_name(cls, value: str) -> str:
+        if not value or not value.strip() or "@" in value or "/" in value:
+            raise ValueError(f"agent name {value!r} must be non-empty and contain no '@' or '/'")
+        return value
+
+    @classmethod
+    def baseline(cls, agent: str) -> Policy:
+        """Version 0: the agent exactly as written."""
+        return cls(agent=agent, version=0)
+
+    @property
+    def ref(self) -> str:
+        """``agent@vN``."""
+        return f"{self.agent}@v{self.version}"
+
+    @property
+    def is_baseline(self) -> bool:
+        """Whether this policy overrides nothing."""
+        return (
+            self.system_prompt is None and not self.tool_descriptions and not self.demonstrations and self.llm is None
+        )
