@@ -33,6 +33,7 @@ from agentgym_runtime.config import DEFAULT_SECRET_KEY_PATTERN, Redactor
 REDACTED = "[REDACTED]"
 #: Values that look like credentials whatever key they sit under.
 _SECRET_VALUE = re.compile(r"(?i)\bbearer\s+[a-z0-9._~+/=-]{8,}|\bsk-[a-z0-9_-]{16,}|\bxox[abpr]-[a-z0-9-]{10,}")
+_SCALARS = frozenset({int, float, bool, type(None)})
 _MAX_DEPTH = 32
 _MAX_ITEMS = 1000
 _MAX_STRING_CHARS = 65_536
@@ -51,7 +52,7 @@ class Serializer:
         '"<bytes len=2 base64=AAE=>"'
     """
 
-    __slots__ = ("_max_bytes", "_redactor", "_secret_key")
+    __slots__ = ("_max_bytes", "_redactor", "_secret_cache", "_secret_key")
 
     def __init__(
         self,
@@ -62,6 +63,17 @@ class Serializer:
         self._max_bytes = max_bytes
         self._secret_key = secret_key_pattern or re.compile(DEFAULT_SECRET_KEY_PATTERN, re.IGNORECASE)
         self._redactor = redactor
+        # Keys repeat endlessly (tool argument names): remember the regex verdict per key.
+        self._secret_cache: dict[str, bool] = {}
+
+    def is_secret_key(self, key: str) -> bool:
+        """Whether values under ``key`` are never stored."""
+        verdict = self._secret_cache.get(key)
+        if verdict is None:
+            verdict = self._secret_key.search(key) is not None
+            if len(self._secret_cache) < 4096:
+                self._secret_cache[key] = verdict
+        return verdict
 
     @property
     def max_bytes(self) -> int:
@@ -73,12 +85,42 @@ class Serializer:
 
         Never raises: a value that cannot be walked at all is recorded as a marker.
         """
+        fast = self._fast_json(value)
+        if fast is not None:
+            return fast
         try:
             plain = self.to_plain(value)
             text = json.dumps(plain, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except Exception as exc:  # a hostile __repr__/__iter__ must not break the host's call
             text = json.dumps(f"<unserializable {type(value).__name__}: {type(exc).__name__}>")
         return self.truncate(text)
+
+    def _fast_json(self, value: Any) -> str | None:
+        """JSON of a scalar or a flat dict of scalars with no secret keys, else ``None``.
+
+        The common case on the hot path (tool arguments and results); skips the generic walk.
+        """
+        kind = type(value)
+        if kind is str:
+            if len(value) > 1024 or self.redact_text(value) is not value:
+                return None
+        elif kind is dict:
+            if self._redactor is not None or len(value) > 32:
+                return None
+            for key, item in value.items():
+                item_kind = type(item)
+                if type(key) is not str or self.is_secret_key(key):
+                    return None
+                if item_kind is str:
+                    if len(item) > 1024 or self.redact_text(item) is not item:
+                        return None
+                elif item_kind not in _SCALARS:
+                    return None
+                elif item_kind is float and not math.isfinite(item):
+                    return None
+        elif kind not in _SCALARS or (kind is float and not math.isfinite(value)):
+            return None
+        return self.truncate(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
     def truncate(self, text: str) -> str:
         """Cut ``text`` to ``max_bytes`` of UTF-8, marking how much was left out."""
@@ -150,7 +192,7 @@ class Serializer:
                 out["<more>"] = f"{len(value) - _MAX_ITEMS} more keys"
                 break
             name = raw_key if isinstance(raw_key, str) else str(raw_key)
-            if self._secret_key.search(name):
+            if self.is_secret_key(name):
                 out[name] = REDACTED
                 continue
             if self._redactor is not None:

@@ -72,87 +72,98 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+_PROMOTED_KEYS = tuple(p.attribute for p in PROMOTED)
+_PROMOTED_INT = tuple(p.sql_type in ("INTEGER", "BIGINT") for p in PROMOTED)
+
+
+def _promoted(attributes: Mapping[str, Any]) -> list[Any]:
+    values: list[Any] = []
+    for key, is_int in zip(_PROMOTED_KEYS, _PROMOTED_INT, strict=True):
+        value = attributes.get(key)
+        if value is not None:
+            if is_int:
+                value = _as_int(value)
+            elif type(value) is not str:
+                value = _dumps(value)
+        values.append(value)
+    return values
 
 
 def span_rows(spans: Sequence[ReadableSpan]) -> RowBatch:
-    """Convert finished spans into rows for ``spans``, ``episodes`` and ``feedback``."""
+    """Convert finished spans into rows for ``spans``, ``episodes`` and ``feedback``.
+
+    Runs on the writer thread, which shares the GIL with the agent's threads: keep it lean.
+    """
     batch = RowBatch()
+    append_span = batch.spans.append
     for span in spans:
-        attributes: Mapping[str, Any] = span.attributes or {}
         context = span.context
         if context is None:
             continue
-        trace_id = format(context.trace_id, "032x")
-        span_id = format(context.span_id, "016x")
+        attributes: Mapping[str, Any] = span.attributes or {}
+        rest = {k: v for k, v in attributes.items() if k not in PROMOTED_KEYS}
         start = span.start_time or 0
         end = span.end_time or start
-        rest = {k: _plain(v) for k, v in attributes.items() if k not in PROMOTED_KEYS}
-        events = [
-            {
-                "name": e.name,
-                "time_unix_nano": e.timestamp,
-                "attributes": {k: _plain(v) for k, v in (e.attributes or {}).items()},
-            }
-            for e in span.events
-        ]
-        links = [
-            {
-                "trace_id": format(link.context.trace_id, "032x"),
-                "span_id": format(link.context.span_id, "016x"),
-                "attributes": {k: _plain(v) for k, v in (link.attributes or {}).items()},
-            }
-            for link in span.links
-        ]
-        started_at, ended_at = _ts(start), _ts(end)
+        parent = span.parent
+        resource = span.resource
+        scope = span.instrumentation_scope
+        status = span.status
+        trace_id = format(context.trace_id, "032x")
         row: list[Any] = [
             trace_id,
-            span_id,
-            format(span.parent.span_id, "016x") if span.parent is not None else None,
+            format(context.span_id, "016x"),
+            format(parent.span_id, "016x") if parent is not None else None,
             span.name,
             span.kind.name,
             start,
             end,
-            started_at,
-            ended_at,
-            (end - start) / 1e6,
-            span.status.status_code.name,
-            span.status.description,
-            span.resource.attributes.get("service.name") if span.resource is not None else None,
-            span.instrumentation_scope.name if span.instrumentation_scope is not None else None,
+            status.status_code.name,
+            status.description,
+            resource.attributes.get("service.name") if resource is not None else None,
+            scope.name if scope is not None else None,
         ]
-        for promoted in PROMOTED:
-            value = attributes.get(promoted.attribute)
-            if value is not None and promoted.sql_type in ("INTEGER", "BIGINT"):
-                value = _as_int(value)
-            elif value is not None and not isinstance(value, str):
-                value = _dumps(_plain(value))
-            row.append(value)
-        row.extend(
-            (_dumps(rest) if rest else None, _dumps(events) if events else None, _dumps(links) if links else None)
-        )
-        batch.spans.append(tuple(row))
+        row.extend(_promoted(attributes))
+        row.append(_dumps(rest) if rest else None)
+        row.append(_events(span) if span.events else None)
+        row.append(_links(span) if span.links else None)
+        append_span(tuple(row))
 
         if attributes.get(semconv.EPISODE_ROOT):
-            batch.episodes.append(_episode_row(attributes, trace_id, started_at, ended_at, (end - start) / 1e6))
+            batch.episodes.append(_episode_row(attributes, trace_id, start, end))
         elif span.name == semconv.FEEDBACK_SPAN_NAME:
-            batch.feedback.append(_feedback_row(attributes, ended_at))
+            batch.feedback.append(_feedback_row(attributes, end))
     return batch
 
 
-def _episode_row(
-    attributes: Mapping[str, Any], trace_id: str, started_at: datetime, ended_at: datetime, duration_ms: float
-) -> Row:
+def _events(span: ReadableSpan) -> str:
+    return _dumps(
+        [{"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events]
+    )
+
+
+def _links(span: ReadableSpan) -> str:
+    return _dumps(
+        [
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+                "attributes": dict(link.attributes or {}),
+            }
+            for link in span.links
+        ]
+    )
+
+
+def _episode_row(attributes: Mapping[str, Any], trace_id: str, start: int, end: int) -> Row:
     return (
         attributes.get(semconv.EPISODE_ID),
         attributes.get(semconv.GEN_AI_AGENT_NAME) or "unknown",
         _as_int(attributes.get(semconv.POLICY_VERSION)),
         attributes.get(semconv.EPISODE_SESSION_ID),
         trace_id,
-        started_at,
-        ended_at,
-        duration_ms,
+        _ts(start),
+        _ts(end),
+        (end - start) / 1e6,
         attributes.get(semconv.EPISODE_STATUS) or semconv.EpisodeStatus.OK.value,
         attributes.get(semconv.ERROR_TYPE),
         attributes.get(semconv.FRAMEWORK),
@@ -171,7 +182,7 @@ def _episode_row(
     )
 
 
-def _feedback_row(attributes: Mapping[str, Any], created_at: datetime) -> Row:
+def _feedback_row(attributes: Mapping[str, Any], end: int) -> Row:
     return (
         attributes.get(semconv.FEEDBACK_ID),
         attributes.get(semconv.FEEDBACK_TARGET_EPISODE),
@@ -179,5 +190,5 @@ def _feedback_row(attributes: Mapping[str, Any], created_at: datetime) -> Row:
         _as_float(attributes.get(semconv.GEN_AI_EVALUATION_SCORE_VALUE)),
         attributes.get(semconv.GEN_AI_EVALUATION_SCORE_LABEL),
         attributes.get(semconv.FEEDBACK_COMMENT),
-        created_at,
+        _ts(end),
     )

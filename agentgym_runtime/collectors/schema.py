@@ -57,7 +57,7 @@ PROMOTED: Final[tuple[PromotedAttribute, ...]] = (
 )
 PROMOTED_KEYS: Final = frozenset(p.attribute for p in PROMOTED)
 
-#: Columns of ``spans`` before the promoted ones, in table order.
+#: Columns of ``spans`` before the promoted ones, in table order (what the writer appends).
 SPAN_HEAD_COLUMNS: Final = (
     ("trace_id", "VARCHAR NOT NULL"),
     ("span_id", "VARCHAR NOT NULL"),
@@ -66,9 +66,6 @@ SPAN_HEAD_COLUMNS: Final = (
     ("kind", "VARCHAR NOT NULL"),
     ("start_unix_nano", "BIGINT NOT NULL"),
     ("end_unix_nano", "BIGINT NOT NULL"),
-    ("started_at", "TIMESTAMPTZ NOT NULL"),
-    ("ended_at", "TIMESTAMPTZ NOT NULL"),
-    ("duration_ms", "DOUBLE NOT NULL"),
     ("status_code", "VARCHAR NOT NULL"),
     ("status_message", "VARCHAR"),
     ("service_name", "VARCHAR"),
@@ -79,6 +76,13 @@ SPAN_TAIL_COLUMNS: Final = (
     ("attributes", "JSON"),
     ("events", "JSON"),
     ("links", "JSON"),
+)
+#: Columns DuckDB derives from the stored ones (virtual: computed when read, never appended).
+#: Building datetimes in Python cost the writer thread more than the rest of a row.
+SPAN_GENERATED_COLUMNS: Final = (
+    ("started_at", "TIMESTAMPTZ GENERATED ALWAYS AS (make_timestamptz(start_unix_nano // 1000)) VIRTUAL"),
+    ("ended_at", "TIMESTAMPTZ GENERATED ALWAYS AS (make_timestamptz(end_unix_nano // 1000)) VIRTUAL"),
+    ("duration_ms", "DOUBLE GENERATED ALWAYS AS ((end_unix_nano - start_unix_nano) / 1e6) VIRTUAL"),
 )
 SPAN_COLUMNS: Final = tuple(
     [name for name, _ in SPAN_HEAD_COLUMNS] + [p.column for p in PROMOTED] + [name for name, _ in SPAN_TAIL_COLUMNS]
@@ -170,7 +174,7 @@ def _create_table(name: str, columns: tuple[tuple[str, str], ...]) -> str:
 
 _SPANS_DDL = _create_table(
     "spans",
-    SPAN_HEAD_COLUMNS + tuple((p.column, p.sql_type) for p in PROMOTED) + SPAN_TAIL_COLUMNS,
+    SPAN_HEAD_COLUMNS + tuple((p.column, p.sql_type) for p in PROMOTED) + SPAN_TAIL_COLUMNS + SPAN_GENERATED_COLUMNS,
 )
 
 _TOOL_CALLS_VIEW = f"""
