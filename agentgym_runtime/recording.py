@@ -255,13 +255,16 @@ class LlmCall:
         episode: Episode | None,
         agent: str | None,
         tools: dict[str, Mapping[str, Any] | None] | None,
+        make_current: bool = True,
     ) -> None:
         self._runtime = runtime
         self._span = span
         self._episode = episode
         self._agent = agent
         self._tools = tools
-        self._token = otel_context.attach(trace.set_span_in_context(span))
+        # Frameworks whose start and end hooks run in different contexts (LangChain's async
+        # callbacks end LLM runs inside asyncio.gather tasks) must not make the span current.
+        self._token = otel_context.attach(trace.set_span_in_context(span)) if make_current else None
         self._done = False
         self._started = time.perf_counter()
 
@@ -311,7 +314,8 @@ class LlmCall:
                 self._episode.expect_tool_calls(list(requested))
         finally:
             span.end()
-            otel_context.detach(self._token)
+            if self._token is not None:
+                otel_context.detach(self._token)
 
     def fail(self, error: BaseException) -> None:
         """The LLM call raised ``error``."""
@@ -326,7 +330,8 @@ class LlmCall:
                 self._episode.record_llm_call()
         finally:
             self._span.end()
-            otel_context.detach(self._token)
+            if self._token is not None:
+                otel_context.detach(self._token)
 
 
 def start_llm_call(
@@ -338,11 +343,13 @@ def start_llm_call(
     tools: Sequence[ToolDefinition] | None = None,
     framework: str | None = None,
     runtime: Runtime | None = None,
+    make_current: bool = True,
 ) -> LlmCall:
     """Open the ``chat {model}`` span of an LLM call that is about to be made.
 
     Requested tool calls left unexecuted by the previous turn of the same agent are
-    reconciled first: the framework has had its chance to run them.
+    reconciled first: the framework has had its chance to run them. ``make_current=False``
+    leaves the current span alone (for hooks whose start and end run in different contexts).
     """
     runtime = runtime or get_runtime()
     episode, attributes = _scope_attributes(runtime, framework)
@@ -368,4 +375,4 @@ def start_llm_call(
         if tools:
             attributes[semconv.GEN_AI_TOOL_DEFINITIONS] = runtime.serializer.to_json(list(tools))
     span = runtime.tracer.start_span(semconv.chat_span_name(model), kind=SpanKind.CLIENT, attributes=attributes)
-    return LlmCall(runtime, span, episode, agent, offered)
+    return LlmCall(runtime, span, episode, agent, offered, make_current)
