@@ -53,6 +53,8 @@ class Settings(BaseSettings):
             this are dropped and counted.
         install_global_provider: Install our TracerProvider globally when the host has none
             (needed to see spans other libraries emit through the global provider).
+        auto_instrument: When an episode starts, instrument the adapters of the agent frameworks
+            already imported, so decorated functions that run framework agents are captured.
         strict: Raise internal errors instead of logging them (for tests, never production).
     """
 
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
     max_pending_rows: int = Field(default=262_144, ge=0)
     reopen_backoff_s: float = Field(default=1.0, ge=0.0)
     install_global_provider: bool = True
+    auto_instrument: bool = True
     strict: bool = False
 
     @field_validator("home", mode="before")

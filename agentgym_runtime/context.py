@@ -124,6 +124,8 @@ class Episode:
         #: The episode's root ``invoke_agent`` span (set by the runtime; used to rename an
         #: unnamed episode once its first agent is known).
         self.root_span: Any = None
+        #: ``id()`` of the runtime that recorded it (``last_episode`` ignores older configurations).
+        self.runtime_id: int | None = None
 
     @property
     def policy_version(self) -> int:

@@ -113,6 +113,8 @@ class AgentRun:
         parent = current_episode_var.get()
         serializer = runtime.serializer
         if parent is None:
+            if runtime.settings.auto_instrument:
+                _auto_instrument(runtime)
             policy = runtime.resolve_policy(options.name, self._session_id)
             episode = Episode(
                 options.name,
@@ -124,6 +126,7 @@ class AgentRun:
                 entrypoint=options.entrypoint,
             )
             episode.input = self._input
+            episode.runtime_id = id(runtime)
             self._owns = True
         else:
             episode = parent
@@ -271,3 +274,12 @@ class AgentRun:
 
 
 _UNNAMED = "default"
+
+
+def _auto_instrument(runtime: Runtime) -> None:
+    try:
+        from agentgym_runtime.adapters import auto_instrument
+
+        auto_instrument()
+    except Exception as exc:
+        runtime.internal_error("auto-instrument", exc)

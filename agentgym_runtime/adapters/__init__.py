@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from agentgym_runtime.adapters.base import Adapter, AgentProxy, class_modules
@@ -73,6 +74,34 @@ def load_adapter(framework: str) -> Adapter:
     return adapter
 
 
+def auto_instrument() -> list[str]:
+    """Instrument the adapter of every framework this process has already imported.
+
+    Called when an episode starts, so a decorated function that runs a LangChain, AutoGen
+    or CrewAI agent is captured without wrapping the agent itself. Cheap when there is
+    nothing to do (a few ``sys.modules`` lookups); never imports a framework. An adapter whose
+    instrumentation was explicitly released (``uninstrument``) is left alone.
+
+    Returns:
+        The frameworks instrumented by this call.
+    """
+    done: list[str] = []
+    for framework, (_, extra, prefixes) in FRAMEWORKS.items():
+        if extra is None or not any(prefix in sys.modules for prefix in prefixes):
+            continue
+        adapter = _instances.get(framework)
+        if adapter is not None and (type(adapter)._instrument_count > 0 or type(adapter)._auto_opt_out):
+            continue
+        try:
+            adapter = load_adapter(framework)
+        except MissingExtraError:
+            continue  # e.g. only part of a framework's packages is installed
+        if type(adapter)._instrument_count == 0 and not type(adapter)._auto_opt_out:
+            adapter.instrument()
+            done.append(framework)
+    return done
+
+
 def adapter_for(obj: Any, framework: str | None = None) -> Adapter:
     """The adapter for ``obj``: the forced ``framework``, else the detected one."""
     return load_adapter(framework or detect_framework(obj))
@@ -84,6 +113,7 @@ __all__ = [
     "AgentProxy",
     "CallableAdapter",
     "adapter_for",
+    "auto_instrument",
     "detect_framework",
     "load_adapter",
 ]

@@ -45,6 +45,10 @@ class Adapter:
 
     _instrument_lock: ClassVar[threading.Lock] = threading.Lock()
     _instrument_count: ClassVar[int] = 0
+    #: Set when the last instrumentation is released explicitly: the user asked for the hooks to
+    #: go, so automatic instrumentation at episode start leaves this framework alone until the
+    #: next explicit :meth:`instrument`.
+    _auto_opt_out: ClassVar[bool] = False
 
     @classmethod
     def detects(cls, obj: Any) -> bool:
@@ -60,6 +64,7 @@ class Adapter:
             if cls._instrument_count == 0:
                 self._install()
             cls._instrument_count += 1
+            cls._auto_opt_out = False
 
     def uninstrument(self) -> None:
         """Release one :meth:`instrument`; the hooks go away with the last release."""
@@ -70,6 +75,7 @@ class Adapter:
             cls._instrument_count -= 1
             if cls._instrument_count == 0:
                 self._remove()
+                cls._auto_opt_out = True
 
     def _install(self) -> None:
         """Install framework hooks (override)."""

@@ -241,3 +241,42 @@ def test_disabled_runtime_records_nothing_and_changes_nothing(tmp_path: Any) -> 
         assert runtime.stats()["spans_enqueued"] == 0
     finally:
         agentgym.shutdown()
+
+
+def test_last_episode_after_asyncio_run_is_the_newest(recorded: Recorded) -> None:
+    with agentgym.episode(agent="older"):
+        pass
+
+    @agentgym.train_online(name="newer")
+    async def agent() -> str:
+        return "ok"
+
+    assert asyncio.run(agent()) == "ok"
+    latest = agentgym.last_episode()
+    assert latest is not None
+    assert latest.agent == "newer"
+
+
+def test_last_episode_is_per_thread(recorded: Recorded) -> None:
+    import threading
+
+    @agentgym.train_online(name="threaded")
+    def agent(tag: str) -> str:
+        return tag
+
+    seen: dict[str, str] = {}
+    barrier = threading.Barrier(4)
+
+    def worker(tag: str) -> None:
+        agent(tag)
+        barrier.wait()  # every thread has finished its episode before any reads
+        episode = agentgym.last_episode()
+        assert episode is not None
+        seen[tag] = episode.input["tag"]
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {f"t{i}": f"t{i}" for i in range(4)}
