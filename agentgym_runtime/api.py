@@ -29,7 +29,9 @@ from agentgym_runtime.config import Settings
 from agentgym_runtime.context import Episode, current_agent_var, current_episode_var, last_episode_var
 from agentgym_runtime.episodes import _UNNAMED, AgentOptions, AgentRun
 from agentgym_runtime.errors import ConfigurationError, EpisodeNotFoundError, StoreUnavailableError
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
+from agentgym_runtime.policy.registry import PolicyInfo, PolicyState
+from agentgym_runtime.policy.trained import TrainedPolicy
 from agentgym_runtime.runtime import Runtime, get_runtime, peek_runtime, replace_runtime
 
 
@@ -127,12 +129,21 @@ def current_episode() -> Episode | None:
 
 
 def last_episode() -> Episode | None:
-    """The episode that most recently finished in this context (else in this process)."""
-    found = last_episode_var.get()
-    if found is not None:
-        return found
+    """The episode that most recently finished in the calling context.
+
+    That is the later of the last episode finished in this context and the last one finished
+    on this thread (an episode run through ``asyncio.run`` finishes in a child context), so
+    concurrent threads never see each other's episodes. Only episodes recorded since the
+    last :func:`configure` count.
+    """
     runtime = peek_runtime()
-    return runtime.last_episode if runtime is not None else None
+    if runtime is None:
+        return None
+    candidates = [last_episode_var.get(), runtime.last_episode_in_thread()]
+    finished = [e for e in candidates if e is not None and e.runtime_id == id(runtime)]
+    if not finished:
+        return None
+    return max(finished, key=lambda e: e.ended_at or e.started_at)
 
 
 def feedback(
@@ -280,3 +291,161 @@ def export(
     runtime = get_runtime()
     runtime.flush()
     return export_store(runtime.store, path, format, agent=agent, since=since)
+
+
+def register_policy(
+    agent_name: str,
+    *,
+    system_prompt: str | None = None,
+    tool_descriptions: Mapping[str, str] | None = None,
+    demonstrations: list[Demonstration | Mapping[str, Any]] | None = None,
+    llm: LLMConfig | Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    trainer: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    parent_version: int | None = None,
+    adapter_dir: str | Path | None = None,
+) -> Policy:
+    """Register a new version of an agent's policy as a ``candidate`` (nothing serves it yet).
+
+    The version is written as an artifact under ``<home>/policies/<agent>/v<N>/`` (JSON, and the
+    safetensors files of ``adapter_dir``, with sha256 digests) and recorded in the ``policies`` table.
+
+    Args:
+        agent_name: The agent (as named by ``train_online``).
+        system_prompt: Replaces the agent's system prompt.
+        tool_descriptions: Per tool name, the description the model sees.
+        demonstrations: Few-shot examples (``Demonstration`` or dicts with input/tool_calls/output).
+        llm: Model routing (endpoint, model, sampling, adapter).
+        metadata: Free-form data stored with it.
+        trainer: What produced it (default ``"manual"``).
+        metrics: Numbers measured when it was produced.
+        parent_version: The version it derives from (default: the live one).
+        adapter_dir: A directory whose ``*.safetensors`` files are copied into the artifact's ``adapter/``.
+
+    Returns:
+        The new policy (its ``version`` is the next free number).
+
+    Raises:
+        ConfigurationError: An invalid agent name or field.
+        PolicyArtifactError: ``adapter_dir`` is unusable.
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> agentgym.register_policy("support", system_prompt="Look the order up first.").ref
+        'support@v1'
+        >>> agentgym.shutdown()
+    """
+    return get_runtime().policies.register(
+        agent_name,
+        system_prompt=system_prompt,
+        tool_descriptions=tool_descriptions,
+        demonstrations=demonstrations,
+        llm=llm,
+        metadata=metadata,
+        trainer=trainer,
+        metrics=metrics,
+        parent_version=parent_version,
+        adapter_dir=adapter_dir,
+        actor="api",
+    )
+
+
+def promote(
+    agent_name: str, version: int | str, *, canary: float | None = None, reason: str | None = None
+) -> PolicyState:
+    """Make ``version`` live now, or with ``canary=share`` start serving it to that share of sessions.
+
+    Every new call of the agent (in this process at once, in other processes within a second)
+    pins the new version; calls already running keep theirs.
+
+    Raises:
+        PolicyNotFoundError: Unknown agent or version (the message lists what exists).
+        PolicyArtifactError: The artifact is corrupt or tampered with (the current policy stays live).
+        PolicyConflictError: It is live already, or another change won a race with this one.
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> v1 = agentgym.register_policy("support", system_prompt="Be exact.")
+        >>> agentgym.promote("support", v1.version).live
+        1
+        >>> agentgym.shutdown()
+    """
+    registry = get_runtime().policies
+    expected = registry.state(agent_name).sequence
+    if canary is not None:
+        return registry.start_canary(
+            agent_name, version, canary, actor="api", reason=reason or "manual canary", expected_sequence=expected
+        )
+    return registry.promote(
+        agent_name, version, actor="api", reason=reason or "manual promotion", expected_sequence=expected
+    )
+
+
+def rollback(agent_name: str, *, reason: str | None = None) -> PolicyState:
+    """Roll back the agent's canary if it has one, else its live version (to the previous live one).
+
+    Raises:
+        PolicyNotFoundError: Unknown agent.
+        PolicyConflictError: Nothing to roll back, or another change won a race with this one.
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> _ = agentgym.promote("support", agentgym.register_policy("support", system_prompt="x").version)
+        >>> agentgym.rollback("support").live
+        0
+        >>> agentgym.shutdown()
+    """
+    registry = get_runtime().policies
+    expected = registry.state(agent_name).sequence
+    return registry.rollback(agent_name, actor="api", reason=reason or "manual rollback", expected_sequence=expected)
+
+
+def policies(agent_name: str) -> list[PolicyInfo]:
+    """Every version of the agent's policy with its status, oldest first (v0 is the baseline).
+
+    Raises:
+        PolicyNotFoundError: No policies registered for the agent (the message lists those that are).
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> _ = agentgym.register_policy("support", system_prompt="x")
+        >>> [(p.version, p.status.value) for p in agentgym.policies("support")]
+        [(0, 'live'), (1, 'candidate')]
+        >>> agentgym.shutdown()
+    """
+    return get_runtime().policies.policies(agent_name)
+
+
+def load_policy(ref: str) -> TrainedPolicy:
+    """Load a registered policy to seed a fresh agent: ``"agent@v3"``, ``"agent@live"``, ``"agent@canary"``.
+
+    A bare ``"agent"`` means its live version.
+
+    Returns:
+        A :class:`~agentgym_runtime.policy.trained.TrainedPolicy` with ``to_langchain``,
+        ``to_autogen``, ``to_crewai`` and ``apply``.
+
+    Raises:
+        PolicyNotFoundError: Unknown agent or version (the message lists what exists).
+        PolicyArtifactError: The artifact is corrupt or tampered with.
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> _ = agentgym.register_policy("support", system_prompt="Be exact.")
+        >>> agentgym.load_policy("support@v1").system_prompt
+        'Be exact.'
+        >>> agentgym.shutdown()
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigurationError(f"a policy reference looks like 'agent@v3' or 'agent@live', got {ref!r}")
+    agent, _, which = ref.strip().partition("@")
+    registry = get_runtime().policies
+    version = registry.resolve_ref(agent, which or "live")
+    policy = registry.load(agent, version)
+    return TrainedPolicy(policy, registry.artifact_path(agent, version) if version else None)

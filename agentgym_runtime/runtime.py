@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -40,6 +40,11 @@ from agentgym_runtime.config import Settings
 from agentgym_runtime.context import Episode, current_agent_var, current_episode_var
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.serialization import Serializer
+
+if TYPE_CHECKING:
+    from agentgym_runtime.policy.registry import PolicyRegistry
+    from agentgym_runtime.policy.router import PolicyRouter
+    from agentgym_runtime.trainers.scheduler import TrainingScheduler
 
 logger = logging.getLogger("agentgym_runtime")
 
@@ -85,8 +90,11 @@ class Runtime:
         )
         self.pipeline_stats = PipelineStats()
         self.store = TraceStore(self.settings.store_path)
-        self.policy_resolver: PolicyResolver = _baseline_policy
+        # Until replaced, resolution goes through the policy router (created on first use).
+        self.policy_resolver: PolicyResolver = self._resolve_with_router
+        self._policy_router: PolicyRouter | None = None
         self.last_episode: Episode | None = None
+        self._last_by_thread: dict[int, Episode] = {}
         self.host_provider = False
         self._exporter: DuckDBSpanExporter | None = None
         self._batch: BatchSpanProcessor | None = None
@@ -99,6 +107,7 @@ class Runtime:
         self._status_at = 0.0
         self._logged_errors: set[str] = set()
         self._recent: OrderedDict[str, SpanContext] = OrderedDict()
+        self._scheduler: TrainingScheduler | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -131,7 +140,30 @@ class Runtime:
             self._started = True
             self._closed = False
             _register_process_hooks()
+        self._start_training_schedules()
         return self
+
+    def _start_training_schedules(self) -> None:
+        # Agents decorated with train_online(schedule=...) before this runtime existed.
+        from agentgym_runtime.trainers.scheduler import registered_training
+
+        if registered_training():
+            self.scheduler.start()
+
+    @property
+    def scheduler(self) -> TrainingScheduler:
+        """The background retraining scheduler (created on first use)."""
+        with self._lock:
+            if self._scheduler is None:
+                from agentgym_runtime.trainers.scheduler import TrainingScheduler
+
+                self._scheduler = TrainingScheduler(self)
+            return self._scheduler
+
+    @property
+    def has_scheduler(self) -> bool:
+        """Whether the scheduler was created (without creating it)."""
+        return self._scheduler is not None
 
     @property
     def started(self) -> bool:
@@ -163,6 +195,12 @@ class Runtime:
             if not self._started or self._closed:
                 return
             self._closed = True
+            scheduler, self._scheduler = self._scheduler, None
+            if scheduler is not None:
+                try:
+                    scheduler.shutdown()  # kills running jobs; their runs are marked failed first
+                except Exception as exc:
+                    self.internal_error("training scheduler shutdown", exc)
             try:
                 self.flush(timeout_s)
             finally:
@@ -171,6 +209,8 @@ class Runtime:
                 if self._batch is not None:
                     self._batch.shutdown()  # type: ignore[no-untyped-call]
                 self.publish_status(force=True)
+                if self._policy_router is not None:
+                    self._policy_router.registry.close()  # last policy mirror, then never reopen the store
                 self.store.close()
                 self._started = False
                 self._tracer = None
@@ -236,16 +276,54 @@ class Runtime:
             return Policy.baseline(agent)
         return policy if isinstance(policy, Policy) else Policy.baseline(agent)
 
+    @property
+    def router(self) -> PolicyRouter:
+        """The policy router of this runtime (created on first use; it becomes ``policy_resolver``)."""
+        router = self._policy_router
+        if router is None:
+            with self._lock:
+                if self._policy_router is None:
+                    from agentgym_runtime.policy.registry import PolicyRegistry
+                    from agentgym_runtime.policy.router import PolicyRouter
+
+                    registry = PolicyRegistry(
+                        self.settings.policies_dir,
+                        store=self.store if self.settings.enabled else None,
+                        on_error=self.internal_error,
+                    )
+                    self._policy_router = PolicyRouter(registry, self)
+                    if self.policy_resolver == self._resolve_with_router:
+                        self.policy_resolver = self._policy_router.resolve
+                router = self._policy_router
+        return router
+
+    @property
+    def policies(self) -> PolicyRegistry:
+        """The policy registry of this runtime (``<home>/policies``, mirrored into the store)."""
+        return self.router.registry
+
+    def _resolve_with_router(self, agent: str, session_id: str | None) -> Policy:
+        return self.router.resolve(agent, session_id)
+
     # --- episode bookkeeping -------------------------------------------------------------
     def remember_episode(self, episode: Episode, span_context: SpanContext | None) -> None:
         """Keep the latest episodes' span contexts, so feedback can link to them."""
         self.last_episode = episode
+        thread = threading.get_ident()
+        with self._lock:
+            self._last_by_thread[thread] = episode
+            if len(self._last_by_thread) > 1024:  # threads come and go: forget the oldest
+                self._last_by_thread.pop(next(iter(self._last_by_thread)))
         if span_context is None:
             return
         with self._lock:
             self._recent[episode.id] = span_context
             if len(self._recent) > _RECENT_EPISODES:
                 self._recent.popitem(last=False)
+
+    def last_episode_in_thread(self) -> Episode | None:
+        """The episode that most recently finished on the calling thread."""
+        return self._last_by_thread.get(threading.get_ident())
 
     def recent_episode_context(self, episode_id: str) -> SpanContext | None:
         """The span context of a recent episode of this process, if remembered."""

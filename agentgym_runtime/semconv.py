@@ -79,6 +79,8 @@ TOOL_REQUESTED_CALLS: Final = "agentgym.llm.requested_tool_calls"
 FEEDBACK_COMMENT: Final = "agentgym.feedback.comment"
 FEEDBACK_TARGET_EPISODE: Final = "agentgym.feedback.episode_id"
 FEEDBACK_ID: Final = "agentgym.feedback.id"
+POLICY_FALLBACK_FROM: Final = "agentgym.policy.fallback_from"
+"""Set on an agent span whose call fell back to the incumbent policy after an LLM failure (the failed version)."""
 
 # --- span names ------------------------------------------------------------------------
 FEEDBACK_SPAN_NAME: Final = "gen_ai.evaluation.result"

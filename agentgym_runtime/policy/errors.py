@@ -1,0 +1,49 @@
+"""Errors raised by the policy registry, artifacts and router.
+
+Example:
+    >>> from agentgym_runtime.policy.errors import PolicyNotFoundError
+    >>> issubclass(PolicyNotFoundError, LookupError)
+    True
+"""
+
+from __future__ import annotations
+
+from agentgym_runtime.errors import AgentGymError
+
+
+class PolicyError(AgentGymError):
+    """Base class of the policy errors.
+
+    Example:
+        >>> isinstance(PolicyConflictError("x"), PolicyError)
+        True
+    """
+
+
+class PolicyNotFoundError(PolicyError, LookupError):
+    """An agent or version the registry does not hold; the message lists what exists.
+
+    Example:
+        >>> str(PolicyNotFoundError("agent 'x' has no version 9; versions: 0, 1"))
+        "agent 'x' has no version 9; versions: 0, 1"
+    """
+
+
+class PolicyConflictError(PolicyError, RuntimeError):
+    """A registry change lost a race (another process changed the pointers first) or is invalid now.
+
+    Example:
+        >>> raise PolicyConflictError("v2 is already live")
+        Traceback (most recent call last):
+        ...
+        agentgym_runtime.policy.errors.PolicyConflictError: v2 is already live
+    """
+
+
+class PolicyArtifactError(PolicyError, ValueError):
+    """A policy artifact is missing, corrupt or tampered with; it is never loaded.
+
+    Example:
+        >>> str(PolicyArtifactError("sha256 mismatch for policy.json"))
+        'sha256 mismatch for policy.json'
+    """
