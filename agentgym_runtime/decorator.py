@@ -101,6 +101,7 @@ def _options(
     framework: str | None,
     session_id: str | None,
     metadata: Mapping[str, Any] | None,
+    training: Mapping[str, Any] | None = None,
 ) -> AgentOptions:
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
@@ -112,14 +113,29 @@ def _options(
         raise ConfigurationError(f"metadata must be a mapping, got {type(metadata).__name__}")
     if scenario is not None and not isinstance(scenario, str) and not isinstance(scenario, RewardSource):
         raise ConfigurationError("scenario must be a scenario name or an object with a reward(episode, output) method")
+    agent_name = name or _default_name(target)
+    entrypoint = _entrypoint(target) if inspect.isroutine(target) else _entrypoint(type(target))
+    training_options: dict[str, Any] = {}
+    if training:
+        from agentgym_runtime.trainers.scheduler import training_config
+
+        scenario_name = scenario if isinstance(scenario, str) else getattr(scenario, "name", None)
+        config = training_config(
+            agent_name,
+            **training,
+            entrypoint=entrypoint,
+            scenario=scenario_name if isinstance(scenario_name, str) else None,
+        )
+        training_options = config.model_dump()
     return AgentOptions(
-        name=name or _default_name(target),
+        name=agent_name,
         scenario=scenario,
         reward=reward,
         framework=framework,
-        entrypoint=_entrypoint(target) if inspect.isroutine(target) else _entrypoint(type(target)),
+        entrypoint=entrypoint,
         session_id=session_id,
         metadata=dict(metadata or {}),
+        training=training_options,
     )
 
 
@@ -146,6 +162,11 @@ def train_online(
     framework: str | None = ...,
     session_id: str | None = ...,
     metadata: Mapping[str, Any] | None = ...,
+    schedule: str | None = ...,
+    min_new_episodes: int | None = ...,
+    trainer: str | None = ...,
+    gpu: str | None = ...,
+    trainer_options: Mapping[str, Any] | None = ...,
 ) -> T: ...
 @overload
 def train_online(
@@ -156,6 +177,11 @@ def train_online(
     framework: str | None = ...,
     session_id: str | None = ...,
     metadata: Mapping[str, Any] | None = ...,
+    schedule: str | None = ...,
+    min_new_episodes: int | None = ...,
+    trainer: str | None = ...,
+    gpu: str | None = ...,
+    trainer_options: Mapping[str, Any] | None = ...,
 ) -> Callable[[T], T]: ...
 def train_online(
     target: Any = None,
@@ -167,6 +193,11 @@ def train_online(
     framework: str | None = None,
     session_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    schedule: str | None = None,
+    min_new_episodes: int | None = None,
+    trainer: str | None = None,
+    gpu: str | None = None,
+    trainer_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Record every run of an agent as an episode (and, with training configured, improve it).
 
@@ -178,6 +209,15 @@ def train_online(
         framework: Force an adapter (``"langchain"``, ``"autogen"``, ``"crewai"``, ``"callable"``).
         session_id: Default session id of the episodes (used for sticky canary routing).
         metadata: Stored with every episode.
+        schedule: Retrain in the background on this schedule: a duration (``"30m"``, ``"6h"``,
+            ``"1d"``) or a 5-field cron string (``"0 3 * * *"``, UTC).
+        min_new_episodes: Skip a scheduled run unless this many episodes ended since the last
+            successful one (default 20).
+        trainer: ``"demos"`` (default), ``"apo"``, ``"grpo"``, ``"verl"`` or your own
+            (``AGENTGYM_EXTRA_TRAINERS`` or ``trainer_options={"trainer_class": "module:Class"}``).
+        gpu: ``"auto"`` (CUDA when available, else CPU; default), ``"cpu"`` or ``"local"`` (this
+            machine's GPU, required).
+        trainer_options: Passed to the trainer (JSON-serialisable).
 
     Returns:
         The wrapped function, or a transparent proxy of the agent object.
@@ -195,6 +235,17 @@ def train_online(
         >>> asyncio.run(answer("why?"))
         '42'
     """
+    training = {
+        key: value
+        for key, value in (
+            ("schedule", schedule),
+            ("min_new_episodes", min_new_episodes),
+            ("trainer", trainer),
+            ("gpu", gpu),
+            ("trainer_options", trainer_options),
+        )
+        if value is not None
+    }
 
     def apply(obj: Any) -> Any:
         if isinstance(obj, type):
@@ -212,7 +263,12 @@ def train_online(
             framework=framework,
             session_id=session_id,
             metadata=metadata,
+            training=training,
         )
+        if options.training:
+            from agentgym_runtime.trainers.scheduler import TrainingConfig, register_training
+
+            register_training(TrainingConfig(**options.training))
         if (inspect.isroutine(obj) or isinstance(obj, functools.partial)) and framework in (None, "callable"):
             return _wrap_function(obj, options)
         adapter = adapter_for(obj, framework)

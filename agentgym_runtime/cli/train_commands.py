@@ -1,0 +1,245 @@
+"""``agentgym train | runs``: run a training job from the command line, list training runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentgym_runtime.cli.common import HomeOption, StoreOption, console, err_console, reading_store, settings_for
+from agentgym_runtime.errors import ConfigurationError, StoreUnavailableError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to ``app``."""
+    app.command("train")(train)
+    app.command("runs")(runs)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--option {pair!r} must be KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(text)
+        except ValueError:
+            options[key.strip()] = text  # a bare string
+    return options
+
+
+def train(
+    agent: str = typer.Option(..., "--agent", "-a", help="The agent to train."),
+    trainer: str | None = typer.Option(None, "--trainer", "-t", help="demos | apo | grpo | verl (or your own)."),
+    now: bool = typer.Option(False, "--now", help="Run even with fewer new episodes than --min-episodes."),
+    gpu: str | None = typer.Option(None, "--gpu", help="auto | cpu | local"),
+    min_episodes: int | None = typer.Option(None, "--min-episodes", help="New episodes needed (default 20)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Kill the job after this many seconds."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Trainer option KEY=VALUE (JSON value); repeatable."),
+    pickup_timeout: float = typer.Option(
+        20.0, "--pickup-timeout", help="When a service holds the store: how long to wait for it to take the request."
+    ),
+    home: Path | None = HomeOption,
+    store: str | None = StoreOption,
+) -> None:
+    """Snapshot the agent's new episodes and run one training job, with a progress bar.
+
+    The job runs exactly as the background scheduler runs it (same snapshot, lock, subprocess
+    and bookkeeping in ``training_runs``). When a running service holds the store, the request
+    is handed to that service's scheduler (through ``<home>/requests``) and followed from here.
+    """
+    from agentgym_runtime.api import configure, shutdown
+    from agentgym_runtime.trainers.scheduler import training_config
+
+    settings = settings_for(home, store)
+    overrides: dict[str, Any] = {}
+    for key, value in (("trainer", trainer), ("gpu", gpu), ("min_new_episodes", min_episodes), ("timeout_s", timeout)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        trainer_options = _parse_options(option)
+        runtime = configure(home=settings.home, store=settings.store)
+    except ConfigurationError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        try:
+            runtime.store.connect()
+        except StoreUnavailableError as exc:
+            if "lock" not in str(exc).lower():
+                err_console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from None
+            shutdown()
+            if trainer_options:
+                overrides["trainer_options"] = trainer_options
+            try:
+                training_config(agent, **overrides)  # refuse bad options here, not in the service
+            except ConfigurationError as config_exc:
+                err_console.print(f"[red]{config_exc}[/red]")
+                raise typer.Exit(2) from None
+            _train_through_service(settings.home, agent, now, overrides, pickup_timeout)
+            return
+        base = runtime.scheduler.config_for(agent).model_dump(exclude={"agent"})
+        base.update(overrides)
+        if trainer_options:
+            base["trainer_options"] = {**base.get("trainer_options", {}), **trainer_options}
+        try:
+            config = training_config(agent, **base)
+        except ConfigurationError as exc:
+            err_console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        with Progress(
+            TextColumn("[bold]{task.fields[agent]}[/bold]"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("starting", total=1.0, agent=f"{agent} ({config.trainer})")
+
+            def progress(fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=message)
+
+            run = runtime.scheduler.run_now(agent, config=config, force=now, progress=progress)
+            if run.status == "succeeded":
+                bar.update(task, completed=1.0, description="done")
+    finally:
+        shutdown()
+    _print_run(run.status, run.run_id, run.reason, run.error, run.candidate_version, run.metrics, run.log_tail)
+    if run.status == "failed":
+        raise typer.Exit(1)
+
+
+def _train_through_service(
+    home: Path, agent: str, force: bool, overrides: dict[str, Any], pickup_timeout: float
+) -> None:
+    import time
+
+    from agentgym_runtime.trainers.scheduler import request_status, submit_request, withdraw_request
+
+    request_id = submit_request(home, agent, force=force, overrides=overrides)
+    err_console.print(
+        f"[dim]a running service holds the store: asked it to train {agent!r} (request {request_id})[/dim]"
+    )
+    deadline = time.monotonic() + pickup_timeout
+    status: dict[str, Any] | None = None
+    with Progress(
+        TextColumn("[bold]{task.fields[agent]}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("waiting for the service", total=1.0, agent=agent)
+        while True:
+            status = request_status(home, request_id)
+            if status is None and time.monotonic() > deadline and withdraw_request(home, request_id):
+                break
+            if status is not None:
+                bar.update(
+                    task, completed=float(status.get("fraction") or 0.0), description=str(status.get("message", ""))
+                )
+                if status.get("state") == "done":
+                    break
+            time.sleep(0.2)
+    if status is None:
+        err_console.print(
+            f"[red]no service took the request within {pickup_timeout:g}s[/red]: the process holding the store "
+            "serves training requests once an agent in it is decorated with training options "
+            "(train_online(schedule=...)); otherwise stop it and run this command again."
+        )
+        raise typer.Exit(2)
+    if status.get("status") == "rejected":
+        err_console.print(f"[red]the service rejected the request: {status.get('error')}[/red]")
+        raise typer.Exit(2)
+    _print_run(
+        str(status.get("status")),
+        str(status.get("run_id")),
+        status.get("reason"),
+        status.get("error"),
+        status.get("candidate_version"),
+        dict(status.get("metrics") or {}),
+        status.get("log_tail"),
+    )
+    if status.get("status") == "failed":
+        raise typer.Exit(1)
+
+
+def _print_run(
+    status: str,
+    run_id: str,
+    reason: str | None,
+    error: str | None,
+    candidate: int | None,
+    metrics: dict[str, Any],
+    log_tail: str | None,
+) -> None:
+    color = {"succeeded": "green", "failed": "red", "skipped": "yellow"}.get(status, "white")
+    console.print(f"run [bold]{run_id}[/bold]: [{color}]{status}[/{color}]")
+    if candidate is not None:
+        console.print(f"candidate policy: v{candidate}")
+    if metrics:
+        console.print("metrics: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    if reason:
+        console.print(f"reason: {reason}")
+    if error:
+        console.print(f"[red]error: {error}[/red]")
+    if status == "failed" and log_tail:
+        console.print("[dim]--- job log (tail) ---[/dim]")
+        console.print(log_tail[-2000:], markup=False, highlight=False)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else "—"
+
+
+def runs(
+    agent: str | None = typer.Option(None, "--agent", "-a", help="Only this agent's runs."),
+    limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    home: Path | None = HomeOption,
+    store: str | None = StoreOption,
+) -> None:
+    """List training runs: status, episodes, candidate version, reason or error."""
+    from agentgym_runtime.trainers.scheduler import list_runs
+
+    settings = settings_for(home, store)
+    with reading_store(settings) as reader:
+        rows = list_runs(reader, agent, limit)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+        return
+    if not rows:
+        console.print("[dim]no training runs yet[/dim]")
+        return
+    table = Table(title="training runs")
+    table.add_column("run", no_wrap=True)
+    for column in ("agent", "trainer", "status", "episodes", "candidate", "started", "duration", "reason"):
+        table.add_column(column)
+    for row in rows:
+        started, ended = row["started_at"], row["ended_at"]
+        duration = f"{(ended - started).total_seconds():.1f}s" if started and ended else "—"
+        color = {"succeeded": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "white")
+        detail = row["error"] or row["reason"] or ""
+        table.add_row(
+            row["run_id"],
+            row["agent"],
+            row["trainer"],
+            f"[{color}]{row['status']}[/{color}]",
+            "—" if row["episodes"] is None else str(row["episodes"]),
+            "—" if row["candidate_version"] is None else f"v{row['candidate_version']}",
+            _when(started or row["scheduled_at"]),
+            duration,
+            detail if len(detail) <= 80 else detail[:77] + "...",
+        )
+    console.print(table)

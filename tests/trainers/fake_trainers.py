@@ -1,0 +1,81 @@
+"""Trainers for the scheduler tests, run inside real job subprocesses.
+
+Selected per config with ``trainer_options={"trainer_class": "tests.trainers.fake_trainers:<Class>"}``
+(the extension point for users' own trainers). They read the snapshot like a real trainer does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import ClassVar
+
+from agentgym_runtime.trainers.base import ProgressFn, TrainerUnavailable, TrainingJobSpec, TrainingResult
+from agentgym_runtime.trainers.dataset import load_tasks
+
+
+class PromptTrainer:
+    """Writes a system prompt naming how many tasks it saw, with held-out numbers as metrics."""
+
+    name: ClassVar[str] = "fake-prompt"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        train, heldout = load_tasks(spec.snapshot_dir, heldout_fraction=float(spec.options["heldout_fraction"]))
+        progress(0.5, f"read {len(train)} train and {len(heldout)} held-out tasks")
+        delay = float(spec.options.get("delay_s", 0.0))
+        steps = 5
+        for step in range(steps):
+            time.sleep(delay / steps)
+            progress(0.5 + 0.1 * step, f"step {step + 1}/{steps}")
+        rewards = [t.reward for t in heldout if t.reward is not None]
+        return TrainingResult(
+            trainer="fake-prompt",
+            system_prompt=f"Always call get_order first. (trained on {len(train)} tasks)",
+            tool_descriptions={"get_order": "Look up an order by its numeric id."},
+            metrics={
+                "train_tasks": len(train),
+                "heldout_tasks": len(heldout),
+                "heldout_reward_before": sum(rewards) / len(rewards) if rewards else None,
+                "heldout_reward_after": 1.0,
+                "device": spec.device,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            },
+        )
+
+
+class CrashingTrainer:
+    name: ClassVar[str] = "fake-crash"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        progress(0.25, "about to crash")
+        raise RuntimeError("boom: the fake trainer crashed on purpose")
+
+
+class HangingTrainer:
+    name: ClassVar[str] = "fake-hang"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        progress(0.1, "hanging forever")
+        time.sleep(600)
+        raise AssertionError("unreachable")
+
+
+class UnavailableTrainer:
+    name: ClassVar[str] = "fake-unavailable"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        raise TrainerUnavailable(
+            "the fake trainer needs the 'fake-extra' package: pip install 'agentgym-runtime[fake]'"
+        )
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        raise AssertionError("never called when unavailable")
