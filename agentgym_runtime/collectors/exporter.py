@@ -73,15 +73,21 @@ class DuckDBSpanExporter(SpanExporter):
         """Convert ``spans`` to rows and write them (or keep them for the next attempt)."""
         if not spans:
             return SpanExportResult.SUCCESS
+        # Counted as "exporting" until the rows sit in the retry buffer, so stats read meanwhile
+        # never mistake this batch for lost spans.
+        self.stats.exporting(len(spans))
         try:
             batch = span_rows(spans)
         except Exception as exc:  # a span we cannot read must not stop the others
+            self.stats.exporting(-len(spans))
             self.stats.add(spans_unconvertible=len(spans))
             self._log_once("convert", f"agentgym: could not convert {len(spans)} spans to rows: {exc!r}")
             return SpanExportResult.FAILURE
         with self._lock:
             self._pending.append(batch)
             self._pending_spans += len(batch.spans)
+            self.stats.set_pending(self._pending_spans)
+            self.stats.exporting(-len(spans))
             self._trim()
             ok = self._drain(force=False)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE

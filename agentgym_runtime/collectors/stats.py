@@ -18,8 +18,8 @@ class PipelineStats:
     """Thread-safe counters shown by ``agentgym status`` and :func:`agentgym_runtime.stats`.
 
     ``spans_lost`` is derived: spans handed to the pipeline that were neither written, nor
-    are waiting (in the batch queue or the retry buffer). It is exact once the pipeline is
-    flushed, and catches drops in any stage, including the batch processor's own queue.
+    are waiting (in the batch queue, being exported, or in the retry buffer). It catches drops
+    in any stage, including the batch processor's own queue.
     """
 
     _FIELDS = (
@@ -38,6 +38,7 @@ class PipelineStats:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self._FIELDS, 0)
         self._pending_spans = 0
+        self._in_export = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_write_at: float | None = None
@@ -58,6 +59,11 @@ class PipelineStats:
         with self._lock:
             self._pending_spans = spans
 
+    def exporting(self, spans: int) -> None:
+        """Add ``spans`` (negative to remove) to those taken by the exporter and not yet settled."""
+        with self._lock:
+            self._in_export += spans
+
     def error(self, message: str) -> None:
         """Remember the latest write error."""
         with self._lock:
@@ -74,9 +80,10 @@ class PipelineStats:
             data: dict[str, Any] = dict(self._counts)
             data["pending_rows"] = self._pending_spans
             data["queued_spans"] = queued
+            data["exporting_spans"] = self._in_export
             data["spans_lost"] = max(
                 0,
-                data["spans_enqueued"] - data["spans_written"] - self._pending_spans - queued,
+                data["spans_enqueued"] - data["spans_written"] - self._pending_spans - queued - self._in_export,
             )
             data["last_error"] = self.last_error
             data["last_error_at"] = self.last_error_at
