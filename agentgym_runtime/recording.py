@@ -160,7 +160,11 @@ def start_tool_call(
     if attempt is not None:
         attributes[semconv.TOOL_ATTEMPT] = attempt
     if episode is not None:
-        episode.claim_tool_call(name, call_id)
+        request = episode.claim_tool_call(name, call_id)
+        if call_id is None and request is not None and request.call_id is not None:
+            # Executed without an id (a direct call): it is the requested call, so it takes its id.
+            call_id = request.call_id
+            attributes[semconv.GEN_AI_TOOL_CALL_ID] = call_id
     span = runtime.tracer.start_span(semconv.tool_span_name(name), kind=SpanKind.INTERNAL, attributes=attributes)
     return ToolCall(runtime, span, episode, name, call_id)
 

@@ -169,3 +169,11 @@ def test_malformed_arguments_shapes() -> None:
     assert bad.parse_error.startswith("arguments are not valid JSON")
     with pytest.raises(AssertionError):
         assert RequestedToolCall.from_raw("t", "1", 5).parse_error is None
+
+
+def test_execution_without_an_id_takes_the_requested_id(recorded: Recorded) -> None:
+    with agentgym.episode(agent="a") as ep:
+        _turn([RequestedToolCall.from_raw("ping", "req-1", "{}")])
+        start_tool_call("ping", arguments={}).succeed("pong")
+    (row,) = recorded.tool_calls(ep.id)
+    assert (row["call_id"], row["outcome"]) == ("req-1", "ok")
