@@ -134,6 +134,8 @@ class TrainingConfig(BaseModel):
         timeout_s: The job is killed and the run failed after this long.
         heldout_fraction: Share of sessions the trainer should hold out (``options["heldout_fraction"]``).
         python: Interpreter for the job (default: the serving process's).
+        canary_share: Serve each new candidate to this share of episodes right away (sticky per
+            session); the router's gate then promotes or rolls it back. ``None``: stays a candidate.
         entrypoint: ``module:qualname`` of the agent (filled from the decorator).
         scenario: Scenario name (filled from the decorator).
 
@@ -153,6 +155,7 @@ class TrainingConfig(BaseModel):
     timeout_s: float = Field(default=3600.0, gt=0)
     heldout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     python: str | None = None
+    canary_share: float | None = Field(default=None, gt=0.0, le=1.0)
     entrypoint: str | None = None
     scenario: str | None = None
 
@@ -785,7 +788,7 @@ class TrainingScheduler:
             self._active[agent] = handle
         code, timed_out = self._watch(store, run, handle, config.timeout_s, progress)
         run.exit_code = code
-        self._finish(store, run, spec, handle, code, timed_out, config.timeout_s)
+        self._finish(store, run, spec, handle, code, timed_out, config)
 
     def _watch(
         self,
@@ -824,7 +827,7 @@ class TrainingScheduler:
         handle: JobHandle,
         code: int | None,
         timed_out: bool,
-        timeout_s: float,
+        config: TrainingConfig,
     ) -> None:
         from agentgym_runtime.trainers.job import (
             ERROR_NAME,
@@ -840,7 +843,7 @@ class TrainingScheduler:
         run.status = RunStatus.FAILED
         if timed_out:
             run.reason = "timeout"
-            run.error = f"the job ran longer than its timeout of {timeout_s:g}s and was killed"
+            run.error = f"the job ran longer than its timeout of {config.timeout_s:g}s and was killed"
         elif self._closing and code != EXIT_OK:
             run.reason = "cancelled: the service is shutting down"
             run.error = f"the job was stopped (exit code {code})"
@@ -870,7 +873,24 @@ class TrainingScheduler:
                     )
                 else:
                     run.reason = None
+                    self._start_canary(config, run)
         self._update(store, run, ended=True)
+
+    def _start_canary(self, config: TrainingConfig, run: TrainingRun) -> None:
+        """Serve the new candidate to ``canary_share`` of episodes; the router's gate decides after."""
+        if config.canary_share is None or run.candidate_version is None:
+            return
+        try:
+            self.runtime.policies.start_canary(
+                config.agent,
+                run.candidate_version,
+                config.canary_share,
+                actor="training",
+                reason=f"candidate of training run {run.run_id}",
+            )
+        except Exception as exc:  # the candidate stays registered; a person can canary it by hand
+            run.reason = f"candidate registered, canary not started: {exc}"
+            self.runtime.internal_error("start canary", exc)
 
     # --- training_runs rows -----------------------------------------------------------------
     def _insert(self, store: TraceStore, run: TrainingRun) -> None:

@@ -1,0 +1,525 @@
+"""The job-side trainers on tasks built here: demos (replay), apo (local endpoint), grpo (tiny LM), verl (checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
+from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
+
+pytest.importorskip("agentlightning")
+
+TOOLS = [
+    {"name": "refund_order", "description": "Refund", "parameters": {"type": "object", "required": ["order_id"]}},
+    {"name": "track_order", "description": "Track", "parameters": {"type": "object", "required": ["order_id"]}},
+]
+
+
+def _task(i: int, kind: str, reward: float | None) -> Task:
+    tool = "refund_order" if kind == "refund" else "track_order"
+    text = f"please {kind} my order {i}" if kind == "refund" else f"where is my parcel {i}, {kind} it"
+    return Task(
+        episode_id=f"e{kind}{i}",
+        session_id=f"s{kind}{i}",
+        agent="support",
+        input=text,
+        output=f"done {tool}",
+        tools=TOOLS,
+        tool_calls=[RecordedToolCall(name=tool, call_id="c1", arguments={"order_id": i}, result="ok", outcome="ok")],
+        reward=reward,
+    )
+
+
+def demo_following_agent(task: Task, policy: Policy, sandbox: Any) -> str:
+    """A scripted agent: copies the tool of the demonstration whose input shares most words; guesses otherwise."""
+    words = set(str(task.input).split())
+    best = max(policy.demonstrations, key=lambda d: len(words & set(str(d.input).split())), default=None)
+    tool = best.tool_calls[0].name if best is not None and best.tool_calls else "lookup_order"
+    sandbox.call(tool, {"order_id": 1})
+    return tool
+
+
+def expected_tool(task: Task, output: Any) -> float:
+    return 1.0 if output == task.tool_calls[0].name else 0.0
+
+
+def test_demos_keeps_the_set_that_wins_on_heldout_replay(tmp_path: Path) -> None:
+    from agentgym_runtime.trainers.demos import DemosTrainer
+    from agentgym_runtime.trainers.lightning.replay import ReplayAgent
+    from agentgym_runtime.trainers.lightning.store import DuckDBLightningStore
+
+    train = [_task(i, "refund", 1.0) for i in range(3)] + [_task(i, "track", 0.9) for i in range(3, 6)]
+    train.append(_task(9, "refund", 0.1))  # low reward: never a demonstration
+    heldout = [_task(20, "refund", None), _task(21, "track", None)]
+    agent = ReplayAgent(demo_following_agent, agent="support", scenario_reward=expected_tool)
+    progress: list[tuple[float, str]] = []
+    result = DemosTrainer().fit(
+        train,
+        heldout,
+        replay_agent=agent,
+        store_path=tmp_path / "lightning.duckdb",
+        options={"k_values": [1, 2], "diversity": 0.7, "embedder": "lexical"},
+        progress=lambda f, m: progress.append((f, m)),
+    )
+    assert result.trainer == "demos"
+    metrics = result.metrics
+    assert metrics["scored_by"] == "replay"
+    assert metrics["candidates"] == 6
+    # No demonstrations: the agent calls a tool that does not exist (reliability 0, reward 0).
+    assert metrics["heldout_reward_before"] == 0.0
+    # One demonstration: both tasks call a real tool (reliability 1) but only one the right one
+    # (scenario reward 1 and 0): (1 + 0.5) / 2. Two diverse ones (refund + track) get both right.
+    assert metrics["set_scores"]["k1"] == pytest.approx(0.75)
+    assert metrics["heldout_reward_after"] == pytest.approx(1.0)
+    assert sorted(d.tool_calls[0].name for d in result.demonstrations) == ["refund_order", "track_order"]
+    assert progress[-1][0] == 1.0
+
+    # The replayed rollouts and their reward spans are in the job's own DuckDB store.
+    store = DuckDBLightningStore(tmp_path / "lightning.duckdb")
+    rollouts = asyncio.run(store.query_rollouts())
+    assert len(rollouts) == len(train) + 3 * len(heldout)
+    assert sorted({r.mode for r in rollouts}) == ["train", "val"]
+    assert {r.status for r in rollouts} == {"succeeded"}
+    asyncio.run(store.close())
+
+
+def test_demos_without_replay_scores_by_similarity(tmp_path: Path) -> None:
+    from agentgym_runtime.trainers.demos import DemosTrainer
+
+    train = [_task(i, "refund", 1.0) for i in range(2)] + [_task(5, "track", 1.0)]
+    heldout = [_task(20, "refund", None)]
+    result = DemosTrainer().fit(
+        train, heldout, replay_agent=None, store_path=tmp_path / "l.duckdb", options={"embedder": "lexical"}
+    )
+    assert result.metrics["scored_by"] == "proxy"
+    assert result.metrics["heldout_reward_before"] == 0.0
+    assert result.metrics["heldout_reward_after"] > 0.5
+    assert result.demonstrations[0].input.startswith("please refund")
+
+
+def test_bridge_rollouts_are_read_by_agent_lightning_adapters(tmp_path: Path) -> None:
+    import agentlightning as agl
+
+    from agentgym_runtime.trainers.lightning.bridge import load_tasks_into_store
+    from agentgym_runtime.trainers.lightning.store import DuckDBLightningStore
+
+    store = DuckDBLightningStore(tmp_path / "l.duckdb")
+    task = _task(1, "refund", 0.75).model_copy(update={"system_instructions": "You are support."})
+    ids = asyncio.run(load_tasks_into_store(store, [task], tokenize=lambda text: [ord(c) % 50 for c in text]))
+    spans = asyncio.run(store.query_spans(ids[0]))
+    assert agl.find_final_reward(list(spans)) == 0.75
+    messages = agl.TraceToMessages().adapt(list(spans))
+    assert len(messages) == 1
+    chat = messages[0]["messages"]
+    assert [m["role"] for m in chat] == ["system", "user", "assistant"]
+    assert chat[1]["content"] == "please refund my order 1"
+    assert chat[2]["tool_calls"][0]["function"] == {"name": "refund_order", "arguments": '{"order_id": 1}'}
+    assert [t["function"]["name"] for t in messages[0]["tools"]] == ["refund_order", "track_order"]
+    triplets = agl.TracerTraceToTriplet().adapt(list(spans))
+    assert len(triplets) == 1
+    assert triplets[0].reward == 0.75
+    assert triplets[0].response["token_ids"] == [ord(c) % 50 for c in "done refund_order"]
+    restored = Task.model_validate(asyncio.run(store.get_rollout_by_id(ids[0])).input)
+    assert restored == task
+    asyncio.run(store.close())
+
+
+def test_sandbox_replays_validates_and_counts() -> None:
+    from agentgym_runtime.trainers.lightning.replay import NEUTRAL_OBSERVATION, ToolSandbox
+
+    task = _task(1, "refund", 1.0).model_copy(
+        update={
+            "tool_calls": [
+                RecordedToolCall(name="refund_order", arguments={"order_id": 1}, result={"refunded": 1}, outcome="ok")
+            ]
+        }
+    )
+    sandbox = ToolSandbox.for_task(task, fakes={"track_order": lambda order_id: f"at depot ({order_id})"})
+    assert sandbox.call("refund_order", {"order_id": 1})["result"] == {"refunded": 1}
+    assert sandbox.call("refund_order", {"order_id": 2})["result"] == NEUTRAL_OBSERVATION
+    bad = sandbox.call("refund_order", {})
+    assert bad["outcome"] == "invalid_arguments"
+    assert "order_id" in bad["message"]
+    assert sandbox.call("track_order", {"order_id": 3})["result"] == "at depot (3)"
+    assert sandbox.call("cancel_order", {"order_id": 3})["outcome"] == "unknown_tool"
+    assert sandbox.reliability == pytest.approx(3 / 5)
+
+
+def _spec(tmp_path: Path, trainer: str, **options: Any) -> TrainingJobSpec:
+    return TrainingJobSpec(
+        run_id="r1",
+        agent="support",
+        trainer=trainer,
+        snapshot_dir=str(tmp_path / "snap"),
+        output_dir=str(tmp_path / "out"),
+        options=options,
+    )
+
+
+def test_verl_refuses_without_cuda_and_validates_its_config(tmp_path: Path) -> None:
+    import torch
+
+    from agentgym_runtime.trainers.verl import VERLConfig, VERLTrainer
+
+    with pytest.raises(ValueError, match="n_gpus_per_node"):
+        VERLConfig.model_validate({"model_path": "/m", "n_gpus_per_node": 0})
+    with pytest.raises(ValueError, match="extra"):
+        VERLConfig.model_validate({"model_path": "/m", "bogus": 1})
+    config = VERLConfig.model_validate({"model_path": "/models/qwen", "n_gpus_per_node": 2, "train_batch_size": 8})
+    verl_dict = config.to_verl_config()
+    assert verl_dict["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
+    assert verl_dict["trainer"]["n_gpus_per_node"] == 2
+    assert verl_dict["data"]["train_batch_size"] == 8
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the no-GPU path cannot be shown here")
+    with pytest.raises(GPUNotAvailableError, match=r"verl needs CUDA.*trainer='grpo'"):
+        VERLTrainer().check_available(_spec(tmp_path, "verl", model_path="/models/qwen"))
+
+
+# --- apo against a local OpenAI-compatible endpoint -----------------------------------------
+
+MARKER = "[APO-MARKER]"
+TOOL_MARKER = "[TOOL-MARKER]"
+
+
+@pytest.fixture
+def openai_stub() -> Any:
+    """A tiny OpenAI-compatible server on 127.0.0.1 (free port): critiques, then an improved prompt."""
+    import threading
+
+    from aiohttp import web
+
+    requests: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        requests.append(body)
+        text = body["messages"][-1]["content"]
+        if "tool description" in text:
+            content = f"Pass the order_id of the order. {TOOL_MARKER}"
+        elif "Explain briefly" in text or "critique" not in text.lower():
+            content = "The prompt never says which tool serves which request."
+        else:
+            content = f"Call refund_order for refunds and track_order for parcels. {MARKER}"
+        return web.json_response(
+            {
+                "id": f"cmpl-{len(requests)}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models)])
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield {"base_url": f"http://127.0.0.1:{port}/v1", "requests": requests}
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def prompt_following_agent(task: Task, policy: Policy, sandbox: Any) -> str:
+    """Right tool only when the system prompt says which; its argument only when the tool description says so."""
+    tool = task.tool_calls[0].name or "" if policy.system_prompt and MARKER in policy.system_prompt else "lookup_order"
+    arguments = {"order_id": 1} if TOOL_MARKER in policy.tool_descriptions.get(tool, "") else {}
+    sandbox.call(tool, arguments)
+    return tool
+
+
+def test_apo_improves_the_system_prompt_via_the_endpoint(tmp_path: Path, openai_stub: dict[str, Any]) -> None:
+    from agentgym_runtime.trainers.apo import APOTrainer
+    from agentgym_runtime.trainers.lightning.replay import ReplayAgent
+
+    train = [_task(i, "refund", 1.0) for i in range(2)] + [_task(3, "track", 1.0)]
+    heldout = [_task(20, "refund", None), _task(21, "track", None)]
+    agent = ReplayAgent(prompt_following_agent, agent="support", scenario_reward=expected_tool)
+    result = APOTrainer().fit(
+        train,
+        heldout,
+        agent,
+        options={"base_url": openai_stub["base_url"], "model": "stub", "rounds": 1, "seed_prompt": "Be helpful."},
+        store_path=tmp_path / "lightning.duckdb",
+    )
+    assert result.trainer == "apo"
+    assert result.system_prompt is not None
+    assert MARKER in result.system_prompt
+    # Both tools offered on the held-out tasks got the edited description.
+    assert result.tool_descriptions == {
+        "refund_order": f"Pass the order_id of the order. {TOOL_MARKER}",
+        "track_order": f"Pass the order_id of the order. {TOOL_MARKER}",
+    }
+    # Seed: unknown tool (0). Prompt alone: right tool without its argument (reliability 0, scenario 1: 0.5).
+    # Prompt and descriptions: 1.
+    assert result.metrics["heldout_reward_before"] == 0.0
+    assert result.metrics["heldout_reward_after"] == 1.0
+    assert result.metrics["model"] == "stub"
+    # Round 1: a critique and a prompt edit, then one description edit per tool; all to the configured model.
+    assert [r["model"] for r in openai_stub["requests"]] == ["stub"] * 4
+
+
+def test_apo_reports_a_missing_or_unreachable_endpoint(tmp_path: Path) -> None:
+    import socket
+
+    from agentgym_runtime.trainers.apo import APOTrainer
+
+    with pytest.raises(TrainerUnavailable, match=r"options\['base_url'\]"):
+        APOTrainer().check_available(_spec(tmp_path, "apo"))
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = _spec(tmp_path, "apo", base_url=f"http://127.0.0.1:{port}/v1", model="m")
+    with pytest.raises(TrainerUnavailable, match=rf"APO endpoint http://127.0.0.1:{port}/v1 is unreachable"):
+        APOTrainer().check_available(spec)
+
+
+# --- grpo on a toy task with a tiny causal LM built here -----------------------------------
+
+
+class WordTokenizer:
+    """Whitespace tokenizer over a fixed vocabulary (no download)."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.vocab = ["<pad>", "<eos>", *words]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_token_id, self.eos_token_id = 0, 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[w] for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+
+def test_grpo_raises_heldout_reward_on_a_toy_task_and_saves_the_adapter(tmp_path: Path) -> None:
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_train, save_adapter
+
+    tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer.vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    model = LlamaForCausalLM(config)
+    rng = random.Random(0)
+    letters = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    train = [" ".join(rng.choice(letters) for _ in range(3)) for _ in range(12)]
+    heldout: list[str] = []
+    while len(heldout) < 6:  # prompts never seen in training
+        prompt = " ".join(rng.choice(letters) for _ in range(3))
+        if prompt not in train and prompt not in heldout:
+            heldout.append(prompt)
+
+    def reward(index: int, completion: str) -> float:  # the toy task: answer starts with "ok"
+        return 1.0 if completion.split()[:1] == ["ok"] else 0.0
+
+    peft_model, metrics = grpo_train(
+        model,
+        tokenizer,
+        train,
+        reward,
+        GRPOConfig(
+            steps=20,
+            group_size=8,
+            prompts_per_step=4,
+            max_new_tokens=3,
+            learning_rate=5e-2,
+            lora_r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+        ),
+        heldout_prompts=heldout,
+    )
+    assert metrics["samples"] == 20 * 4 * 8
+    assert metrics["samples_per_second"] > 0
+    assert metrics["heldout_reward_before"] < 0.2  # ~1/12: an untrained model rarely says "ok" first
+    assert metrics["heldout_reward_after"] >= metrics["heldout_reward_before"] + 0.3
+    assert metrics["train_reward_last_step"] > metrics["train_reward_first_step"]
+    adapter_dir = save_adapter(peft_model, tmp_path / "out")
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_grpo_needs_a_model_path(tmp_path: Path) -> None:
+    from agentgym_runtime.trainers.grpo import GRPOTrainer, grpo_loss
+
+    with pytest.raises(TrainerUnavailable, match=r"options\['model_path'\]"):
+        GRPOTrainer().check_available(_spec(tmp_path, "grpo"))
+    import torch
+
+    # Clipping: a ratio of e (far above 1.2) with a positive advantage contributes 1.2 * A, not e * A.
+    logps, old = torch.ones(1, 1), torch.zeros(1, 1)
+    loss, stats = grpo_loss(logps, old, logps, torch.ones(1), torch.ones(1, 1), clip_epsilon=0.2, beta=0.0)
+    assert float(loss) == pytest.approx(-1.2)
+    assert stats["clip_fraction"] == 1.0
+
+
+# --- a job spec on a real snapshot of recorded episodes -------------------------------------
+
+
+def snapshot_replay(task: Task, policy: Policy, sandbox: Any) -> str:
+    """Replay function named by ``options['replay']``: follows the first demonstration's tool, else guesses."""
+    demo = policy.demonstrations[0] if policy.demonstrations else None
+    tool = demo.tool_calls[0].name if demo is not None and demo.tool_calls else "find_order"
+    sandbox.call(tool, {"order_id": task.input["order_id"]})
+    return tool
+
+
+def record_snapshot(runtime: Any, recorded: Any, tmp_path: Path) -> None:
+    """Eight episodes of a scripted support agent in four sessions (two call a misspelt tool), snapshotted."""
+    import agentgym_runtime as agentgym
+    from agentgym_runtime.context import RequestedToolCall
+    from agentgym_runtime.recording import start_llm_call
+    from agentgym_runtime.trainers.dataset import write_snapshot
+
+    @agentgym.tool
+    def get_order(order_id: int) -> dict[str, Any]:
+        """Look up an order."""
+        return {"id": order_id, "status": "shipped"}
+
+    def support(question: str, order_id: int, typo: bool = False) -> str:
+        call = start_llm_call(
+            model="scripted",
+            provider="test",
+            tools=[get_order.definition()],
+            input_messages=[{"role": "user", "content": question}],
+            system_instructions="Be exact.",
+        )
+        name = "get_ordr" if typo else "get_order"
+        call.finish(requested=[RequestedToolCall.from_raw(name, f"c{order_id}", json.dumps({"order_id": order_id}))])
+        return "sorry" if typo else f"order {order_id} is {get_order(order_id=order_id)['status']}"
+
+    agents = [agentgym.train_online(name="support", session_id=f"s{k}")(support) for k in range(4)]
+    for i in range(8):
+        agents[i % 4](f"where is order {i}?", i, typo=i % 4 == 1)
+    assert agentgym.flush()
+    assert len(recorded.episodes("support")) == 8
+    write_snapshot(runtime.store, "support", tmp_path / "snap", run_id="r1")
+
+
+def test_demos_job_on_a_recorded_snapshot(agentgym_runtime: Any, recorded: Any, tmp_path: Path) -> None:
+    from agentgym_runtime.trainers.demos import DemosTrainer
+
+    record_snapshot(agentgym_runtime, recorded, tmp_path)
+    spec = _spec(
+        tmp_path, "demos", replay=f"{__name__}:snapshot_replay", heldout_fraction=0.25, k_values=[1], embedder="lexical"
+    )
+    trainer = DemosTrainer()
+    trainer.check_available(spec)
+    result = trainer.train(spec, lambda fraction, message: None)
+    assert result.metrics["heldout_tasks"] == 2  # one session of four held out
+    assert result.metrics["candidates"] == 4  # the six training episodes minus the two that called get_ordr
+    assert result.metrics["heldout_reward_before"] == 0.0  # find_order does not exist
+    assert result.metrics["heldout_reward_after"] == 1.0
+    assert [c.name for c in result.demonstrations[0].tool_calls] == ["get_order"]
+    assert (tmp_path / "out" / "lightning.duckdb").is_file()
+
+
+def render_letters(task: Task) -> str:
+    """Prompt option for the grpo job: three words of the tiny vocabulary picked by the order id."""
+    letters = ["a", "b", "c", "d", "e", "f", "g", "h"]
+    i = int(task.input["order_id"])
+    return " ".join(letters[(i * k) % 8] for k in (1, 3, 5))
+
+
+def says_ok(task: Task, completion: str) -> float:
+    """Reward option for the grpo job."""
+    return 1.0 if completion.split()[:1] == ["ok"] else 0.0
+
+
+def test_grpo_job_trains_from_a_snapshot_and_writes_the_adapter(
+    agentgym_runtime: Any, recorded: Any, tmp_path: Path
+) -> None:
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from agentgym_runtime.trainers.grpo import GRPOTrainer
+
+    record_snapshot(agentgym_runtime, recorded, tmp_path)
+    words = ["<pad>", "<eos>", "<unk>", "ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"]
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    model_dir = tmp_path / "tiny-llama"
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+
+    spec = _spec(
+        tmp_path,
+        "grpo",
+        model_path=str(model_dir),
+        reward=f"{__name__}:says_ok",
+        prompt=f"{__name__}:render_letters",
+        steps=2,
+        group_size=4,
+        prompts_per_step=2,
+        max_new_tokens=2,
+        eval_samples=2,
+        heldout_fraction=0.25,
+    )
+    spec = spec.model_copy(update={"device": "cpu"})
+    trainer = GRPOTrainer()
+    trainer.check_available(spec)
+    progress: list[str] = []
+    result = trainer.train(spec, lambda fraction, message: progress.append(message))
+    assert result.adapter == "adapter"
+    assert result.llm is not None
+    assert (result.llm.adapter, result.llm.model) == ("adapter", str(model_dir))
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.metrics["samples"] == 2 * 2 * 4
+    assert (result.metrics["train_tasks"], result.metrics["heldout_tasks"]) == (6, 2)
+    assert 0.0 <= result.metrics["heldout_reward_after"] <= 1.0
+    assert progress[0] == "GRPO on 6 tasks (cpu)"
+    assert progress[-1] == "adapter saved"
