@@ -124,6 +124,8 @@ class Episode:
         #: The episode's root ``invoke_agent`` span (set by the runtime; used to rename an
         #: unnamed episode once its first agent is known).
         self.root_span: Any = None
+        #: The options of the first agent run inside an unnamed ``agentgym.episode()`` block.
+        self.adopted_options: Any = None
         #: ``id()`` of the runtime that recorded it (``last_episode`` ignores older configurations).
         self.runtime_id: int | None = None
 

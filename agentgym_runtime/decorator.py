@@ -167,6 +167,7 @@ def train_online(
     trainer: str | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
+    canary_share: float | None = ...,
 ) -> T: ...
 @overload
 def train_online(
@@ -182,6 +183,7 @@ def train_online(
     trainer: str | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
+    canary_share: float | None = ...,
 ) -> Callable[[T], T]: ...
 def train_online(
     target: Any = None,
@@ -198,6 +200,7 @@ def train_online(
     trainer: str | None = None,
     gpu: str | None = None,
     trainer_options: Mapping[str, Any] | None = None,
+    canary_share: float | None = None,
 ) -> Any:
     """Record every run of an agent as an episode (and, with training configured, improve it).
 
@@ -218,6 +221,8 @@ def train_online(
         gpu: ``"auto"`` (CUDA when available, else CPU; default), ``"cpu"`` or ``"local"`` (this
             machine's GPU, required).
         trainer_options: Passed to the trainer (JSON-serialisable).
+        canary_share: Serve each trained candidate to this share of episodes (sticky per session)
+            right away; the router's gate then promotes it or rolls it back.
 
     Returns:
         The wrapped function, or a transparent proxy of the agent object.
@@ -243,6 +248,7 @@ def train_online(
             ("trainer", trainer),
             ("gpu", gpu),
             ("trainer_options", trainer_options),
+            ("canary_share", canary_share),
         )
         if value is not None
     }

@@ -131,12 +131,31 @@ class AgentRun:
         else:
             episode = parent
             if episode.agent == _UNNAMED:
+                # An ``agentgym.episode()`` block takes the identity of the first agent run in it:
+                # its name, policy, scenario, reward, entrypoint and framework.
                 episode.agent = options.name
                 episode.policy = runtime.resolve_policy(options.name, episode.session_id)
+                episode.adopted_options = options
+                episode.scenario = options.scenario_name
+                episode.entrypoint = options.entrypoint
+                episode.framework = options.framework
+                if episode.input is None:
+                    episode.input = self._input
                 if episode.root_span is not None:
-                    episode.root_span.set_attributes(
-                        {semconv.GEN_AI_AGENT_NAME: options.name, semconv.POLICY_VERSION: episode.policy.version}
-                    )
+                    adopted: dict[str, Any] = {
+                        semconv.GEN_AI_AGENT_NAME: options.name,
+                        semconv.POLICY_VERSION: episode.policy.version,
+                    }
+                    for key, value in (
+                        (semconv.EPISODE_SCENARIO, options.scenario_name),
+                        (semconv.EPISODE_ENTRYPOINT, options.entrypoint),
+                        (semconv.FRAMEWORK, options.framework),
+                    ):
+                        if value:
+                            adopted[key] = value
+                    if self._input is not None and runtime.settings.capture_content:
+                        adopted[semconv.EPISODE_INPUT] = runtime.serializer.to_json(self._input)
+                    episode.root_span.set_attributes(adopted)
             policy = (
                 episode.policy
                 if options.name == episode.agent
@@ -236,7 +255,9 @@ class AgentRun:
         else:
             episode.status = EpisodeStatus.OK
         try:
-            episode.reward = compute_reward(episode, output, self._options.reward_source)
+            options = episode.adopted_options if self._options.name == _UNNAMED else None
+            reward_source = (options or self._options).reward_source
+            episode.reward = compute_reward(episode, output, reward_source)
         except Exception as exc:
             runtime.internal_error("reward", exc)
         reliability = episode.tool_reliability

@@ -280,3 +280,18 @@ def test_last_episode_is_per_thread(recorded: Recorded) -> None:
     for thread in threads:
         thread.join()
     assert seen == {f"t{i}": f"t{i}" for i in range(4)}
+
+
+def test_episode_block_adopts_the_first_agents_reward_and_identity(recorded: Recorded) -> None:
+    @agentgym.train_online(name="graded", reward=lambda episode, output: 0.75)
+    def graded(question: str) -> str:
+        lookup(order_id=1)
+        return "answer"
+
+    with agentgym.episode(session_id="s-9") as ep:
+        graded("q?")
+    assert (ep.agent, ep.reward, ep.input) == ("graded", 0.75, {"question": "q?"})
+    (row,) = recorded.episodes()
+    assert (row["agent"], row["session_id"], row["reward"]) == ("graded", "s-9", 0.75)
+    assert row["entrypoint"].endswith("graded")
+    assert row["input"] == '{"question":"q?"}'
