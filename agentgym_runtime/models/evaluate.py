@@ -1,0 +1,152 @@
+"""Held-out evaluation of the demo model: tool reliability, task success and cost per episode.
+
+Each task runs as an episode of at most ``max_steps`` LLM calls on a fresh world: a tool call
+is executed (failures are shown to the model as errors, as agent frameworks do), an answer
+ends the episode. Episodes run in lock step so completions are generated in batches.
+
+Example:
+    >>> from agentgym_runtime.models import evaluate_model, load_or_build_demo_model  # doctest: +SKIP
+    >>> result = evaluate_model(load_or_build_demo_model("customer_support"), "customer_support")  # doctest: +SKIP
+    >>> 0.6 <= result.tool_reliability <= 0.7  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentgym_runtime.models.format import Step, execute_call, parse_completion, render_observation, render_prompt
+from agentgym_runtime.scenarios.base import Scenario, Task
+from agentgym_runtime.scenarios.registry import get_scenario
+from agentgym_runtime.semconv import ToolOutcome
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What an evaluation measured.
+
+    Attributes:
+        scenario: Scenario name.
+        split: ``"train"`` or ``"heldout"``.
+        episodes: Tasks run.
+        tool_calls: Tool calls requested over all episodes.
+        tool_reliability: Successful tool calls / requested tool calls (0 when none were requested).
+        task_success: Share of episodes whose final answer contains the expected answer.
+        llm_calls_per_episode: Mean LLM calls per episode.
+        tokens_per_episode: Mean input + output tokens per episode.
+        mean_reward: Mean of the scenario's reward formula over the episodes.
+        outcomes: Tool calls per outcome.
+    """
+
+    scenario: str
+    split: str
+    episodes: int
+    tool_calls: int
+    tool_reliability: float
+    task_success: float
+    llm_calls_per_episode: float
+    tokens_per_episode: float
+    mean_reward: float
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (also the ``before``/``after`` input of ``Scenario.evaluate_success``)."""
+        return {
+            "scenario": self.scenario,
+            "split": self.split,
+            "episodes": self.episodes,
+            "tool_calls": self.tool_calls,
+            "tool_reliability": self.tool_reliability,
+            "task_success": self.task_success,
+            "llm_calls_per_episode": self.llm_calls_per_episode,
+            "tokens_per_episode": self.tokens_per_episode,
+            "mean_reward": self.mean_reward,
+            "outcomes": dict(self.outcomes),
+        }
+
+
+@dataclass
+class _Run:
+    task: Task
+    tools: list[Any]
+    history: list[Step] = field(default_factory=list)
+    done: bool = False
+    ok: int = 0
+    calls: int = 0
+    llm_calls: int = 0
+    tokens: int = 0
+    success: bool = False
+
+
+def evaluate_model(
+    model: Any,
+    scenario: Scenario | str,
+    split: str = "heldout",
+    n: int = 200,
+    *,
+    seed: int = 0,
+    max_steps: int = 4,
+    adapter: str | os.PathLike[str] | None = None,
+) -> EvaluationResult:
+    """Run ``n`` tasks of ``split`` through ``model`` and measure them.
+
+    Args:
+        model: A :class:`~agentgym_runtime.models.tiny.DemoModel`, or a
+            :class:`~agentgym_runtime.models.chat.TinyToolCallingChatModel` (its demo model and
+            fixed adapter are used).
+        scenario: The scenario (or its name).
+        split: ``"heldout"`` (default) or ``"train"``.
+        n: Number of tasks.
+        seed: Task seed.
+        max_steps: LLM calls allowed per episode.
+        adapter: A LoRA adapter directory to evaluate instead of the base weights.
+    """
+    scen = get_scenario(scenario) if isinstance(scenario, str) else scenario
+    demo = model.demo_model() if hasattr(model, "demo_model") else model
+    if adapter is None and getattr(model, "adapter", None):
+        adapter = model.adapter
+    runs = []
+    for task in scen.tasks(split, n, seed=seed):
+        runs.append(_Run(task, scen.tools(scen.new_world(task.world_seed))))
+    outcomes: Counter[str] = Counter()
+    for _ in range(max_steps):
+        active = [r for r in runs if not r.done]
+        if not active:
+            break
+        completions = demo.complete([render_prompt(r.task, r.tools, r.history) for r in active], adapter=adapter)
+        for run, (text, n_in, n_out) in zip(active, completions, strict=True):
+            run.llm_calls += 1
+            run.tokens += n_in + n_out
+            parsed = parse_completion(text)
+            if parsed.kind == "answer":
+                run.done = True
+                run.success = run.task.check_answer(parsed.answer)
+                continue
+            if parsed.kind == "empty":
+                run.done = True
+                continue
+            outcome, result, message = execute_call(parsed, run.tools)
+            outcomes[outcome] += 1
+            run.calls += 1
+            ok = outcome == str(ToolOutcome.OK)
+            run.ok += int(ok)
+            observation = render_observation(result) if ok else (message or outcome)
+            run.history.append(Step(text, observation, error=not ok))
+    total_calls = sum(r.calls for r in runs)
+    episodes = max(1, len(runs))
+    rewards = [scen.score(r.ok / r.calls if r.calls else None, r.success, r.llm_calls, r.task) for r in runs]
+    return EvaluationResult(
+        scenario=scen.name,
+        split=split,
+        episodes=len(runs),
+        tool_calls=total_calls,
+        tool_reliability=(sum(r.ok for r in runs) / total_calls) if total_calls else 0.0,
+        task_success=sum(r.success for r in runs) / episodes,
+        llm_calls_per_episode=sum(r.llm_calls for r in runs) / episodes,
+        tokens_per_episode=sum(r.tokens for r in runs) / episodes,
+        mean_reward=sum(rewards) / episodes,
+        outcomes=dict(outcomes),
+    )
