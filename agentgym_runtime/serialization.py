@@ -114,9 +114,7 @@ class Serializer:
                 if item_kind is str:
                     if len(item) > 1024 or self.redact_text(item) is not item:
                         return None
-                elif item_kind not in _SCALARS:
-                    return None
-                elif item_kind is float and not math.isfinite(item):
+                elif item_kind not in _SCALARS or (item_kind is float and not math.isfinite(item)):
                     return None
         elif kind not in _SCALARS or (kind is float and not math.isfinite(value)):
             return None

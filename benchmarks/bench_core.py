@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _util import interleaved, machine, median  # noqa: E402
+from _util import interleaved, machine, median
 
 
 def overhead_per_tool_call() -> str:

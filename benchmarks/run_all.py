@@ -17,7 +17,13 @@ HERE = Path(__file__).parent
 def main() -> int:
     only = set(sys.argv[1:])
     failed = []
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_TESTING": "true", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "CREWAI_DISABLE_TELEMETRY": "true",
+        "CREWAI_TESTING": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
     for script in sorted(HERE.glob("bench_*.py")):
         if only and script.stem not in only:
             continue

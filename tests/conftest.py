@@ -13,4 +13,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("AGENTOPS_API_KEY", "")
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 pytest_plugins = ["agentgym_runtime.testing"]
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An agentgym home holding the customer_support demo model, built once per test session."""
+    return tmp_path_factory.mktemp("demo-home")
+
+
+@pytest.fixture(scope="session")
+def demo(demo_home: Path) -> Any:
+    """The customer_support demo model (built on first use, minutes on a 2-core CPU)."""
+    from agentgym_runtime.models.tiny import load_or_build_demo_model
+
+    return load_or_build_demo_model("customer_support", home=demo_home, seed=0)

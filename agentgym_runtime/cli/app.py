@@ -13,7 +13,13 @@ import typer
 
 from agentgym_runtime._version import __version__
 
-COMMAND_MODULES: tuple[str, ...] = ("agentgym_runtime.cli.store_commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "agentgym_runtime.cli.store_commands",
+    "agentgym_runtime.cli.train_commands",
+    "agentgym_runtime.cli.policy_commands",
+    "agentgym_runtime.cli.scenario_commands",
+    "agentgym_runtime.cli.demo_commands",
+)
 
 
 def _version(value: bool) -> None:

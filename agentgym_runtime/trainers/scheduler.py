@@ -218,6 +218,25 @@ _registered: dict[str, TrainingConfig] = {}
 _registered_lock = threading.Lock()
 
 
+class _SkipOverlapFilter(logging.Filter):
+    """Drop APScheduler's warning for a tick that finds the previous run still going.
+
+    One run per agent at a time is the design (the lock), so that skip is expected, not news.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+_OVERLAP_FILTER = _SkipOverlapFilter()
+
+
+def _quiet_overlap_warnings() -> None:
+    logger = logging.getLogger("apscheduler.executors.default")
+    if _OVERLAP_FILTER not in logger.filters:
+        logger.addFilter(_OVERLAP_FILTER)
+
+
 def register_training(config: TrainingConfig) -> None:
     """Remember ``config`` for this process and hand it to the running runtime's scheduler.
 
@@ -632,6 +651,7 @@ class TrainingScheduler:
         if self._aps is None:
             from apscheduler.schedulers.background import BackgroundScheduler
 
+            _quiet_overlap_warnings()
             self._aps = BackgroundScheduler(daemon=True, timezone=UTC)
             self._aps.start()
         return self._aps

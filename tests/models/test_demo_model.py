@@ -27,16 +27,6 @@ pytestmark = pytest.mark.slow  # builds the demo model once per session (minutes
 
 
 @pytest.fixture(scope="session")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("demo-home")
-
-
-@pytest.fixture(scope="session")
-def demo(demo_home: Path) -> DemoModel:
-    return load_or_build_demo_model(SCENARIO, home=demo_home, seed=0)
-
-
-@pytest.fixture(scope="session")
 def baseline(demo: DemoModel) -> EvaluationResult:
     return evaluate_model(demo, SCENARIO, "heldout", n=240, seed=0)
 

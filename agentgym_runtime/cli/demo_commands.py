@@ -1,0 +1,51 @@
+"""``agentgym demo``: the main job, end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from agentgym_runtime.cli.common import console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to ``app``."""
+    app.command("demo")(demo)
+
+
+def demo(
+    scenario: str = typer.Option("customer_support", "--scenario", "-s", help="Scenario to run."),
+    minutes: float = typer.Option(5.0, "--minutes", "-m", min=0.5, help="Serving time budget."),
+    users: int = typer.Option(3, "--users", min=1, max=16, help="Concurrent simulated users."),
+    home: Path | None = typer.Option(None, "--home", help="agentgym home (default ./.agentgym)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, the tasks and the trainer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object on the last line."),
+) -> None:
+    """Watch a live agent's tool reliability climb: record, train (GRPO), canary, hot-swap, measure."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rich.live import Live
+
+    from agentgym_runtime.demo import Demo, DemoConfig, render_state, render_summary
+    from agentgym_runtime.scenarios.registry import ScenarioNotFoundError, get_scenario
+
+    try:
+        get_scenario(scenario)
+    except ScenarioNotFoundError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    config = DemoConfig(scenario=scenario, minutes=minutes, users=users, home=home, seed=seed)
+    if as_json or not console.is_terminal:
+        run = Demo(config, on_update=None)
+        summary = run.run()
+    else:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            run = Demo(config, on_update=lambda state: live.update(render_state(state, config)))
+            summary = run.run()
+    console.print(render_summary(summary))
+    if as_json:
+        print(json.dumps(summary, default=str))
