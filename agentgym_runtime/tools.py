@@ -335,57 +335,30 @@ class Toolbox:
     def _resolve(
         self, name: str, arguments: Mapping[str, Any] | str | None, call_id: str | None
     ) -> tuple[Tool[..., Any], dict[str, Any]]:
+        """The tool and its keyword arguments; a call that cannot run is recorded, then raised."""
+
+        def refuse(outcome: ToolOutcome, error: Exception) -> Exception:
+            _guard(record_tool_failure, name, outcome, call_id=call_id, arguments=arguments, message=str(error))
+            return error
+
+        def bad_arguments(message: str, kind: str) -> Exception:
+            problem = {"argument": "(arguments)", "message": message, "type": kind}
+            return refuse(ToolOutcome.INVALID_ARGUMENTS, ToolArgumentsError(name, [problem]))
+
         found = self._tools.get(name)
         if found is None:
-            error = UnknownToolError(name, list(self._tools))
-            _guard(
-                record_tool_failure,
-                name,
-                ToolOutcome.UNKNOWN_TOOL,
-                call_id=call_id,
-                arguments=arguments,
-                message=str(error),
-            )
-            raise error
+            raise refuse(ToolOutcome.UNKNOWN_TOOL, UnknownToolError(name, list(self._tools)))
         if arguments is None:
             return found, {}
+        parsed: Any = arguments
         if isinstance(arguments, str):
             try:
                 parsed = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as exc:
-                problem = {
-                    "argument": "(arguments)",
-                    "message": f"not valid JSON: {exc.msg} at char {exc.pos}",
-                    "type": "json",
-                }
-                arg_error = ToolArgumentsError(name, [problem])
-                _guard(
-                    record_tool_failure,
-                    name,
-                    ToolOutcome.INVALID_ARGUMENTS,
-                    call_id=call_id,
-                    arguments=arguments,
-                    message=str(arg_error),
-                )
-                raise arg_error from None
-            arguments = parsed
-        if not isinstance(arguments, Mapping):
-            problem = {
-                "argument": "(arguments)",
-                "message": f"expected an object, got {type(arguments).__name__}",
-                "type": "type",
-            }
-            arg_error = ToolArgumentsError(name, [problem])
-            _guard(
-                record_tool_failure,
-                name,
-                ToolOutcome.INVALID_ARGUMENTS,
-                call_id=call_id,
-                arguments=arguments,
-                message=str(arg_error),
-            )
-            raise arg_error
-        return found, dict(arguments)
+                raise bad_arguments(f"not valid JSON: {exc.msg} at char {exc.pos}", "json") from None
+        if not isinstance(parsed, Mapping):
+            raise bad_arguments(f"expected an object, got {type(parsed).__name__}", "type")
+        return found, dict(parsed)
 
     def call(self, name: str, arguments: Mapping[str, Any] | str | None = None, *, call_id: str | None = None) -> Any:
         """Run the tool ``name`` with ``arguments`` (a mapping or JSON text).
