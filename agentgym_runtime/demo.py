@@ -309,6 +309,17 @@ class Demo:
     def run(self) -> dict[str, Any]:
         """Serve, train, canary, promote, then measure; returns the summary."""
         import agentgym_runtime as agentgym
+        from agentgym_runtime.trainers.scheduler import unregister_training
+
+        try:
+            return self._run()
+        finally:
+            # The decorator registered the agent for training in this process: take it back.
+            unregister_training(self.agent_name)
+            agentgym.shutdown()
+
+    def _run(self) -> dict[str, Any]:
+        import agentgym_runtime as agentgym
 
         config = self.config
         runtime, demo_model, chat = self._setup()
@@ -359,7 +370,6 @@ class Demo:
         summary["export"] = str(export)
         self.state.phase = "done"
         self._update()
-        agentgym.shutdown()
         return summary
 
     def _summary(self, runtime: Any, scenario: Scenario, demo_model: Any, served: list[Task]) -> dict[str, Any]:

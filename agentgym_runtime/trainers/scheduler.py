@@ -232,7 +232,7 @@ _OVERLAP_FILTER = _SkipOverlapFilter()
 
 
 def _quiet_overlap_warnings() -> None:
-    logger = logging.getLogger("apscheduler.executors.default")
+    logger = logging.getLogger("apscheduler.scheduler")
     if _OVERLAP_FILTER not in logger.filters:
         logger.addFilter(_OVERLAP_FILTER)
 
