@@ -10,7 +10,11 @@ seen within that interval; one made through this process's registry is seen by t
   agent and the canary version); random per episode without a session id.
 * Gate: :meth:`PolicyRouter.evaluate` reads both arms' numbers from the trace store and
   promotes, rolls back, or holds; every decision is logged as an event with its numbers.
-  With ``evaluate_every`` set, it also runs in the background every N canary episodes.
+  With ``evaluate_every`` set, it also runs in the background every N canary episodes, and
+  every evaluation is one look of a group-sequential test (alpha spending, see
+  :mod:`agentgym_runtime.policy.gate`): however many looks are taken, the chance of promoting
+  a canary that is not better stays at ``1 - confidence``, and the look that reaches the
+  planned ``GateConfig.max_tool_calls`` promotes or rolls back for good.
 * Fallback: when a policy's endpoint fails, :func:`fallback_to_incumbent` reports it and
   re-pins the incumbent for the rest of the call; repeated failures roll the version back.
 * A corrupt or tampered artifact is refused (logged, listed in :attr:`PolicyRouter.refused`)
@@ -41,7 +45,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +54,7 @@ from opentelemetry import trace
 from agentgym_runtime import semconv
 from agentgym_runtime.context import AgentScope, current_agent_var
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
-from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision
+from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState
 from agentgym_runtime.semconv import EpisodeStatus
@@ -79,7 +83,8 @@ class RouterConfig:
             process's promotion is seen).
         gate: The gate's confidence and minimum samples.
         evaluate_every: Run :meth:`PolicyRouter.evaluate` in the background every N canary
-            episodes (``None``: only when called).
+            episodes, each run (and each explicit call) being one look of the group-sequential
+            gate (``None``: only when called, each call a single fixed-sample test).
         fallback_failures: LLM failures of one version within ``fallback_window_s`` that roll it back.
         fallback_window_s: The window for ``fallback_failures``.
 
@@ -368,7 +373,8 @@ class PolicyRouter:
         self.registry.sync_store(agent)
         candidate = self.arm_stats(agent, state.canary, state.canary_since)
         incumbent = self.arm_stats(agent, state.live, state.canary_since)
-        decision = self.gate.decide(candidate, incumbent)
+        looks = self.looks(agent, state) if self.config.evaluate_every is not None else None
+        decision = self.gate.decide(candidate, incumbent, looks)
         details: dict[str, Any] = {**decision.numbers, "decision": decision.action}
         try:
             if decision.action == "promote":
@@ -398,6 +404,42 @@ class PolicyRouter:
         logger.info("agentgym: gate on %s@v%d: %s — %s", agent, state.canary, decision.action, decision.reason)
         self.decisions.append((agent, decision))
         return decision
+
+    def looks(self, agent: str, state: PolicyState | None = None) -> list[Look]:
+        """The gate's looks so far at ``agent``'s current canary, oldest first.
+
+        Read back from the logged gate decisions (``events.jsonl``) rather than kept in memory,
+        so a restarted process, or several serving processes, share one sequence of looks and
+        one alpha budget. Looks at the same canary tool-call count are one look.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> registry = PolicyRegistry(Path(tempfile.mkdtemp()))
+            >>> _ = registry.start_canary("bot", registry.register("bot", system_prompt="Hi").version, 0.5)
+            >>> PolicyRouter(registry).looks("bot")
+            []
+        """
+        state = state or self.registry.state(agent)
+        if state.canary is None:
+            return []
+        since = state.canary_since or 0.0
+        by_calls: dict[int, Look] = {}
+        for event in self.registry.events(agent):
+            if event.version != state.canary or event.actor != "gate" or event.occurred_at < since:
+                continue
+            sequential = event.details.get("sequential")
+            payload = sequential.get("look") if isinstance(sequential, dict) else None
+            if not isinstance(payload, dict):
+                continue  # a hold before the minimum sample, or a single-look decision
+            try:
+                look = Look.from_json(payload)
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning("agentgym: ignoring a malformed gate look of %s@v%d: %s", agent, state.canary, exc)
+                continue
+            by_calls.setdefault(look.tool_calls, look)
+        ordered = sorted(by_calls.values(), key=lambda look: look.tool_calls)
+        return [replace(look, number=index) for index, look in enumerate(ordered, start=1)]
 
     def _evaluate_in_background(self, agent: str) -> None:
         with self._lock:

@@ -1,8 +1,12 @@
-"""The gate's statistics and decisions on known numbers."""
+"""The gate's statistics and decisions on known numbers; the sequential gate's error rates by simulation."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
+from collections import Counter
+from statistics import NormalDist
 
 import pytest
 
@@ -10,8 +14,11 @@ from agentgym_runtime.policy.gate import (
     ArmStats,
     Gate,
     GateConfig,
+    Look,
     normal_ppf,
     normal_sf,
+    obrien_fleming_spending,
+    sequential_boundaries,
     two_proportion_z,
     welch_z,
 )
@@ -76,3 +83,198 @@ def test_confidence_changes_the_verdict() -> None:
     assert Gate(GateConfig(confidence=0.99, min_tool_calls=100)).decide(candidate, incumbent).action == "hold"
     with pytest.raises(ValueError, match="confidence must be in"):
         GateConfig(confidence=1.0)
+
+
+# --- repeated looks: alpha spending ---------------------------------------------------------------
+
+
+def test_obrien_fleming_spending_spends_alpha_by_t_equals_one_and_no_more() -> None:
+    z_half = NormalDist().inv_cdf(0.975)
+    assert obrien_fleming_spending(0.05, 0.5) == pytest.approx(2 * normal_sf(z_half / math.sqrt(0.5)), rel=1e-12)
+    assert obrien_fleming_spending(0.05, 0.5) == pytest.approx(0.0055746, abs=1e-7)
+    assert obrien_fleming_spending(0.05, 0.25) == pytest.approx(8.8575e-5, rel=1e-4)
+    assert obrien_fleming_spending(0.05, 1.0) == 0.05
+    assert obrien_fleming_spending(0.05, 1.7) == 0.05
+    assert obrien_fleming_spending(0.05, 0.0) == 0.0
+    spent = [obrien_fleming_spending(0.01, k / 20) for k in range(1, 21)]
+    assert all(a < b for a, b in itertools.pairwise(spent))
+    assert spent[-1] == pytest.approx(0.01, rel=1e-12)
+
+
+def test_boundaries_match_the_published_obrien_fleming_type_table() -> None:
+    # Jennison & Turnbull / gsDesign (sfLDOF, k=5, one-sided alpha=0.025, equal spacing).
+    table = (4.8769, 3.3569, 2.6803, 2.2898, 2.0310)
+    boundaries = sequential_boundaries(0.025, [0.2, 0.4, 0.6, 0.8, 1.0])
+    assert boundaries == pytest.approx(table, abs=2e-4)
+    # One look at t = 1 is the fixed-sample test; a look's boundary ignores later looks.
+    assert sequential_boundaries(0.05, [1.0]) == pytest.approx((1.6448536,), abs=1e-6)
+    assert sequential_boundaries(0.025, [0.2, 0.4, 0.6]) == boundaries[:3]
+    # After the final look there is nothing left to spend.
+    assert sequential_boundaries(0.05, [0.5, 1.0, 1.2])[2] == math.inf
+    with pytest.raises(ValueError, match=r"strictly increasing, got \[0.5, 0.5\]"):
+        sequential_boundaries(0.05, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 0.0"):
+        sequential_boundaries(0.0, [0.5])
+
+
+def test_boundaries_spend_exactly_the_planned_alpha_on_brownian_paths() -> None:
+    # The looks' z statistics are a Brownian motion seen at the fractions: simulate it directly
+    # (independent Gaussian increments) and count the first crossings up to each look.
+    fractions = [k / 10 for k in range(3, 11)]
+    boundaries = sequential_boundaries(0.05, fractions)
+    rng = random.Random(20240601)
+    paths = 20_000
+    crossed_by = [0] * len(fractions)
+    for _ in range(paths):
+        score, previous = 0.0, 0.0
+        for k, t in enumerate(fractions):
+            score += rng.gauss(0.0, math.sqrt(t - previous))
+            previous = t
+            if score / math.sqrt(t) >= boundaries[k]:
+                for later in range(k, len(fractions)):
+                    crossed_by[later] += 1
+                break
+    assert crossed_by == [5, 45, 113, 254, 412, 608, 800, 1035]  # expected: 7, 39, 112, 228, 383, 569, 777, 1000
+    for count, t in zip(crossed_by, fractions, strict=True):
+        expected = paths * obrien_fleming_spending(0.05, t)
+        assert abs(count - expected) <= 3 * math.sqrt(expected) + 1  # Poisson-sized noise
+    # Every look is stricter than a single fixed-sample test (z_0.05 = 1.645).
+    assert min(boundaries) == boundaries[-1] > NormalDist().inv_cdf(0.95)
+
+
+def test_planned_tool_calls_default_and_validation() -> None:
+    assert GateConfig(min_tool_calls=100).planned_tool_calls == 400
+    assert GateConfig(min_tool_calls=100, max_tool_calls=250).planned_tool_calls == 250
+    with pytest.raises(ValueError, match=r"max_tool_calls \(99\) must be >= min_tool_calls \(100\)"):
+        GateConfig(min_tool_calls=100, max_tool_calls=99)
+
+
+def test_single_look_decisions_carry_no_sequential_numbers() -> None:
+    decision = Gate(GateConfig(min_tool_calls=100)).decide(_arm(2, 150, 140), _arm(1, 150, 120))
+    assert decision.action == "promote"
+    assert decision.look is None
+    assert "sequential" not in decision.numbers
+    assert decision.numbers["test"] == "two-proportion z (one-sided)"
+
+
+def test_each_look_records_fraction_boundary_z_and_spent_alpha() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=100))  # planned: 400 canary tool calls
+    looks: list[Look] = []
+    early = gate.decide(_arm(2, 80, 60), _arm(1, 80, 50), looks)
+    assert early.action == "hold" and early.look is None  # below the minimum: no test, no alpha spent
+    assert early.numbers["sequential"]["look"] is None
+    assert early.numbers["sequential"]["information_fraction"] == 0.2
+    # Look 1 at 120 canary calls (t = 0.3): z = 1.88 would pass a single test (p = 0.03), not this one.
+    first = gate.decide(_arm(2, 120, 100), _arm(1, 120, 88), looks)
+    assert first.action == "hold"
+    assert first.look is not None
+    assert (first.look.number, first.look.tool_calls, first.look.information_fraction) == (1, 120, 0.3)
+    assert first.look.boundary_z == pytest.approx(3.39295, abs=1e-4)
+    assert first.look.z == pytest.approx(two_proportion_z(100, 120, 88, 120)[0])
+    assert first.look.alpha_spent == pytest.approx(obrien_fleming_spending(0.05, 0.3))
+    assert first.reason.startswith("no significant difference yet: tool reliability v2 100/120 (0.833) vs v1 88/120")
+    assert first.reason.endswith("(look 1, t=0.30: z=1.88 < boundary 3.39, alpha spent 0.00035 of 0.05)")
+    looks.append(first.look)
+    # The same canary count again is no new look.
+    again = gate.decide(_arm(2, 120, 100), _arm(1, 130, 95), looks)
+    assert again.action == "hold" and again.look is None
+    assert again.numbers["sequential"]["note"] == "no new canary tool calls since look 1"
+    # Look 2 at 240 calls (t = 0.6): boundary 2.28 (for looks at 0.3 and 0.6), z = 2.95: promoted.
+    second = gate.decide(_arm(2, 240, 210), _arm(1, 240, 186), looks)
+    assert second.action == "promote", second.reason
+    assert second.look is not None and second.look.number == 2
+    assert second.look.boundary_z == pytest.approx(sequential_boundaries(0.05, [0.3, 0.6])[1])
+    assert second.look.boundary_z == pytest.approx(2.28085, abs=1e-4)
+    assert second.look.alpha_released == pytest.approx(
+        obrien_fleming_spending(0.05, 0.6) - obrien_fleming_spending(0.05, 0.3)
+    )
+    recorded = second.numbers["sequential"]
+    assert [look["number"] for look in recorded["looks"]] == [1, 2]
+    assert recorded["look"] == second.look.to_json()
+    assert recorded["max_tool_calls"] == 400 and recorded["alpha"] == pytest.approx(0.05)
+    assert Look.from_json(recorded["looks"][0]) == first.look
+
+
+def test_the_look_that_reaches_the_planned_calls_is_final() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=100, max_tool_calls=200))
+    first = gate.decide(_arm(2, 100, 80), _arm(1, 100, 76), [])
+    assert first.action == "hold" and first.look is not None and not first.look.final
+    # t = 1.1: z = 1.655 (p = 0.049) passes a single test; after one earlier look the final
+    # boundary is 1.665, so the candidate is not promoted, and the final look rejects it.
+    last = gate.decide(_arm(2, 220, 182), _arm(1, 220, 168), [first.look])
+    assert last.look is not None and last.look.final
+    assert last.look.boundary_z == pytest.approx(sequential_boundaries(0.05, [0.5, 1.1])[1])
+    assert last.look.boundary_z == pytest.approx(1.66506, abs=1e-4)
+    assert last.look.alpha_spent == pytest.approx(0.05, abs=1e-15)
+    assert last.action == "rollback"
+    assert last.reason.startswith("not better by the final look: tool reliability v2 182/220")
+    single = Gate(GateConfig(confidence=0.95, min_tool_calls=100)).decide(_arm(2, 220, 182), _arm(1, 220, 168))
+    assert single.action == "promote"
+    # A clear win at the final look is promoted; a look after it has nothing left to spend.
+    assert gate.decide(_arm(2, 220, 200), _arm(1, 220, 166), [first.look]).action == "promote"
+    spent = Look(2, 220, 1.1, 1.8, 0.0, 0.05, 0.04, True)
+    after = gate.decide(_arm(2, 260, 259), _arm(1, 260, 150), [first.look, spent])
+    assert after.look is not None and after.look.boundary_z == math.inf
+    assert after.numbers["sequential"]["look"]["boundary_z"] is None  # JSON has no infinity
+    assert after.action == "rollback"
+
+
+def test_rollback_tests_stay_at_the_nominal_level_at_every_look() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=100))
+    worse = gate.decide(_arm(2, 120, 88), _arm(1, 120, 100), [])  # z = -1.88: p_worse = 0.03
+    assert worse.action == "rollback"
+    assert worse.reason.startswith("regression: tool reliability v2 88/120")
+    assert worse.look is not None and worse.look.number == 1  # the look is logged with it
+
+
+def _simulate_canaries(
+    gate: Gate, incumbent_reliability: float, canary_reliability: float, *, corrected: bool, seed: int
+) -> Counter[str]:
+    """400 canaries, each looked at every 20 canary episodes (2 tool calls each) with as many
+    incumbent episodes, until the gate decides or the planned tool calls are used up."""
+    rng = random.Random(seed)
+    episodes_per_look, calls_per_episode = 20, 2
+    calls_per_look = episodes_per_look * calls_per_episode
+    max_looks = gate.config.planned_tool_calls // calls_per_look
+    outcomes: Counter[str] = Counter()
+    for _ in range(400):
+        canary_ok = incumbent_ok = 0
+        looks: list[Look] = []
+        action = "hold"
+        for k in range(1, max_looks + 1):
+            canary_ok += sum(rng.random() < canary_reliability for _ in range(calls_per_look))
+            incumbent_ok += sum(rng.random() < incumbent_reliability for _ in range(calls_per_look))
+            canary = ArmStats(2, episodes_per_look * k, calls_per_look * k, canary_ok)
+            incumbent = ArmStats(1, episodes_per_look * k, calls_per_look * k, incumbent_ok)
+            decision = gate.decide(canary, incumbent, looks if corrected else None)
+            if decision.look is not None:
+                looks.append(decision.look)
+            if decision.action != "hold":
+                action = decision.action
+                break
+        outcomes[action] += 1
+    return outcomes
+
+
+_SIMULATED = Gate(GateConfig(confidence=0.95, min_tool_calls=100, min_episodes=30, min_rewarded=10_000))
+
+
+def test_repeated_looks_keep_false_promotions_at_alpha_where_the_uncorrected_gate_does_not() -> None:
+    # Canary = incumbent (0.65): every promotion is false. 10 looks (40..400 canary calls), tests
+    # from 120 calls on. Tolerance: the one-sided 99% binomial bound for 400 runs at alpha = 0.05,
+    # 0.05 + 2.326 * sqrt(0.05 * 0.95 / 400) = 0.075, i.e. at most 30 false promotions.
+    tolerance = math.floor(400 * (0.05 + 2.326 * math.sqrt(0.05 * 0.95 / 400)))
+    assert tolerance == 30
+    corrected = _simulate_canaries(_SIMULATED, 0.65, 0.65, corrected=True, seed=2024)
+    uncorrected = _simulate_canaries(_SIMULATED, 0.65, 0.65, corrected=False, seed=2024)
+    assert corrected == Counter({"rollback": 379, "promote": 21})  # 5.25%; ~4.9% over 4,000 runs
+    assert uncorrected == Counter({"hold": 299, "promote": 54, "rollback": 47})  # 13.5%
+    assert corrected["promote"] <= tolerance < uncorrected["promote"]
+    # With the sequential gate every canary is decided by the planned horizon; never left holding.
+    assert corrected["hold"] == 0
+
+
+def test_repeated_looks_still_promote_a_real_improvement() -> None:
+    corrected = _simulate_canaries(_SIMULATED, 0.65, 0.85, corrected=True, seed=2025)
+    assert corrected["promote"] >= 0.9 * 400
+    assert corrected == Counter({"promote": 400})

@@ -12,7 +12,7 @@ import pytest
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.policy.apply import apply_to_messages
-from agentgym_runtime.policy.gate import GateConfig
+from agentgym_runtime.policy.gate import GateConfig, obrien_fleming_spending, sequential_boundaries
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
 from agentgym_runtime.policy.router import PolicyRouter, RouterConfig, fallback_to_incumbent, sticky_bucket
 from agentgym_runtime.recording import start_llm_call
@@ -248,6 +248,56 @@ def test_gate_rolls_back_a_regression_in_the_background(agentgym_runtime: Runtim
     assert rollback[0].reason is not None and rollback[0].reason.startswith("gate: regression: tool reliability v1")
     assert rollback[0].details["reliability_p_worse"] < 0.05
     assert [d.action for _, d in router.decisions][-1] == "rollback"
+
+
+def test_repeated_looks_are_a_sequential_test_logged_look_by_look(
+    agentgym_runtime: Runtime, recorded: Recorded
+) -> None:
+    # evaluate_every makes every evaluation one look of the group-sequential gate; it is set out of
+    # reach here so that the explicit evaluate() calls below are the only looks (no thread timing).
+    router = _gate_router(agentgym_runtime, evaluate_every=1_000_000)  # planned: 4 x 100 canary calls
+    registry = agentgym_runtime.policies
+    agentgym.promote("support", registry.register("support", system_prompt="better").version, canary=0.5)
+    rng = random.Random(5)
+    decisions = []
+    served = 0
+    while registry.state("support").canary is not None and served < 2000:
+        for _ in range(40):
+            scripted_episode("support", f"u{served}", {0: 0.65, 1: 0.8}, rng)
+            served += 1
+        decisions.append(router.evaluate("support"))
+        if decisions[-1].action == "hold" and decisions[-1].look is not None:
+            # Every process reads the same looks back from the log (a restart loses none).
+            assert PolicyRouter(PolicyRegistry(registry.root)).looks("support") == router.looks("support")
+    assert [d.action for d in decisions] == ["hold", "hold", "hold", "promote"]
+    assert [d.look.number if d.look else None for d in decisions] == [None, None, 1, 2]
+    assert registry.state("support").live == 1
+    registry.sync_store()
+    rows = recorded.query(
+        "SELECT to_status, reason, details FROM policy_events WHERE actor = 'gate' AND version = 1 ORDER BY occurred_at"
+    )
+    assert [r["to_status"] for r in rows] == ["canary"] * 3 + ["live"]
+    details = [json.loads(r["details"]) for r in rows]
+    final = details[-1]["sequential"]
+    assert final["max_tool_calls"] == 400
+    assert len(final["looks"]) == 2 and final["look"] == final["looks"][-1]
+    fractions = [look["tool_calls"] / 400 for look in final["looks"]]
+    boundaries = sequential_boundaries(0.05, fractions)
+    for k, look in enumerate(final["looks"]):
+        assert look["information_fraction"] == fractions[k]
+        assert look["boundary_z"] == pytest.approx(boundaries[k])
+        assert look["alpha_spent"] == pytest.approx(obrien_fleming_spending(0.05, fractions[k]))
+        assert details[k + 2]["sequential"]["look"] == look  # each row logged its own look
+    assert [look["tool_calls"] for look in final["looks"]] == [
+        d.numbers["candidate"]["tool_calls"] for d in decisions[2:]
+    ]
+    assert [look["tool_calls"] for look in final["looks"]] == [122, 166]
+    assert final["look"]["z"] == details[-1]["reliability_z"] >= final["look"]["boundary_z"]
+    # Look 1 (z = 3.29, p = 0.0005) would have promoted under a single test; its boundary was 3.36.
+    assert details[2]["reliability_p_better"] < 0.001 and details[2]["decision"] == "hold"
+    assert details[0]["sequential"]["look"] is None  # too few calls: no test, no alpha spent
+    assert rows[-1]["reason"].startswith("gate: better: tool reliability v1 ")
+    assert "(look 2, t=" in rows[-1]["reason"]
 
 
 def test_gate_rolls_back_on_an_error_spike(agentgym_runtime: Runtime) -> None:
