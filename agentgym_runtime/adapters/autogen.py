@@ -22,7 +22,9 @@ What it records, and where from:
   ``FunctionExecutionResult(is_error=True)``); reconciliation records them as ``unknown_tool`` /
   ``invalid_arguments`` (at the end of a team participant's turn, or at episode end). Tools that
   do not go through ``BaseTool.run_json`` (e.g. ``McpWorkbench``) are not seen executing: their
-  calls are reconciled as ``not_executed``.
+  calls are reconciled as ``not_executed``. Inside a training replay
+  (:func:`agentgym_runtime.sandbox.use_sandbox`) the same hook hands the call to the replay's
+  sandbox instead of the tool.
 * **Teams**: each ``AssistantAgent`` participant's turn is a turn of that agent inside the
   team's episode (a child ``invoke_agent`` span, its own pinned policy), so its LLM and tool
   spans carry its ``gen_ai.agent.name``.
@@ -85,6 +87,7 @@ from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_defin
 from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording import LlmCall, ToolCall, current_agent_name, reconcile, start_llm_call, start_tool_call
 from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.semconv import ToolOutcome
 from agentgym_runtime.wrapping import CallKind, iterate_async
 
@@ -648,16 +651,28 @@ def _hook_trace_tool_span(original: Any) -> Any:
     return trace_tool_span
 
 
+async def _sandboxed_run_json(
+    tool: Any, args: Mapping[str, Any], cancellation_token: CancellationToken, call_id: str | None = None
+) -> Any:
+    """``run_json`` inside a training replay: the sandbox answers; a refused call raises, as a schema error does.
+
+    AutoGen turns the raised error into ``FunctionExecutionResult(is_error=True)`` and the result
+    into text with the tool's ``return_value_as_string``, exactly as for the real tool.
+    """
+    return sandboxed_result(tool.name, dict(args))
+
+
 def _hook_run_json(original: Any) -> Any:
     async def run_json(
         self: Any, args: Mapping[str, Any], cancellation_token: CancellationToken, call_id: str | None = None
     ) -> Any:
+        execute = original if current_sandbox.get() is None else _sandboxed_run_json
         call = _start_tool(self, args, call_id)
         if call is None:
-            return await original(self, args, cancellation_token, call_id=call_id)
+            return await execute(self, args, cancellation_token, call_id=call_id)
         token = _own_tool_span.set((self.name, call_id))
         try:
-            result = await original(self, args, cancellation_token, call_id=call_id)
+            result = await execute(self, args, cancellation_token, call_id=call_id)
         except BaseException as exc:
             _end_tool(self, call, error=exc)
             raise

@@ -22,6 +22,9 @@ nothing arrives after the episode closed):
   ``Action Input``) become one failure per requested call (CrewAI re-parses the same text
   several times; only real execution attempts count separately). A span CrewAI opened but
   never finished (tool usage limit) is closed by a global ``after_tool_call`` hook.
+  Inside a training replay (:func:`agentgym_runtime.sandbox.use_sandbox`) the wrapped
+  ``CrewStructuredTool.invoke`` / ``ainvoke`` hand each call to the replay's sandbox instead
+  of the tool.
 * **Policy** — applied to the messages of one LLM call and undone right after (the executor's
   message list is restored), never to the shared agent: ``system_prompt`` replaces the agent's
   backstory in the system message, ``tool_descriptions`` replace the rendered tool descriptions,
@@ -67,14 +70,17 @@ from crewai.events.types.tool_usage_events import (
 )
 from crewai.hooks import register_after_tool_call_hook, unregister_after_tool_call_hook
 from crewai.llms.base_llm import BaseLLM
+from crewai.tools.structured_tool import CrewStructuredTool
 
 from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.episodes import AgentOptions
+from agentgym_runtime.errors import ToolArgumentsError
 from agentgym_runtime.policy.apply import demonstration_messages
 from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording import LlmCall, ToolCall, record_tool_failure, start_llm_call, start_tool_call
 from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.semconv import ToolOutcome
 from agentgym_runtime.wrapping import CallKind, call_sync
 
@@ -338,6 +344,58 @@ def _invalid_arguments(error: Any) -> bool:
     return message.startswith(("Arguments validation failed", "Failed to parse arguments"))
 
 
+def _sandboxed_invoke(tool: Any, input: str | dict[str, Any]) -> Any:
+    """``CrewStructuredTool.invoke`` inside a training replay: the sandbox answers instead of the tool.
+
+    A call the sandbox finds invalid raises the ``ValueError`` CrewAI's own argument check raises,
+    so CrewAI retries and reports it exactly as for the real tool.
+    """
+    arguments: Any = input
+    if isinstance(input, str):
+        try:
+            arguments = json.loads(input)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Failed to parse arguments as JSON: {exc}") from exc
+    fields = getattr(getattr(tool, "args_schema", None), "model_fields", None)
+    if isinstance(arguments, dict) and fields:
+        # CrewAI adds its own keys (``security_context``) and its schema check drops what the tool
+        # does not declare: the sandbox sees what the tool function would have received.
+        arguments = {key: value for key, value in arguments.items() if key in fields}
+    try:
+        return sandboxed_result(tool.name, arguments)
+    except ToolArgumentsError as exc:
+        raise ValueError(f"Arguments validation failed: {exc}") from exc
+
+
+def _wrap_tool_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    def invoke(tool: Any, input: str | dict[str, Any], config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        if current_sandbox.get() is None:
+            return original(tool, input, config, **kwargs)
+        return _sandboxed_invoke(tool, input)
+
+    invoke.__wrapped__ = original  # type: ignore[attr-defined]
+    return invoke
+
+
+def _wrap_tool_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def ainvoke(
+        tool: Any, input: str | dict[str, Any], config: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        if current_sandbox.get() is None:
+            return await original(tool, input, config, **kwargs)
+        return _sandboxed_invoke(tool, input)
+
+    ainvoke.__wrapped__ = original  # type: ignore[attr-defined]
+    return ainvoke
+
+
+#: ``CrewStructuredTool`` methods wrapped while instrumented: inside a training replay the sandbox answers.
+_TOOL_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "invoke": _wrap_tool_invoke,
+    "ainvoke": _wrap_tool_ainvoke,
+}
+
+
 # --- the instrumentation (installed once, undone by uninstrument) ------------------------------
 
 
@@ -345,7 +403,8 @@ class _Instrumentation:
     """The reversible patches, installed once and undone together.
 
     ``get_llm_response`` (both executors), the bus's ``emit``, ``Agent.execute_task``,
-    ``Task.execute_async``, and one global ``after_tool_call`` hook.
+    ``Task.execute_async``, one global ``after_tool_call`` hook, and ``CrewStructuredTool.invoke`` /
+    ``ainvoke`` (for the replay sandbox).
     """
 
     def __init__(self, adapter: CrewAIAdapter) -> None:
@@ -361,6 +420,7 @@ class _Instrumentation:
         self._get_llm_response_wrapper: Any = None
         self._emit_wrapper: Any = None
         self._execute_task_wrapper: Any = None
+        self._tool_wrappers: dict[str, tuple[Any, Any]] = {}
         self._handlers: dict[type, Callable[[Any, Any], None]] = {
             ToolUsageStartedEvent: self._tool_started,
             ToolUsageFinishedEvent: self._tool_finished,
@@ -394,6 +454,12 @@ class _Instrumentation:
 
         register_after_tool_call_hook(self._after_tool_call)
 
+        for method, wrap in _TOOL_WRAPPERS.items():
+            original = CrewStructuredTool.__dict__[method]
+            wrapper = wrap(original)
+            self._tool_wrappers[method] = (original, wrapper)
+            type.__setattr__(CrewStructuredTool, method, wrapper)
+
     def remove(self) -> None:
         self.active = False  # wrappers someone else wrapped over become pass-through
         for module, original in self._original_get_llm_response.items():
@@ -408,6 +474,10 @@ class _Instrumentation:
         if Task.__dict__.get("execute_async") is self._execute_async_wrapper:
             type.__setattr__(Task, "execute_async", self._original_execute_async)
         unregister_after_tool_call_hook(self._after_tool_call)
+        for method, (original, wrapper) in self._tool_wrappers.items():
+            if CrewStructuredTool.__dict__.get(method) is wrapper:
+                type.__setattr__(CrewStructuredTool, method, original)
+        self._tool_wrappers.clear()
 
     # agent turns ---------------------------------------------------------------------------
     def _wrap_execute_task(self, original: Callable[..., Any]) -> Callable[..., Any]:

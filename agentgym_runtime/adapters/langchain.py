@@ -15,6 +15,10 @@ descriptions. Nothing shared is mutated, so concurrent calls on different policy
 see each other's policy. A policy with ``llm`` is routed to the chat model returned by the
 factory registered with :func:`register_model_factory`.
 
+Inside a training replay (:func:`agentgym_runtime.sandbox.use_sandbox`) the wrapped
+``BaseTool.run`` / ``arun`` hand each tool call to the replay's sandbox instead of the tool,
+and return its answer in the form LangChain expects (a ``ToolMessage`` for an agent's call).
+
 Three ways in:
 
 * ``agent = agentgym.train_online(create_agent(...), name="support")``: a proxy whose
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -49,6 +54,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, convert
 from langchain_core.messages import convert_to_openai_messages as _to_openai
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
+from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tracers import context as tracer_context
 from pydantic import ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
@@ -57,10 +63,12 @@ from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.api import current_policy
 from agentgym_runtime.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.episodes import AgentOptions
+from agentgym_runtime.errors import AgentGymError
 from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_definitions
 from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording import LlmCall, ToolCall, start_llm_call, start_tool_call
 from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.semconv import ToolOutcome
 from agentgym_runtime.wrapping import CallKind, call_async, call_sync, run_kind
 
@@ -666,6 +674,70 @@ _MODEL_WRAPPERS: dict[str, Callable[[Callable[..., Any], str], Callable[..., Any
 }
 
 
+# --- tools in a training replay's sandbox ---------------------------------------------------------
+def _sandbox_arguments(tool: BaseTool, tool_input: Any) -> Any:
+    """The keyword arguments a ``BaseTool.run`` input stands for (a string goes to the only argument)."""
+    if isinstance(tool_input, Mapping):
+        # Arguments the tool node injects (state, runtime, ...) are not the model's arguments.
+        strip = getattr(tool, "_filter_injected_args", None)
+        return dict(strip(dict(tool_input)) if callable(strip) else tool_input)
+    names = list(tool.args)
+    if len(names) == 1:
+        return {names[0]: tool_input}
+    return {"input": tool_input}
+
+
+def _sandboxed_tool_run(tool: BaseTool, tool_input: Any, tool_call_id: str | None) -> Any:
+    """What ``run`` returns when the active sandbox answers for ``tool``.
+
+    With a ``tool_call_id`` (an agent's tool call) that is a ``ToolMessage``, ``status="error"`` for a
+    call the sandbox refused (as ``create_agent``'s tool node answers a schema error); without one,
+    the content, and a refused call raises ``ToolException``. A fake's own exception propagates,
+    as the real tool's would.
+    """
+    try:
+        content = sandboxed_result(tool.name, _sandbox_arguments(tool, tool_input))
+        status = "success"
+    except AgentGymError as exc:  # refused by the sandbox: unknown tool, invalid arguments
+        if tool_call_id is None:
+            raise ToolException(str(exc)) from exc
+        content, status = f"Error: {exc}", "error"
+    if tool_call_id is None:
+        return content
+    if not isinstance(content, str | list):
+        content = json.dumps(content, ensure_ascii=False, default=str)
+    return ToolMessage(content=content, tool_call_id=tool_call_id, name=tool.name, status=status)
+
+
+def _tool_wrapper_sync(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def run(self: BaseTool, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
+        if current_sandbox.get() is None:
+            return original(self, tool_input, *args, **kwargs)
+        return _sandboxed_tool_run(self, tool_input, kwargs.get("tool_call_id"))
+
+    run.__agentgym_original__ = original  # type: ignore[attr-defined]
+    return run
+
+
+def _tool_wrapper_async(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def arun(self: BaseTool, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
+        if current_sandbox.get() is None:
+            return await original(self, tool_input, *args, **kwargs)
+        return _sandboxed_tool_run(self, tool_input, kwargs.get("tool_call_id"))
+
+    arun.__agentgym_original__ = original  # type: ignore[attr-defined]
+    return arun
+
+
+#: ``BaseTool`` methods wrapped while instrumented: inside a training replay the sandbox answers.
+_TOOL_WRAPPERS: dict[str, Callable[[Callable[..., Any], str], Callable[..., Any]]] = {
+    "run": _tool_wrapper_sync,
+    "arun": _tool_wrapper_async,
+}
+
+
 # --- seeded agents --------------------------------------------------------------------------------
 class SeededAgent(wrapt.ObjectProxy):  # type: ignore[misc]
     """An agent with a fixed policy: every chat model call it makes sees ``policy``.
@@ -760,6 +832,7 @@ class _Installation:
         self.handler = AgentGymCallbackHandler()
         self.hook: _EpisodeHandlerVar | None = None
         self.originals: dict[str, Any] = {}
+        self.tool_originals: dict[str, Any] = {}
 
     def install(self) -> None:
         if self.hook is not None:
@@ -771,6 +844,10 @@ class _Installation:
             original = BaseChatModel.__dict__[method]
             self.originals[method] = original
             setattr(BaseChatModel, method, make(original, method))
+        for method, make in _TOOL_WRAPPERS.items():
+            original = BaseTool.__dict__[method]
+            self.tool_originals[method] = original
+            setattr(BaseTool, method, make(original, method))
 
     def remove(self) -> None:
         hook, self.hook = self.hook, None
@@ -782,6 +859,9 @@ class _Installation:
         for method, original in self.originals.items():
             setattr(BaseChatModel, method, original)
         self.originals.clear()
+        for method, original in self.tool_originals.items():
+            setattr(BaseTool, method, original)
+        self.tool_originals.clear()
 
 
 _installation = _Installation()

@@ -1,21 +1,25 @@
-"""``apo``: automatic prompt optimisation of the system prompt against an OpenAI-compatible endpoint.
+"""``apo``: Agent Lightning's ``APO`` optimises the system prompt and tool descriptions.
 
-The user configures the endpoint: ``options["base_url"]``, ``options["model"]`` and the
-environment variable holding the key (``options["api_key_env"]``, default ``OPENAI_API_KEY``;
-keys are read from the environment, never stored). The system prompt is an Agent Lightning
-``PromptTemplate`` resource named ``system_prompt``; candidates are scored by replaying
-held-out tasks through the user's agent (:class:`~.lightning.replay.ReplayAgent`), with the
-rollouts in the job's DuckDB LightningStore.
+The user configures an OpenAI-compatible endpoint: ``options["base_url"]``, ``options["model"]``
+and the environment variable holding the key (``options["api_key_env"]``, default
+``OPENAI_API_KEY``; keys are read from the environment, never stored). Agent Lightning's
+``APO`` (``agentlightning.algorithm.apo.APO``: beam search over textual gradients, its POML
+prompts rendered by the ``poml`` package, gradient and edit calls through an ``AsyncOpenAI``
+client to that endpoint) optimises one ``PromptTemplate`` resource per run, so the trainer
+runs it in stages, each in its own ``Trainer`` over the job's DuckDB LightningStore:
 
-The algorithm is Agent Lightning's ``APO`` (beam search over textual gradients, with the
-``TraceToMessages`` adapter) when its ``apo`` extra (the ``poml`` package) is installed.
-Without it, :func:`make_textual_gradient_algorithm` runs the same loop as an Agent
-Lightning ``Algorithm`` with plain chat prompts: critique the prompt from the worst
-rollouts, ask for an edited prompt, keep it if it scores better on the held-out tasks;
-then the same for each tool's description (resources ``tool:<name>``), unless
-``options["optimize_tools"]`` is false. Agent Lightning's ``APO`` optimises one
-``PromptTemplate``, so on that path only the system prompt is optimised.
-``metrics["algorithm"]`` says which ran.
+1. ``system_prompt`` (seed: ``options["seed_prompt"]``, else the recorded system prompt);
+2. then, unless ``options["optimize_tools"]`` is false, ``tool:<name>`` for each tool offered
+   in the recorded tasks (seed: its recorded description), with the best system prompt and
+   the other descriptions fixed (:attr:`~.lightning.replay.ReplayAgent.base_resources`).
+
+Candidates are scored by replaying tasks through the user's agent
+(:class:`~.lightning.replay.ReplayAgent`, tools in the replay sandbox): APO's rollouts on
+the training tasks feed its gradients (each rollout leaves the replayed conversation as an
+``openai.chat.completion`` span for ``TraceToMessages``), its validation rollouts on the
+held-out tasks pick the beam. A stage's result is kept only if it raises the held-out reward.
+The candidate policy carries the system prompt and the tool descriptions that were kept;
+``metrics`` hold the held-out reward before and after and one entry per stage.
 
 Example:
     >>> APOTrainer.name
@@ -25,8 +29,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
+import random
 from typing import Any, ClassVar
 
 from agentgym_runtime.trainers.base import ProgressFn, TrainerUnavailable, TrainingJobSpec, TrainingResult
@@ -35,21 +39,8 @@ from agentgym_runtime.trainers.lightning.common import job_store_path, replay_ag
 
 DEFAULT_SEED_PROMPT = "You are a helpful assistant. Use the tools you are given when they help."
 
-CRITIQUE_INSTRUCTIONS = (
-    "You improve system prompts for a tool-using AI agent. Here is the current system prompt:\n"
-    "<prompt>\n{prompt}\n</prompt>\n"
-    "It scored {score:.3f} (0 to 1) on these tasks, the worst first:\n{examples}\n"
-    "Explain briefly what in the prompt makes the agent fail."
-)
-TOOL_EDIT_INSTRUCTIONS = (
-    "An AI agent calls the tool {tool!r} (JSON schema of its arguments: {schema}). Its current tool description "
-    "is:\n<description>\n{description}\n</description>\nWith it the agent scores {score:.3f} (0 to 1). Write an "
-    "improved tool description that makes the agent call it correctly. Reply with the description text only."
-)
-EDIT_INSTRUCTIONS = (
-    "Current system prompt:\n<prompt>\n{prompt}\n</prompt>\nCritique:\n{critique}\n"
-    "Write an improved system prompt. Reply with the prompt text only."
-)
+#: Modules the trainer needs in the training environment, and the extra that brings each.
+REQUIRED_MODULES = {"agentlightning": "train", "openai": "train", "poml": "train"}
 
 
 def _endpoint(options: dict[str, Any]) -> tuple[str, str, str]:
@@ -84,131 +75,66 @@ def check_endpoint(base_url: str, key: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def _algorithm_base() -> type:
-    from agentgym_runtime.trainers.lightning import import_agentlightning
-
-    return import_agentlightning().Algorithm  # type: ignore[no-any-return]
-
-
-def make_textual_gradient_algorithm(
-    client: Any,
-    model: str,
-    heldout: list[Task],
-    *,
-    rounds: int = 2,
-    temperature: float = 0.7,
-    optimize_tools: bool = True,
-) -> Any:
-    """APO's loop (critique → edit → keep if better on held-out) as an Agent Lightning algorithm.
+def offered_tools(tasks: list[Task]) -> dict[str, str]:
+    """Tool name → recorded description, for every tool offered in ``tasks`` (first seen first).
 
     Example:
-        >>> algo = make_textual_gradient_algorithm(client, "m", heldout)  # doctest: +SKIP
+        >>> offered_tools([Task(episode_id="e", agent="a", tools=[{"name": "t", "description": "T"}])])
+        {'t': 'T'}
     """
-    from agentgym_runtime.trainers.lightning import import_agentlightning
-    from agentgym_runtime.trainers.lightning.bridge import as_text
-    from agentgym_runtime.trainers.lightning.replay import SYSTEM_PROMPT_RESOURCE, TOOL_RESOURCE_PREFIX
+    tools: dict[str, str] = {}
+    for task in tasks:
+        for tool in task.tools:
+            name = tool.get("name")
+            if name:
+                tools.setdefault(str(name), str(tool.get("description") or ""))
+    return tools
 
-    agl = import_agentlightning()
 
-    class TextualGradientAPO(_algorithm_base()):  # type: ignore[misc]
-        """Beam of width one over textual-gradient edits of the ``system_prompt`` resource."""
+def make_apo(client: Any, model: str, stage: str, options: dict[str, Any], train_size: int, val_size: int) -> Any:
+    """Agent Lightning's ``APO`` for one stage, its prompt versions named ``<stage>:v<n>`` in the store.
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.history: list[tuple[str, float]] = []
-            self.best_prompt: str | None = None
-            self.best_score = float("-inf")
-            self.tool_descriptions: dict[str, str] = {}
+    ``APO`` names its candidates ``v0``, ``v1``, … and stores each under that resources id; the
+    stages share one store, so the stage name keeps their resources apart. ``candidates``
+    counts the prompts it created (the seed included).
 
-        def _resources(self, prompt: str, tools: dict[str, str]) -> dict[str, Any]:
-            resources = {SYSTEM_PROMPT_RESOURCE: agl.PromptTemplate(template=prompt, engine="f-string")}
-            for tool, description in tools.items():
-                resources[f"{TOOL_RESOURCE_PREFIX}{tool}"] = agl.PromptTemplate(template=description, engine="f-string")
-            return resources
+    Example:
+        >>> algorithm = make_apo(client, "gpt-4.1-mini", "system_prompt", {}, 8, 4)  # doctest: +SKIP
+    """
+    from agentlightning.algorithm.apo import APO
 
-        async def _score(
-            self, prompt: str, tools: dict[str, str] | None = None
-        ) -> tuple[float, list[tuple[float, Task]]]:
-            store = self.get_store()
-            resources = self._resources(prompt, tools if tools is not None else self.tool_descriptions)
-            update = await store.add_resources(resources)
-            ids = [
-                (
-                    await store.enqueue_rollout(
-                        input=t.model_dump(mode="json"), mode="val", resources_id=update.resources_id
-                    )
-                ).rollout_id
-                for t in heldout
-            ]
-            done = {r.rollout_id: r for r in await store.wait_for_rollouts(rollout_ids=ids, timeout=600)}
-            scored: list[tuple[float, Task]] = []
-            for rollout_id, task in zip(ids, heldout, strict=True):
-                reward = None
-                if rollout_id in done:
-                    reward = agl.find_final_reward(list(await store.query_spans(rollout_id, "latest")))
-                scored.append((float(reward) if reward is not None else 0.0, task))
-            score = sum(r for r, _ in scored) / max(len(scored), 1)
-            self.history.append((prompt, score))
-            return score, scored
+    class StagedAPO(APO):  # type: ignore[misc]
+        """``APO`` with stage-qualified prompt versions."""
 
-        async def _chat(self, content: str) -> str:
-            response = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": content}], temperature=temperature
-            )
-            return str(response.choices[0].message.content or "").strip()
+        candidates = 0
 
-        async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> None:
-            seed = self.get_initial_resources()[SYSTEM_PROMPT_RESOURCE].template
-            current = str(seed)
-            score, scored = await self._score(current)
-            self.best_prompt, self.best_score = current, score
-            for _ in range(rounds):
-                worst = sorted(scored, key=lambda item: item[0])[:4]
-                examples = "\n".join(f"- task: {as_text(t.input)} -> reward {r:.2f}" for r, t in worst)
-                critique = await self._chat(
-                    CRITIQUE_INSTRUCTIONS.format(prompt=current, score=score, examples=examples)
-                )
-                candidate = await self._chat(EDIT_INSTRUCTIONS.format(prompt=current, critique=critique))
-                if not candidate:
-                    continue
-                candidate_score, candidate_scored = await self._score(candidate)
-                if candidate_score > self.best_score:
-                    self.best_prompt, self.best_score = candidate, candidate_score
-                    current, score, scored = candidate, candidate_score, candidate_scored
-            if not optimize_tools:
-                return
-            # Then each tool's description, one edit per tool and round, kept only if the score rises.
-            offered: dict[str, dict[str, Any]] = {}
-            for task in heldout:
-                for tool in task.tools:
-                    offered.setdefault(str(tool.get("name")), dict(tool))
-            for _ in range(rounds):
-                for name, tool in offered.items():
-                    description = self.tool_descriptions.get(name, str(tool.get("description") or ""))
-                    candidate = await self._chat(
-                        TOOL_EDIT_INSTRUCTIONS.format(
-                            tool=name,
-                            schema=as_text(tool.get("parameters") or {}),
-                            description=description,
-                            score=self.best_score,
-                        )
-                    )
-                    if not candidate:
-                        continue
-                    trial = {**self.tool_descriptions, name: candidate}
-                    trial_score, _ = await self._score(current, trial)
-                    if trial_score > self.best_score:
-                        self.tool_descriptions, self.best_score = trial, trial_score
+        def _create_versioned_prompt(self, prompt_template: Any, *, score: float | None = None) -> Any:
+            versioned = super()._create_versioned_prompt(prompt_template, score=score)
+            versioned.version = f"{stage}:{versioned.version}"
+            self.candidates += 1
+            return versioned
 
-    return TextualGradientAPO()
+    return StagedAPO(
+        client,
+        gradient_model=str(options.get("gradient_model") or model),
+        apply_edit_model=str(options.get("apply_edit_model") or model),
+        diversity_temperature=float(options.get("temperature", 1.0)),
+        gradient_batch_size=int(options.get("gradient_batch_size", min(4, max(train_size, 1)))),
+        val_batch_size=int(options.get("val_batch_size", val_size)),
+        beam_width=int(options.get("beam_width", 2)),
+        branch_factor=int(options.get("branch_factor", 2)),
+        beam_rounds=int(options.get("rounds", 2)),
+        rollout_batch_timeout=float(options.get("rollout_timeout_s", 600.0)),
+    )
 
 
 class APOTrainer:
     """The ``apo`` trainer (see the module docstring).
 
-    Options: ``base_url``, ``model``, ``api_key_env``, ``rounds`` (2), ``beam_width`` (2, Agent Lightning's APO),
-    ``optimize_tools`` (true),
-    ``seed_prompt`` (default: the recorded system prompt), ``replay`` / ``reward``.
+    Options: ``base_url``, ``model``, ``api_key_env``; APO's ``rounds`` (beam rounds, 2), ``beam_width`` (2),
+    ``branch_factor`` (2), ``gradient_batch_size`` (up to 4), ``val_batch_size`` (all held-out tasks),
+    ``temperature`` (1.0), ``gradient_model`` / ``apply_edit_model`` (default ``model``); ``optimize_tools``
+    (true), ``seed_prompt`` (default: the recorded system prompt), ``max_retries`` (2), ``replay`` / ``reward``.
 
     Example:
         >>> APOTrainer().check_available(TrainingJobSpec(run_id="r", agent="a", trainer="apo",
@@ -220,9 +146,9 @@ class APOTrainer:
     name: ClassVar[str] = "apo"
 
     def check_available(self, spec: TrainingJobSpec) -> None:
-        """Endpoint configured and answering; ``agentlightning`` and ``openai`` installed."""
+        """Endpoint configured and answering; ``agentlightning``, ``openai`` and ``poml`` installed."""
         base_url, _, key = _endpoint(spec.options)
-        require_modules(self.name, {"agentlightning": "train", "openai": "train"})
+        require_modules(self.name, REQUIRED_MODULES)
         check_endpoint(base_url, key)
 
     def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
@@ -237,6 +163,8 @@ class APOTrainer:
                 "'module:qualname' of an episode function, or record the agent with an entrypoint"
             )
         train, heldout = load_snapshot_tasks(spec)
+        # APO samples templates and batches with the module-level RNG; the job is its own process.
+        random.seed(spec.seed)
         return self.fit(train, heldout, agent, options=spec.options, store_path=job_store_path(spec), progress=progress)
 
     def fit(
@@ -249,79 +177,129 @@ class APOTrainer:
         store_path: Any,
         progress: ProgressFn | None = None,
     ) -> TrainingResult:
-        """Optimise the system prompt on ``train``/``heldout`` with ``replay_agent``; return the candidate."""
+        """Optimise the system prompt, then each tool description, with APO; return the candidate."""
         import openai
 
         from agentgym_runtime.trainers.lightning import import_agentlightning
-        from agentgym_runtime.trainers.lightning.replay import SYSTEM_PROMPT_RESOURCE, run_algorithm
+        from agentgym_runtime.trainers.lightning.replay import SYSTEM_PROMPT_RESOURCE, TOOL_RESOURCE_PREFIX
         from agentgym_runtime.trainers.lightning.store import DuckDBLightningStore
 
         agl = import_agentlightning()
+        require_modules(self.name, REQUIRED_MODULES)
         report = progress or (lambda fraction, message: None)
         base_url, model, key = _endpoint(options)
         check_endpoint(base_url, key)
         evaluation = heldout or train
         if not evaluation:
             raise TrainerUnavailable("the snapshot has no tasks: record episodes before running apo")
+        gradient_tasks = train or evaluation
         recorded = next((t.system_instructions for t in train if isinstance(t.system_instructions, str)), None)
         seed_prompt = str(options.get("seed_prompt") or recorded or DEFAULT_SEED_PROMPT)
-        client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
-        rounds = int(options.get("rounds", 2))
-        if importlib.util.find_spec("poml") is not None:
-            algorithm = agl.APO(
-                client,
-                gradient_model=model,
-                apply_edit_model=model,
-                beam_rounds=rounds,
-                beam_width=int(options.get("beam_width", 2)),
-                branch_factor=int(options.get("branch_factor", 2)),
-                gradient_batch_size=min(4, max(len(train), 1)),
-                val_batch_size=len(evaluation),
-            )
-            name = "agentlightning.APO"
-        else:
-            algorithm = make_textual_gradient_algorithm(
-                client, model, evaluation, rounds=rounds, optimize_tools=bool(options.get("optimize_tools", True))
-            )
-            name = "textual-gradient (agentlightning Algorithm; APO needs the 'poml' package)"
-        report(0.1, f"APO with {model} at {base_url}: {rounds} rounds on {len(evaluation)} held-out tasks")
-        store = DuckDBLightningStore(store_path)
-        seed_resource = agl.PromptTemplate(template=seed_prompt, engine="f-string")
-        try:
-            run_algorithm(
-                algorithm,
-                replay_agent,
-                store,
-                [t.model_dump(mode="json") for t in train] or [t.model_dump(mode="json") for t in evaluation],
-                [t.model_dump(mode="json") for t in evaluation],
-                initial_resources={SYSTEM_PROMPT_RESOURCE: seed_resource},
-                adapter=agl.TraceToMessages(),
-            )
-        finally:
-            asyncio.run(store.close())
-        best = algorithm.get_best_prompt().template if hasattr(algorithm, "get_best_prompt") else algorithm.best_prompt
-        if best is None:
-            raise RuntimeError("APO produced no prompt; see the job log")
-        tools: dict[str, str] = dict(getattr(algorithm, "tool_descriptions", {}))
+        client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key, max_retries=int(options.get("max_retries", 2)), timeout=120
+        )
+        seed_tools = offered_tools([*evaluation, *gradient_tasks])
+        stages = [SYSTEM_PROMPT_RESOURCE]
+        if bool(options.get("optimize_tools", True)):
+            stages += [f"{TOOL_RESOURCE_PREFIX}{name}" for name in seed_tools]
+        current: dict[str, str] = {
+            SYSTEM_PROMPT_RESOURCE: seed_prompt,
+            **{f"{TOOL_RESOURCE_PREFIX}{name}": text for name, text in seed_tools.items()},
+        }
+
+        def tools_of(values: dict[str, str], changed: set[str]) -> dict[str, str]:
+            return {
+                name[len(TOOL_RESOURCE_PREFIX) :]: text
+                for name, text in values.items()
+                if name.startswith(TOOL_RESOURCE_PREFIX) and name in changed
+            }
+
+        changed: set[str] = set()
         before = self._score(replay_agent, evaluation, seed_prompt, {})
-        after = self._score(replay_agent, evaluation, str(best), tools)
-        report(1.0, f"held-out reward {before:.3f} -> {after:.3f}")
-        improved = after > before
+        score = before
+        stage_metrics: list[dict[str, Any]] = []
+        train_json = [t.model_dump(mode="json") for t in gradient_tasks]
+        val_json = [t.model_dump(mode="json") for t in evaluation]
+        report(
+            0.05,
+            f"APO with {model} at {base_url}: {len(stages)} stage(s) ({', '.join(stages)}), "
+            f"{len(gradient_tasks)} train / {len(evaluation)} held-out tasks; held-out reward {before:.3f}",
+        )
+        store = DuckDBLightningStore(store_path)
+        try:
+            for index, resource in enumerate(stages):
+                fixed = {
+                    name: agl.PromptTemplate(template=text, engine="f-string")
+                    for name, text in current.items()
+                    if name != resource and (name == SYSTEM_PROMPT_RESOURCE or name in changed)
+                }
+                replay_agent.base_resources = fixed
+                algorithm = make_apo(client, model, resource, options, len(gradient_tasks), len(evaluation))
+                self._run(
+                    algorithm,
+                    replay_agent,
+                    store,
+                    train_json,
+                    val_json,
+                    {resource: agl.PromptTemplate(template=current[resource], engine="f-string")},
+                )
+                best = str(algorithm.get_best_prompt().template)
+                trial = {**current, resource: best}
+                trial_changed = changed | {resource}
+                trial_score = self._score(
+                    replay_agent, evaluation, trial[SYSTEM_PROMPT_RESOURCE], tools_of(trial, trial_changed)
+                )
+                kept = best != current[resource] and trial_score > score
+                stage_metrics.append(
+                    {
+                        "resource": resource,
+                        "heldout_reward_before": score,
+                        "heldout_reward_best": trial_score,
+                        "kept": kept,
+                        "prompts": int(algorithm.candidates),
+                    }
+                )
+                if kept:
+                    current, changed, score = trial, trial_changed, trial_score
+                report(
+                    0.1 + 0.85 * (index + 1) / len(stages),
+                    f"stage {index + 1}/{len(stages)} {resource}: held-out reward {trial_score:.3f} "
+                    f"({'kept' if kept else 'not kept'})",
+                )
+        finally:
+            replay_agent.base_resources = {}
+            asyncio.run(store.close())
+        system_prompt = current[SYSTEM_PROMPT_RESOURCE] if SYSTEM_PROMPT_RESOURCE in changed else None
+        tools = tools_of(current, changed)
+        improved = score > before
+        report(1.0, f"held-out reward {before:.3f} -> {score:.3f}")
         return TrainingResult(
             trainer=self.name,
-            system_prompt=str(best) if improved else None,
-            tool_descriptions=tools if improved else {},
+            system_prompt=system_prompt,
+            tool_descriptions=tools,
             metrics={
                 "heldout_reward_before": before,
-                "heldout_reward_after": after if improved else before,
-                "best_prompt_reward": after,
-                "prompts_scored": len(getattr(algorithm, "history", [])) or None,
-                "algorithm": name,
+                "heldout_reward_after": score,
+                "train_tasks": len(train),
+                "heldout_tasks": len(heldout),
+                "stages": stage_metrics,
+                "prompts_scored": sum(s["prompts"] for s in stage_metrics),
+                "algorithm": "agentlightning.APO",
                 "model": model,
                 "base_url": base_url,
             },
-            notes=None if improved else "no candidate prompt beat the seed prompt on the held-out tasks",
+            notes=None if improved else "no APO candidate beat the seed prompt and descriptions on the held-out tasks",
         )
+
+    @staticmethod
+    def _run(
+        algorithm: Any, agent: Any, store: Any, train: list[Any], val: list[Any], resources: dict[str, Any]
+    ) -> None:
+        from agentgym_runtime.trainers.lightning import import_agentlightning
+        from agentgym_runtime.trainers.lightning.replay import run_algorithm
+
+        agl = import_agentlightning()
+        run_algorithm(algorithm, agent, store, train, val, initial_resources=resources, adapter=agl.TraceToMessages())
 
     @staticmethod
     def _score(replay_agent: Any, tasks: list[Task], prompt: str, tools: dict[str, str]) -> float:

@@ -12,6 +12,7 @@ import pytest
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
+from tests.trainers.openai_stub import CRITIQUE, IMPROVED_DESCRIPTION, IMPROVED_PROMPT, MARKER, TOOL_MARKER
 
 pytest.importorskip("agentlightning")
 
@@ -182,62 +183,7 @@ def test_verl_refuses_without_cuda_and_validates_its_config(tmp_path: Path) -> N
         VERLTrainer().check_available(_spec(tmp_path, "verl", model_path="/models/qwen"))
 
 
-# --- apo against a local OpenAI-compatible endpoint -----------------------------------------
-
-MARKER = "[APO-MARKER]"
-TOOL_MARKER = "[TOOL-MARKER]"
-
-
-@pytest.fixture
-def openai_stub() -> Any:
-    """A tiny OpenAI-compatible server on 127.0.0.1 (free port): critiques, then an improved prompt."""
-    import threading
-
-    from aiohttp import web
-
-    requests: list[dict[str, Any]] = []
-
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        requests.append(body)
-        text = body["messages"][-1]["content"]
-        if "tool description" in text:
-            content = f"Pass the order_id of the order. {TOOL_MARKER}"
-        elif "Explain briefly" in text or "critique" not in text.lower():
-            content = "The prompt never says which tool serves which request."
-        else:
-            content = f"Call refund_order for refunds and track_order for parcels. {MARKER}"
-        return web.json_response(
-            {
-                "id": f"cmpl-{len(requests)}",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        )
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
-
-    loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models)])
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield {"base_url": f"http://127.0.0.1:{port}/v1", "requests": requests}
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+# --- apo: Agent Lightning's APO against a local OpenAI-compatible endpoint ------------------
 
 
 def prompt_following_agent(task: Task, policy: Policy, sandbox: Any) -> str:
@@ -248,35 +194,84 @@ def prompt_following_agent(task: Task, policy: Policy, sandbox: Any) -> str:
     return tool
 
 
-def test_apo_improves_the_system_prompt_via_the_endpoint(tmp_path: Path, openai_stub: dict[str, Any]) -> None:
+def test_apo_runs_agent_lightning_apo_on_prompt_and_tool_descriptions(
+    tmp_path: Path, openai_stub: dict[str, Any]
+) -> None:
     from agentgym_runtime.trainers.apo import APOTrainer
     from agentgym_runtime.trainers.lightning.replay import ReplayAgent
+    from agentgym_runtime.trainers.lightning.store import DuckDBLightningStore
 
     train = [_task(i, "refund", 1.0) for i in range(2)] + [_task(3, "track", 1.0)]
     heldout = [_task(20, "refund", None), _task(21, "track", None)]
     agent = ReplayAgent(prompt_following_agent, agent="support", scenario_reward=expected_tool)
+    progress: list[str] = []
     result = APOTrainer().fit(
         train,
         heldout,
         agent,
-        options={"base_url": openai_stub["base_url"], "model": "stub", "rounds": 1, "seed_prompt": "Be helpful."},
+        options={
+            "base_url": openai_stub["base_url"],
+            "model": "stub",
+            "rounds": 1,
+            "beam_width": 1,
+            "branch_factor": 1,
+            "seed_prompt": "Be helpful.",
+        },
         store_path=tmp_path / "lightning.duckdb",
+        progress=lambda fraction, message: progress.append(message),
     )
     assert result.trainer == "apo"
-    assert result.system_prompt is not None
-    assert MARKER in result.system_prompt
-    # Both tools offered on the held-out tasks got the edited description.
-    assert result.tool_descriptions == {
-        "refund_order": f"Pass the order_id of the order. {TOOL_MARKER}",
-        "track_order": f"Pass the order_id of the order. {TOOL_MARKER}",
-    }
-    # Seed: unknown tool (0). Prompt alone: right tool without its argument (reliability 0, scenario 1: 0.5).
-    # Prompt and descriptions: 1.
+    assert result.metrics["algorithm"] == "agentlightning.APO"
+    assert result.system_prompt == IMPROVED_PROMPT
+    assert result.tool_descriptions == {"refund_order": IMPROVED_DESCRIPTION, "track_order": IMPROVED_DESCRIPTION}
+    # Seed: unknown tool (0). Prompt: right tool without its argument (reliability 0, scenario 1: 0.5).
+    # Refund description too: the refund task scores 1, the track task 0.5. Both descriptions: 1.
     assert result.metrics["heldout_reward_before"] == 0.0
     assert result.metrics["heldout_reward_after"] == 1.0
-    assert result.metrics["model"] == "stub"
-    # Round 1: a critique and a prompt edit, then one description edit per tool; all to the configured model.
-    assert [r["model"] for r in openai_stub["requests"]] == ["stub"] * 4
+    assert result.metrics["stages"] == [
+        {
+            "resource": "system_prompt",
+            "heldout_reward_before": 0.0,
+            "heldout_reward_best": 0.5,
+            "kept": True,
+            "prompts": 2,
+        },
+        {
+            "resource": "tool:refund_order",
+            "heldout_reward_before": 0.5,
+            "heldout_reward_best": 0.75,
+            "kept": True,
+            "prompts": 2,
+        },
+        {
+            "resource": "tool:track_order",
+            "heldout_reward_before": 0.75,
+            "heldout_reward_best": 1.0,
+            "kept": True,
+            "prompts": 2,
+        },
+    ]
+    assert result.metrics["prompts_scored"] == 6
+    assert progress[-1] == "held-out reward 0.000 -> 1.000"
+    # One beam round, width 1, one branch: per stage a textual gradient then an edit, all to the configured model.
+    requests = openai_stub["requests"]
+    assert [(r["kind"], r["model"]) for r in requests] == [("gradient", "stub"), ("edit", "stub")] * 3
+    # APO rendered its POML prompts: the gradient saw the seed prompt and the replayed rollouts' traces
+    # (the agent's call of the tool that does not exist), the edit saw the critique.
+    first_gradient = json.dumps(requests[0]["body"]["messages"])
+    assert "Be helpful." in first_gradient
+    assert "lookup_order" in first_gradient
+    assert CRITIQUE in json.dumps(requests[1]["body"]["messages"])
+    # The stages' rollouts live in the job's own store, each candidate under a stage-qualified resources id.
+    store = DuckDBLightningStore(tmp_path / "lightning.duckdb")
+    rollouts = asyncio.run(store.query_rollouts())
+    assert {r.status for r in rollouts} == {"succeeded"}
+    assert {r.resources_id.split(":v")[0] for r in rollouts} == {
+        "system_prompt",
+        "tool:refund_order",
+        "tool:track_order",
+    }
+    asyncio.run(store.close())
 
 
 def test_apo_reports_a_missing_or_unreachable_endpoint(tmp_path: Path) -> None:

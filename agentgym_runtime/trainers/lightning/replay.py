@@ -1,6 +1,7 @@
 """The replay agent: re-run recorded tasks through the user's agent with candidate resources.
 
-* :class:`ToolSandbox` stands in for the agent's tools while it replays a task. Per tool:
+* :class:`~agentgym_runtime.sandbox.ToolSandbox` (defined in :mod:`agentgym_runtime.sandbox`,
+  re-exported here) stands in for the agent's tools while it replays a task. Per tool:
   ``"replay"`` (default: the recorded result for identical arguments; otherwise the
   arguments are checked against the tool's JSON schema and a neutral observation is
   returned), ``"live"`` (the user marked the tool side-effect free: the real function
@@ -11,6 +12,11 @@
   (:func:`policy_from_resources`), runs the user's episode function on the task with a
   fresh sandbox, and returns the reward: tool reliability combined with the scenario's
   reward and the task's recorded feedback (:func:`agentgym_runtime.rewards.combine`).
+  The sandbox is active (:func:`agentgym_runtime.sandbox.use_sandbox`) while the episode
+  runs, so ``@agentgym.tool`` / ``Toolbox`` tools and LangChain, AutoGen and CrewAI tools
+  called by the user's agent reach the sandbox by themselves. Each rollout also leaves an
+  ``openai.chat.completion`` span (prompt, output, the sandboxed tool calls as child spans)
+  so that ``TraceToMessages`` (APO's textual gradients) sees what the agent did.
 * The user's agent comes from ``module:qualname`` (:func:`load_replay_function`): a
   factory named in the job options, or the entrypoint the decorator recorded.
 * :func:`run_algorithm` drives an Agent Lightning ``Trainer`` (shared-memory strategy,
@@ -26,25 +32,23 @@ Example:
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from agentgym_runtime import rewards, semconv
+from agentgym_runtime import rewards
 from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
-from agentgym_runtime.trainers.dataset import Task
+from agentgym_runtime.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
+from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from agentgym_runtime.trainers.lightning import import_agentlightning
-from agentgym_runtime.validation import validate_arguments
 
 agl = import_agentlightning()
 from agentlightning import LitAgent  # noqa: E402
 from agentlightning.tracer.otel import OtelTracer  # noqa: E402
 
-#: What a replayed tool returns when no recorded result matches its (valid) arguments.
-NEUTRAL_OBSERVATION = {"status": "ok", "note": "replayed: no recorded result for these arguments"}
+logger = logging.getLogger(__name__)
 
 #: Resource names understood by :func:`policy_from_resources`.
 SYSTEM_PROMPT_RESOURCE = "system_prompt"
@@ -54,88 +58,23 @@ TOOL_RESOURCE_PREFIX = "tool:"
 EpisodeFn = Callable[[Task, Policy, "ToolSandbox"], Any]
 ScenarioRewardFn = Callable[[Task, Any], float | None]
 
-current_sandbox: contextvars.ContextVar[ToolSandbox | None] = contextvars.ContextVar(
-    "agentgym_current_sandbox", default=None
-)
-
-
-def _canonical(arguments: Any) -> str:
-    return json.dumps(arguments, sort_keys=True, ensure_ascii=False, default=str)
-
-
-@dataclass
-class ToolSandbox:
-    """Tools for one replayed episode.
-
-    Args:
-        tools: Tool definitions offered (``{name, description, parameters}``).
-        recorded: The task's recorded calls (results reused for identical arguments).
-        live: Side-effect-free tools by name: the real function runs.
-        fakes: User-supplied stand-ins by name.
-    """
-
-    tools: Sequence[Mapping[str, Any]] = ()
-    recorded: Sequence[Any] = ()
-    live: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    fakes: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def for_task(
-        cls,
-        task: Task,
-        *,
-        live: Mapping[str, Callable[..., Any]] | None = None,
-        fakes: Mapping[str, Callable[..., Any]] | None = None,
-    ) -> ToolSandbox:
-        """A sandbox with the task's tools and recorded calls."""
-        return cls(tools=list(task.tools), recorded=list(task.tool_calls), live=live or {}, fakes=fakes or {})
-
-    def mode(self, name: str) -> str:
-        """``"fake"``, ``"live"`` or ``"replay"`` for this tool."""
-        if name in self.fakes:
-            return "fake"
-        if name in self.live:
-            return "live"
-        return "replay"
-
-    def _record(
-        self, name: str, arguments: Any, outcome: str, result: Any, message: str | None = None
-    ) -> dict[str, Any]:
-        entry = {"name": name, "arguments": arguments, "outcome": outcome, "result": result, "message": message}
-        self.calls.append(entry)
-        return entry
-
-    def call(self, name: str, arguments: Any) -> dict[str, Any]:
-        """Run one tool call in the sandbox; returns ``{name, arguments, outcome, result, message}``."""
-        definitions = {str(t.get("name")): t for t in self.tools}
-        known = set(definitions) | set(self.live) | set(self.fakes)
-        if name not in known:
-            return self._record(name, arguments, semconv.ToolOutcome.UNKNOWN_TOOL.value, None, f"unknown tool {name!r}")
-        schema = definitions.get(name, {}).get("parameters")
-        problems = validate_arguments(schema, arguments)
-        if problems:
-            message = "; ".join(f"{p['argument']}: {p['message']}" for p in problems)
-            return self._record(name, arguments, semconv.ToolOutcome.INVALID_ARGUMENTS.value, None, message)
-        runner = self.fakes.get(name) or self.live.get(name)
-        if runner is not None:
-            try:
-                result = runner(**arguments)
-            except Exception as exc:
-                return self._record(name, arguments, semconv.ToolOutcome.TOOL_ERROR.value, None, repr(exc))
-            return self._record(name, arguments, semconv.ToolOutcome.OK.value, result)
-        wanted = _canonical(arguments)
-        for recorded in self.recorded:
-            if recorded.name == name and recorded.ok and _canonical(recorded.arguments) == wanted:
-                return self._record(name, arguments, semconv.ToolOutcome.OK.value, recorded.result)
-        return self._record(name, arguments, semconv.ToolOutcome.OK.value, dict(NEUTRAL_OBSERVATION))
-
-    @property
-    def reliability(self) -> float | None:
-        """Share of calls that succeeded (``None``: no calls)."""
-        if not self.calls:
-            return None
-        return float(sum(c["outcome"] == semconv.ToolOutcome.OK.value for c in self.calls) / len(self.calls))
+__all__ = [
+    "DEMONSTRATIONS_RESOURCE",
+    "NEUTRAL_OBSERVATION",
+    "SYSTEM_PROMPT_RESOURCE",
+    "TOOL_RESOURCE_PREFIX",
+    "LocalOtelTracer",
+    "ReplayAgent",
+    "ToolSandbox",
+    "current_sandbox",
+    "demonstrations_resource",
+    "evaluate_resources",
+    "feedback_score",
+    "load_replay_callable",
+    "load_replay_function",
+    "policy_from_resources",
+    "run_algorithm",
+]
 
 
 def policy_from_resources(agent: str, resources: Mapping[str, Any], version: int = 1) -> Policy:
@@ -233,14 +172,13 @@ def load_replay_callable(fn: Callable[..., Any]) -> EpisodeFn:
 
 
 def _entrypoint_runner(fn: Callable[..., Any]) -> EpisodeFn:
+    # ReplayAgent.replay activates the sandbox around every episode function; activating it here
+    # too keeps the runner usable on its own.
     def run(task: Task, policy: Policy, sandbox: ToolSandbox) -> Any:
-        token = current_sandbox.set(sandbox)
-        try:
+        with use_sandbox(sandbox):
             if isinstance(task.input, dict):
                 return fn(**task.input)
             return fn(task.input)
-        finally:
-            current_sandbox.reset(token)
 
     return run
 
@@ -266,6 +204,11 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
         fake_tools: Stand-ins per tool name.
         weights: Weights of (tool reliability, scenario reward, feedback) in the reward.
 
+    Attributes:
+        base_resources: Resources every rollout gets under the ones it is given (a rollout's own
+            resource of the same name wins). An algorithm that optimises one resource at a time,
+            like Agent Lightning's ``APO``, sees its candidate combined with the others fixed here.
+
     Example:
         >>> agent = ReplayAgent(lambda task, policy, sandbox: "ok", agent="support")  # doctest: +SKIP
     """
@@ -287,11 +230,18 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
         self.live_tools = dict(live_tools or {})
         self.fake_tools = dict(fake_tools or {})
         self.weights = weights
+        self.base_resources: dict[str, Any] = {}
 
     def replay(self, task: Task, policy: Policy) -> tuple[float, ToolSandbox, Any]:
-        """Run one task under ``policy``; returns (reward, sandbox, output). Usable without a trainer."""
+        """Run one task under ``policy``; returns (reward, sandbox, output). Usable without a trainer.
+
+        The sandbox is active while the episode function runs, so the agent's tools reach it
+        whether the function calls ``sandbox.call`` itself or runs a framework agent whose
+        tools do.
+        """
         sandbox = ToolSandbox.for_task(task, live=self.live_tools, fakes=self.fake_tools)
-        output = self.run_episode(task, policy, sandbox)
+        with use_sandbox(sandbox):
+            output = self.run_episode(task, policy, sandbox)
         scenario = self.scenario_reward(task, output) if self.scenario_reward is not None else None
         reward = rewards.combine(
             tool_reliability=sandbox.reliability,
@@ -304,8 +254,57 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
     def rollout(self, task: Any, resources: Any, rollout: Any) -> float:
         """Agent Lightning entry point: the task (a ``Task`` as JSON) replayed under the resources."""
         parsed = task if isinstance(task, Task) else Task.model_validate(task)
-        reward, _, _ = self.replay(parsed, policy_from_resources(self.agent_name, resources or {}))
+        policy = policy_from_resources(self.agent_name, {**self.base_resources, **dict(resources or {})})
+        reward, sandbox, output = self.replay(parsed, policy)
+        try:
+            self._trace(parsed, policy, sandbox, output)
+        except Exception:  # the trace only informs the algorithm; the reward stands without it
+            logger.warning("could not trace the replayed rollout", exc_info=True)
         return reward
+
+    def _trace(self, task: Task, policy: Policy, sandbox: ToolSandbox, output: Any) -> None:
+        """Leave the replayed conversation in the rollout's spans, the form ``TraceToMessages`` reads."""
+        from agentgym_runtime.trainers.lightning.bridge import LLM_SPAN_NAME, as_text, llm_span_attributes
+
+        try:
+            tracer = self.get_tracer()
+        except Exception:  # no trainer or runner: replay() used on its own
+            return
+        tools = [
+            {**tool, "description": policy.tool_descriptions.get(str(tool.get("name")), tool.get("description"))}
+            for tool in task.tools
+        ]
+        calls = [
+            RecordedToolCall(
+                name=call["name"],
+                call_id=f"replay_{index}",
+                arguments=call["arguments"],
+                result=call["result"],
+                outcome=call["outcome"],
+                error_message=call["message"],
+            )
+            for index, call in enumerate(sandbox.calls)
+        ]
+        replayed = task.model_copy(
+            update={
+                "output": output,
+                "tools": tools,
+                "tool_calls": calls,
+                "system_instructions": policy.system_prompt or task.system_instructions,
+            }
+        )
+        with tracer.operation_context(LLM_SPAN_NAME, attributes=llm_span_attributes(replayed)):
+            for call in calls:
+                attributes = {
+                    "tool.name": call.name or "",
+                    "tool.parameters": as_text(call.arguments if call.arguments is not None else {}),
+                    "tool.call.id": call.call_id or "",
+                    "tool.call.type": "function",
+                    "agentgym.tool.outcome": call.outcome,
+                    "agentgym.tool.result": as_text(call.result if call.ok else call.error_message),
+                }
+                with tracer.operation_context(f"execute_tool {call.name}", attributes=attributes):
+                    pass
 
 
 class LocalOtelTracer(OtelTracer):  # type: ignore[misc]
