@@ -37,6 +37,9 @@ from agentgym_runtime.runtime import Runtime, get_runtime
 from agentgym_runtime.semconv import ToolOutcome
 from agentgym_runtime.validation import validate_arguments
 
+#: ``outcome.value`` without the enum property lookup on every tool call.
+_OUTCOME_VALUES: dict[ToolOutcome, str] = {outcome: outcome.value for outcome in ToolOutcome}
+
 ToolDefinition = Mapping[str, Any]
 """``{"name": ..., "description": ..., "parameters": <JSON schema>}`` as offered to the model."""
 
@@ -109,7 +112,7 @@ class ToolCall:
         self._done = True
         span = self._span
         try:
-            span.set_attribute(semconv.TOOL_OUTCOME, outcome.value)
+            span.set_attribute(semconv.TOOL_OUTCOME, _OUTCOME_VALUES[outcome])
             if result is not None and self._runtime.settings.capture_content:
                 span.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, self._runtime.serializer.to_json(result))
             if outcome is not ToolOutcome.OK:

@@ -37,6 +37,29 @@ _SCALARS = frozenset({int, float, bool, type(None)})
 _MAX_DEPTH = 32
 _MAX_ITEMS = 1000
 _MAX_STRING_CHARS = 65_536
+# One encoder for the hot path: ``json.dumps`` with keyword arguments builds a new
+# JSONEncoder on every call, which cost more than encoding a small payload.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE_STRICT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _not_flat(value: Any) -> Any:
+    raise TypeError(f"not a flat JSON value: {type(value).__name__}")
+
+
+# The C encoder behind ``JSONEncoder.encode``, made once: ``encode`` builds it on every call
+# (~0.8 µs). Without circular-reference markers it keeps no state between calls, so one
+# instance serves every thread; it only ever sees the flat values ``_fast_json`` admits.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_flat_chunks: Any = None
+if _c_make_encoder is not None:
+    _flat_chunks = _c_make_encoder(None, _not_flat, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+
+def _encode_flat(value: Any) -> str:
+    if _flat_chunks is None:  # pragma: no cover - CPython always has the C encoder
+        return _ENCODE(value)
+    return "".join(_flat_chunks(value, 0))
 
 
 class Serializer:
@@ -48,7 +71,7 @@ class Serializer:
         redactor: Optional user hook ``(key, value) -> value`` applied to every mapping entry.
 
     Example:
-        >>> Serializer(max_bytes=64).to_json(b"\\x00\\x01")
+        >>> Serializer(max_bytes=64).to_json(b"\x00\x01")
         '"<bytes len=2 base64=AAE=>"'
     """
 
@@ -85,12 +108,11 @@ class Serializer:
 
         Never raises: a value that cannot be walked at all is recorded as a marker.
         """
-        fast = self._fast_json(value)
-        if fast is not None:
-            return fast
         try:
-            plain = self.to_plain(value)
-            text = json.dumps(plain, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            fast = self._fast_json(value)  # inside the try: an int too long to print must not raise
+            if fast is not None:
+                return fast
+            text = _ENCODE_STRICT(self.to_plain(value))
         except Exception as exc:  # a hostile __repr__/__iter__ must not break the host's call
             text = json.dumps(f"<unserializable {type(value).__name__}: {type(exc).__name__}>")
         return self.truncate(text)
@@ -101,6 +123,8 @@ class Serializer:
         The common case on the hot path (tool arguments and results); skips the generic walk.
         """
         kind = type(value)
+        if kind is int:
+            return self.truncate(int.__repr__(value))  # what json writes for an int, minus the encoder call
         if kind is str:
             if len(value) > 1024 or self.redact_text(value) is not value:
                 return None
@@ -116,9 +140,11 @@ class Serializer:
                         return None
                 elif item_kind not in _SCALARS or (item_kind is float and not math.isfinite(item)):
                     return None
+        elif value is None:
+            return "null"
         elif kind not in _SCALARS or (kind is float and not math.isfinite(value)):
             return None
-        return self.truncate(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        return self.truncate(_encode_flat(value))
 
     def truncate(self, text: str) -> str:
         """Cut ``text`` to ``max_bytes`` of UTF-8, marking how much was left out."""

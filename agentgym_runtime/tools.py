@@ -30,10 +30,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError, UnknownToolError
 from agentgym_runtime.recording import ToolCall, record_tool_failure, start_tool_call
 from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.semconv import ToolOutcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Argument types whose values pydantic's lax mode returns unchanged when they already have
+#: exactly that type, so a plain ``type(value) is T`` check gives pydantic's answer.
+_PLAIN_TYPES: frozenset[type] = frozenset({int, str, float, bool})
+_REQUIRED = object()
+_MISSING = object()
 
 
 def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
@@ -92,6 +99,31 @@ def _arguments_model(fn: Callable[..., Any], name: str, descriptions: Mapping[st
     return create_model(model_name, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
 
 
+def _plain_fields(fn: Callable[..., Any]) -> dict[str, tuple[type, Any]] | None:
+    """``{name: (type, default)}`` when every parameter is a plain scalar, else ``None``.
+
+    Such tools take the fast path of :meth:`Tool.validate`: arguments that already have the
+    declared types are accepted as they are; anything else goes to pydantic, whose errors
+    (and conversions) stay the reference.
+    """
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except Exception:
+        return None
+    fields: dict[str, tuple[type, Any]] = {}
+    for param in inspect.signature(fn).parameters.values():
+        annotation = hints.get(param.name)
+        if annotation not in _PLAIN_TYPES:
+            return None
+        default = param.default
+        if default is inspect.Parameter.empty:
+            default = _REQUIRED
+        elif default is not None and type(default) not in _PLAIN_TYPES:
+            return None  # pydantic may copy or wrap other defaults: let it
+        fields[param.name] = (annotation, default)
+    return fields
+
+
 def _problems(error: ValidationError) -> list[dict[str, Any]]:
     problems = []
     for item in error.errors(include_url=False):
@@ -124,6 +156,7 @@ class Tool(Generic[P, R]):
         self.description: str = description if description is not None else summary
         self._model = _arguments_model(fn, tool_name, param_docs)
         self._fields = tuple(self._model.model_fields)
+        self._plain = _plain_fields(fn)
         self.parameters: dict[str, Any] = _clean_schema(self._model.model_json_schema())
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
@@ -144,6 +177,11 @@ class Tool(Generic[P, R]):
         Raises:
             ToolArgumentsError: Names each argument that is missing, unknown or of the wrong type.
         """
+        plain = self._plain
+        if plain is not None and type(arguments) is dict:  # before the (slower) Mapping ABC check
+            checked = self._validate_plain(plain, arguments)
+            if checked is not None:
+                return checked
         if not isinstance(arguments, Mapping):
             raise ToolArgumentsError(
                 self.name,
@@ -160,6 +198,24 @@ class Tool(Generic[P, R]):
         except ValidationError as exc:
             raise ToolArgumentsError(self.name, _problems(exc)) from None
         return {field: getattr(model, field) for field in self._fields}
+
+    @staticmethod
+    def _validate_plain(plain: dict[str, tuple[type, Any]], arguments: dict[str, Any]) -> dict[str, Any] | None:
+        """The validated arguments if each has exactly its declared type, else ``None`` (ask pydantic)."""
+        validated: dict[str, Any] = {}
+        given = 0
+        for name, (expected, default) in plain.items():
+            value = arguments.get(name, _MISSING)
+            if value is _MISSING:
+                if default is _REQUIRED:
+                    return None
+                validated[name] = default
+            elif type(value) is expected:
+                validated[name] = value
+                given += 1
+            else:
+                return None
+        return validated if given == len(arguments) else None  # an unknown argument: pydantic names it
 
     # --- calling ----------------------------------------------------------------------------
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +261,8 @@ class Tool(Generic[P, R]):
             raise
 
     def _call(self, arguments: dict[str, Any], call_id: str | None) -> R:
+        if current_sandbox.get() is not None:  # a training replay: the sandbox answers, the tool never runs
+            return sandboxed_result(self.name, arguments)  # type: ignore[no-any-return]
         call = self._open(arguments, call_id)
         validated = self._validated(call, arguments)
         try:
@@ -218,6 +276,8 @@ class Tool(Generic[P, R]):
         return result
 
     async def _acall(self, arguments: dict[str, Any], call_id: str | None) -> Any:
+        if current_sandbox.get() is not None:  # a training replay: the sandbox answers, the tool never runs
+            return sandboxed_result(self.name, arguments)
         call = self._open(arguments, call_id)
         validated = self._validated(call, arguments)
         try:

@@ -8,7 +8,10 @@ processor, so reconfiguring swaps what it delegates to instead). It
   version and agent name, so foreign spans are attributed without any patching;
 * forwards to the store only spans that belong to an episode or come from our
   own instrumentation scope; the host's other spans stay with the host's
-  exporters.
+  exporters. A forwarded span is turned into its ``spans`` row as it ends
+  (``rows.span_record``), so the batch queue holds one tuple per span instead of
+  the span's objects (the garbage collector's work on them cost the agent's
+  thread more than the conversion does).
 
 If the host application already installed an SDK ``TracerProvider``, we join
 it and its exporters keep receiving everything; otherwise we install one.
@@ -20,6 +23,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,6 +31,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 from agentgym_runtime import semconv
+from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
+from agentgym_runtime.collectors.rows import span_record
 from agentgym_runtime.collectors.stats import PipelineStats
 
 logger = logging.getLogger("agentgym_runtime.processor")
@@ -46,9 +52,16 @@ class EpisodeSpanProcessor(SpanProcessor):
         self._stamp = stamp
         self._pipeline: SpanProcessor | None = None
         self._stats: PipelineStats | None = None
+        self._records = False
 
     def set_pipeline(self, pipeline: SpanProcessor | None, stats: PipelineStats | None) -> None:
-        """Route from now on to ``pipeline`` (``None`` stops routing)."""
+        """Route from now on to ``pipeline`` (``None`` stops routing).
+
+        A pipeline that ends in a :class:`DuckDBSpanExporter` (the runtime's batch processor)
+        receives each span as a :class:`~agentgym_runtime.collectors.rows.SpanRecord`; any
+        other pipeline receives the spans themselves.
+        """
+        self._records = isinstance(getattr(pipeline, "span_exporter", None), DuckDBSpanExporter)
         self._pipeline = pipeline
         self._stats = stats
 
@@ -70,13 +83,21 @@ class EpisodeSpanProcessor(SpanProcessor):
         pipeline = self._pipeline
         if pipeline is None:
             return
-        attributes = span.attributes or {}
         scope = span.instrumentation_scope
-        if semconv.EPISODE_ID in attributes or (scope is not None and scope.name == semconv.SCOPE_NAME):
+        # Our own scope first: it is the common case and needs no attribute view.
+        if (scope is not None and scope.name == semconv.SCOPE_NAME) or semconv.EPISODE_ID in (span.attributes or {}):
             stats = self._stats
             if stats is not None:
                 stats.incr_enqueued()
-            pipeline.on_end(span)
+            record = None
+            if self._records:
+                try:
+                    record = span_record(span)
+                except Exception:  # the writer converts the span itself (and counts it if that fails too)
+                    logger.debug("agentgym: converting a span as it ended failed", exc_info=True)
+            # A record instead of the span: one tuple waits in the queue, not the span's ~10
+            # objects, which kept the garbage collector busy on the agent's thread.
+            pipeline.on_end(span if record is None else cast("ReadableSpan", record))
 
     def shutdown(self) -> None:
         """Shut the current pipeline down (called by the provider's own shutdown)."""
