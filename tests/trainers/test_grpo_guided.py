@@ -1,0 +1,138 @@
+"""Guided GRPO: recorded completions that worked enter groups where no sample finds them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_loss, grpo_train, insert_guides  # noqa: E402
+
+
+def test_a_guide_replaces_the_worst_sample_only_where_no_sample_does_as_well() -> None:
+    # Two groups of three: the first has no sample as good as its guide, the second has one.
+    sequences = torch.tensor([[7, 2, 1], [7, 3, 1], [7, 4, 1], [8, 2, 1], [8, 5, 1], [8, 6, 1]])
+    mask = torch.ones(6, 2)
+    rewards = [0.1, 0.0, 0.2, 1.0, 0.0, 0.0]
+    guides = [[([9, 9, 9, 1], 1.0)], [([9, 1], 1.0)]]
+    seq, new_mask, new_rewards, on_policy = insert_guides(sequences, mask, 1, rewards, guides, 3, 0)
+    assert on_policy == [True, False, True, True, True, True]
+    assert new_rewards == [0.1, 1.0, 0.2, 1.0, 0.0, 0.0]
+    # Widened to the guide's 4 tokens; the other rows are padded and masked.
+    assert seq.tolist()[1] == [7, 9, 9, 9, 1]
+    assert seq.tolist()[0] == [7, 2, 1, 0, 0]
+    assert new_mask.tolist()[1] == [1.0, 1.0, 1.0, 1.0]
+    assert new_mask.tolist()[0] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_guides_per_group_are_capped_and_one_on_policy_sample_always_stays() -> None:
+    sequences = torch.tensor([[7, 2, 1], [7, 3, 1]])
+    mask = torch.ones(2, 2)
+    guides = [[([9, 1], 1.0), ([8, 1], 0.9), ([6, 1], 0.8)]]
+    _, _, rewards, on_policy = insert_guides(sequences, mask, 1, [0.0, 0.0], guides, 2, 0, max_guides=3)
+    assert on_policy.count(False) == 1  # a group of two keeps one of its own samples
+    assert rewards == [1.0, 0.0]
+    _, _, _, none = insert_guides(sequences, mask, 1, [0.0, 0.0], guides, 2, 0, max_guides=0)
+    assert none == [True, True]
+
+
+def test_the_kl_term_counts_on_policy_samples_only() -> None:
+    logps = torch.zeros(2, 3)
+    ref = torch.full((2, 3), -1.0)  # k3 KL per token: e^-1 + 1 - 1 = 0.3679
+    advantages = torch.zeros(2)
+    mask = torch.ones(2, 3)
+    both, _ = grpo_loss(logps, logps, ref, advantages, mask, clip_epsilon=0.2, beta=1.0)
+    one, stats_one = grpo_loss(
+        logps, logps, ref, advantages, mask, clip_epsilon=0.2, beta=1.0, on_policy=torch.tensor([1.0, 0.0])
+    )
+    assert float(both) == pytest.approx(0.36788, abs=1e-4)
+    assert float(one) == pytest.approx(0.36788 / 2, abs=1e-4)  # the guide row adds no KL
+    assert stats_one["kl"] == pytest.approx(0.36788, abs=1e-4)  # mean KL over on-policy tokens
+
+
+class WordTokenizer:
+    def __init__(self, words: list[str]) -> None:
+        self.vocab = ["<pad>", "<eos>", *words]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_token_id, self.eos_token_id = 0, 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[w] for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+
+def _toy() -> tuple[WordTokenizer, list[str], list[str]]:
+    tokenizer = WordTokenizer(["a", "b", "c", "d", "e", "f", "g", "h"])
+    rng = random.Random(0)
+    letters = ["a", "b", "c", "d", "e", "f"]
+    prompts = list(dict.fromkeys(" ".join(rng.choice(letters) for _ in range(3)) for _ in range(40)))
+    return tokenizer, prompts[:16], prompts[16:22]
+
+
+def _model(tokenizer: WordTokenizer) -> object:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer.vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot() -> None:
+    # The right completion is one exact 3-word sequence: an untrained 10-token model samples it
+    # (with its EOS) about once in 10^4 tries, so every group's rewards are equal and plain GRPO's
+    # advantages are all zero. The recorded completion that worked is the guide.
+    tokenizer, train, heldout = _toy()
+
+    def reward(index: int, completion: str) -> float:
+        return 1.0 if completion == "g h c" else 0.0
+
+    config = GRPOConfig(
+        steps=30,
+        group_size=4,
+        prompts_per_step=4,
+        max_new_tokens=4,
+        learning_rate=2e-2,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+        eval_samples=8,
+    )
+    _, plain = grpo_train(_model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout)
+    _, guided = grpo_train(
+        _model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
+    )
+    assert plain["guided_samples"] == 0
+    assert plain["heldout_reward_before"] == 0.0
+    assert plain["heldout_reward_after"] == 0.0  # nothing to learn from equal rewards
+    assert guided["guided_samples"] > 0
+    assert guided["heldout_reward_after"] >= 0.5  # 0.81 with these seeds
+    # The train reward reports the policy's own samples, never the guides.
+    assert guided["train_reward_first_step"] == 0.0
+
+
+def test_prompt_weights_are_checked() -> None:
+    tokenizer, train, _ = _toy()
+    with pytest.raises(ValueError, match="one non-negative weight per train prompt"):
+        grpo_train(
+            _model(tokenizer),
+            tokenizer,
+            train,
+            lambda i, c: 0.0,
+            GRPOConfig(steps=1, max_new_tokens=2),
+            prompt_weights=[1.0],
+        )
