@@ -146,6 +146,52 @@ def grpo_reward(recorded: Any, completion: str) -> float:
     return float(score_completion(task, completion, scenario=scenario).reward)
 
 
+def _langchain_tool(tool: Any, structured_tool: Any) -> Any:
+    """A scenario tool as a LangChain ``StructuredTool`` whose failures come back to the model.
+
+    LangGraph's ToolNode re-raises exceptions a tool throws (only argument validation errors
+    become messages by default), which would end the whole conversation; production agents
+    raise ``ToolException`` and set ``handle_tool_error`` so the model sees the error and can
+    recover. The message is the same ``Type: message`` line the offline evaluator shows.
+    """
+    from langchain_core.tools import ToolException
+
+    fn = tool.fn
+
+    def run(**arguments: Any) -> Any:
+        try:
+            return fn(**arguments)
+        except Exception as exc:
+            raise ToolException(f"{type(exc).__name__}: {exc}") from exc
+
+    made = structured_tool.from_function(func=fn, name=tool.name, description=tool.description)
+    made.func = run
+    made.handle_tool_error = True
+    return made
+
+
+def grpo_guide(recorded: Any) -> list[str]:
+    """The call that worked in a recorded episode, as a completion of its GRPO prompt.
+
+    In production the agent often recovers: its first call fails (say, the order id sent as
+    ``"#1234"``), the tool's error comes back, and the next call succeeds. That successful call,
+    read from the trace, is what the first step should have been; GRPO uses it as a guide
+    for groups where no sample finds it (see :mod:`agentgym_runtime.trainers.grpo`).
+    """
+    from agentgym_runtime.models.format import delexicalize, render_call, render_prompt
+
+    found = _scenario_task(recorded)
+    if found is None:
+        return []
+    scenario, task = found
+    worked = next((c for c in getattr(recorded, "tool_calls", []) if c.outcome == "ok" and c.name), None)
+    if worked is None or not isinstance(worked.arguments, dict):
+        return []
+    slots = delexicalize(render_prompt(task, scenario.tools(scenario.new_world(task.world_seed))))[1]
+    # The model writes slot tokens for the prompt's numbers and names, and a space after "next:".
+    return [" " + delexicalize(render_call(worked.name, worked.arguments), slots, grow=False)[0]]
+
+
 # --- statistics --------------------------------------------------------------------------------------
 def two_proportion_z(success_a: int, total_a: int, success_b: int, total_b: int) -> tuple[float, float]:
     """One-sided two-proportion z-test that B's rate exceeds A's: ``(z, p)``.
@@ -222,6 +268,7 @@ class Demo:
             "model_path": str(demo_model.path),
             "prompt": "agentgym_runtime.demo:grpo_prompt",
             "reward": "agentgym_runtime.demo:grpo_reward",
+            "guide": "agentgym_runtime.demo:grpo_guide",
             "steps": self.config.grpo_steps,
             "prompts_per_step": 8,
             "group_size": 8,
@@ -245,10 +292,7 @@ class Demo:
             """Answer one customer request with a LangChain agent over this conversation's world."""
             task = scenario.task_by_id(task_id)
             world = scenario.new_world(task.world_seed)
-            tools = [
-                StructuredTool.from_function(func=t.fn, name=t.name, description=t.description)
-                for t in scenario.tools(world)
-            ]
+            tools = [_langchain_tool(t, StructuredTool) for t in scenario.tools(world)]
             graph = create_agent(chat, tools=tools)
             result: Any = graph.invoke({"messages": [("user", question)]}, {"recursion_limit": 12})  # type: ignore[call-overload]
             return str(result["messages"][-1].content)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,8 +73,44 @@ def resolve_adapter_path(policy: Policy, home: str | os.PathLike[str] | None = N
     return Path(home) / "policies" / policy.agent / f"v{policy.version}" / path
 
 
-def _observation(content: Any) -> str:
+# LangGraph's ToolNode wraps tool errors in its own sentences (langgraph.prebuilt.tool_node's
+# INVALID_TOOL_NAME_ERROR_TEMPLATE and TOOL_INVOCATION_ERROR_TEMPLATE). The demo model learnt the
+# compact error lines agentgym's own tools write (ToolArgumentsError / UnknownToolError), which the
+# offline evaluator shows too; mapping the one onto the other is this model's chat template, and it
+# keeps live traffic and the offline evaluation on the same prompts.
+_UNKNOWN_TOOL = re.compile(r"^Error: (?P<name>.+?) is not a valid tool, try one of \[(?P<tools>.*)\]\.?\s*$", re.S)
+_INVALID_ARGUMENTS = re.compile(
+    r"^Error invoking tool '(?P<name>[^']*)' with kwargs .*? with error:\n (?P<error>.*?)\n"
+    r" Please fix the error and try again\.?\s*$",
+    re.S,
+)
+
+
+def error_observation(content: str) -> str:
+    r"""A framework's tool-error text in the demo model's own error format (other text unchanged).
+
+    Example:
+        >>> error_observation("Error: refund is not a valid tool, try one of [get_order, cancel_order].")
+        "unknown tool 'refund'; available tools: cancel_order, get_order"
+        >>> error_observation("Error invoking tool 'get_order' with kwargs {} with error:\n order_id: Field required"
+        ...                   "\n Please fix the error and try again.")
+        "invalid arguments for tool 'get_order': order_id: Field required"
+    """
+    unknown = _UNKNOWN_TOOL.match(content)
+    if unknown:
+        available = sorted(t.strip() for t in unknown["tools"].split(",") if t.strip())
+        return f"unknown tool {unknown['name']!r}; available tools: {', '.join(available)}"
+    invalid = _INVALID_ARGUMENTS.match(content)
+    if invalid:
+        details = "; ".join(line.strip() for line in invalid["error"].splitlines() if line.strip())
+        return f"invalid arguments for tool {invalid['name']!r}: {details}"
+    return content
+
+
+def _observation(content: Any, *, error: bool = False) -> str:
     text = content if isinstance(content, str) else json.dumps(content, default=str)
+    if error:
+        return error_observation(text)
     try:
         value = ast.literal_eval(text)  # LangChain renders dict results with repr(); show them as JSON
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -99,7 +136,8 @@ def messages_to_prompt(messages: Sequence[BaseMessage], tools: Sequence[Any]) ->
                 )
         elif isinstance(message, ToolMessage):
             completion = pending.pop(message.tool_call_id, None) or next(iter(pending.values()), "")
-            history.append(Step(completion, _observation(message.content), error=message.status == "error"))
+            failed = message.status == "error"
+            history.append(Step(completion, _observation(message.content, error=failed), error=failed))
     names = [t for t in (_tool_name(t) for t in tools) if t]
     return render_prompt(text, names, history)
 

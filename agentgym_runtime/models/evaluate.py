@@ -2,7 +2,8 @@
 
 Each task runs as an episode of at most ``max_steps`` LLM calls on a fresh world: a tool call
 is executed (failures are shown to the model as errors, as agent frameworks do), an answer
-ends the episode. Episodes run in lock step so completions are generated in batches.
+ends the episode, and so does a call whose arguments are not JSON (LangChain's agent loop
+stops on a message whose only tool call is invalid). Episodes run in lock step so completions are generated in batches.
 
 Example:
     >>> from agentgym_runtime.models import evaluate_model, load_or_build_demo_model  # doctest: +SKIP
@@ -90,6 +91,7 @@ def evaluate_model(
     seed: int = 0,
     max_steps: int = 4,
     adapter: str | os.PathLike[str] | None = None,
+    end_on_unparsable: bool = True,
 ) -> EvaluationResult:
     """Run ``n`` tasks of ``split`` through ``model`` and measure them.
 
@@ -103,6 +105,8 @@ def evaluate_model(
         seed: Task seed.
         max_steps: LLM calls allowed per episode.
         adapter: A LoRA adapter directory to evaluate instead of the base weights.
+        end_on_unparsable: End the episode after a call whose arguments do not parse, as
+            LangChain's agent loop does (the demo's agent); otherwise show the error and go on.
     """
     scen = get_scenario(scenario) if isinstance(scenario, str) else scenario
     demo = model.demo_model() if hasattr(model, "demo_model") else model
@@ -131,6 +135,9 @@ def evaluate_model(
             outcome, result, message = execute_call(parsed, run.tools)
             outcomes[outcome] += 1
             run.calls += 1
+            if parsed.arguments is None and end_on_unparsable:
+                run.done = True  # LangChain's agent loop ends on a message whose only call is invalid
+                continue
             ok = outcome == str(ToolOutcome.OK)
             run.ok += int(ok)
             observation = render_observation(result) if ok else (message or outcome)
