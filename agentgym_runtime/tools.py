@@ -19,11 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -132,6 +133,39 @@ def _problems(error: ValidationError) -> list[dict[str, Any]]:
     return problems
 
 
+class _Schema(NamedTuple):
+    summary: str
+    model: type[BaseModel]
+    plain: dict[str, tuple[type, Any]] | None
+    parameters: dict[str, Any]
+
+
+# Building a tool's pydantic model and JSON schema costs ~2 ms; tools made per request or per world
+# (closures of the same ``def``, as scenarios and many agents create them) share one.
+_SCHEMAS: dict[Hashable, _Schema] = {}
+_SCHEMAS_MAX = 1024
+
+
+def _schema_key(fn: Callable[..., Any], name: str) -> Hashable | None:
+    """What determines a function's schema: code, name, annotations, defaults, docstring (None: do not cache)."""
+    code = getattr(fn, "__code__", None)
+    if code is None or inspect.ismethod(fn):
+        return None
+    try:
+        key = (
+            code,
+            name,
+            tuple(sorted(getattr(fn, "__annotations__", {}).items(), key=lambda item: item[0])),
+            getattr(fn, "__defaults__", None),
+            tuple(sorted((getattr(fn, "__kwdefaults__", None) or {}).items(), key=lambda item: item[0])),
+            getattr(fn, "__doc__", None),
+        )
+        hash(key)
+    except TypeError:  # an unhashable default or annotation: build the schema every time
+        return None
+    return key
+
+
 class Tool(Generic[P, R]):
     """A function callable by an agent, with a schema, validation and recording.
 
@@ -150,14 +184,23 @@ class Tool(Generic[P, R]):
         tool_name = name or getattr(fn, "__name__", None)
         if not tool_name or not isinstance(tool_name, str):
             raise ConfigurationError("tool needs a name: pass name=... for callables without __name__")
-        summary, param_docs = _doc_parts(fn)
+        key = _schema_key(fn, tool_name)
+        schema = _SCHEMAS.get(key) if key is not None else None
+        if schema is None:
+            summary, param_docs = _doc_parts(fn)
+            model = _arguments_model(fn, tool_name, param_docs)
+            schema = _Schema(summary, model, _plain_fields(fn), _clean_schema(model.model_json_schema()))
+            if key is not None:
+                if len(_SCHEMAS) >= _SCHEMAS_MAX:
+                    _SCHEMAS.pop(next(iter(_SCHEMAS)))
+                _SCHEMAS[key] = schema
         self.fn = fn
         self.name: str = tool_name
-        self.description: str = description if description is not None else summary
-        self._model = _arguments_model(fn, tool_name, param_docs)
+        self.description: str = description if description is not None else schema.summary
+        self._model = schema.model
         self._fields = tuple(self._model.model_fields)
-        self._plain = _plain_fields(fn)
-        self.parameters: dict[str, Any] = _clean_schema(self._model.model_json_schema())
+        self._plain = schema.plain
+        self.parameters: dict[str, Any] = copy.deepcopy(schema.parameters)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)

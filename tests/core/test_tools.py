@@ -156,3 +156,48 @@ def test_tool_outside_episode_is_still_recorded(recorded: Recorded) -> None:
     (call,) = recorded.tool_calls()
     assert call["episode_id"] is None
     assert call["outcome"] == "ok"
+
+
+def test_tools_made_from_one_def_share_their_schema_and_keep_their_own_behaviour() -> None:
+    from agentgym_runtime.errors import ToolArgumentsError
+    from agentgym_runtime.tools import Tool
+
+    def make(offset: int) -> Tool[..., int]:
+        def add(value: int, label: str = "x") -> int:
+            """Add the offset.
+
+            Args:
+                value: The number.
+                label: A label.
+            """
+            return value + offset
+
+        return Tool(add)
+
+    first, second = make(1), make(100)
+    assert first._model is second._model  # built once for closures of the same def
+    assert first(value=1) == 2 and second(value=1) == 101
+    assert first.parameters == second.parameters
+    first.parameters["properties"]["value"]["description"] = "changed"  # each tool owns its copy
+    assert second.parameters["properties"]["value"]["description"] == "The number."
+    with pytest.raises(ToolArgumentsError, match="value"):
+        second(value="not a number")
+
+    def other(value: str) -> str:
+        return value
+
+    assert Tool(other)._model is not first._model
+    renamed = Tool(make(1).fn, name="add_renamed")
+    assert renamed.name == "add_renamed"
+    assert renamed._model is not first._model
+
+
+def test_a_tool_with_an_unhashable_default_builds_its_own_schema() -> None:
+    from agentgym_runtime.tools import Tool
+
+    def tagged(tags: list[str] = ["a"]) -> int:  # noqa: B006 - the default is the point
+        return len(tags)
+
+    one, two = Tool(tagged), Tool(tagged)
+    assert one._model is not two._model
+    assert one() == 1 and two(tags=["a", "b"]) == 2
