@@ -456,6 +456,11 @@ def says_ok(task: Task, completion: str) -> float:
     return 1.0 if completion.split()[:1] == ["ok"] else 0.0
 
 
+def guide_ok(task: Task) -> list[str]:
+    """Guide option for the grpo job: the completion that worked."""
+    return ["ok"]
+
+
 def test_grpo_job_trains_from_a_snapshot_and_writes_the_adapter(
     agentgym_runtime: Any, recorded: Any, tmp_path: Path
 ) -> None:
@@ -497,6 +502,7 @@ def test_grpo_job_trains_from_a_snapshot_and_writes_the_adapter(
         model_path=str(model_dir),
         reward=f"{__name__}:says_ok",
         prompt=f"{__name__}:render_letters",
+        guide=f"{__name__}:guide_ok",
         steps=2,
         group_size=4,
         prompts_per_step=2,
@@ -514,6 +520,8 @@ def test_grpo_job_trains_from_a_snapshot_and_writes_the_adapter(
     assert (result.llm.adapter, result.llm.model) == ("adapter", str(model_dir))
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert result.metrics["samples"] == 2 * 2 * 4
+    guided = result.metrics["guided_samples"]
+    assert 1 <= guided <= 2 * 2  # at most one guide per group, only in groups where no sample said "ok"
     assert (result.metrics["train_tasks"], result.metrics["heldout_tasks"]) == (6, 2)
     assert 0.0 <= result.metrics["heldout_reward_after"] <= 1.0
     assert progress[0] == "GRPO on 6 tasks (cpu)"

@@ -17,7 +17,17 @@ from agentgym_runtime.trainers.base import TrainerUnavailable, TrainingJobSpec
 
 #: Options any job may carry that are not a trainer's own hyper-parameters.
 GENERIC_OPTIONS = frozenset(
-    {"trainer_class", "heldout_fraction", "replay", "reward", "prompt", "live_tools", "fake_tools", "model_path"}
+    {
+        "trainer_class",
+        "heldout_fraction",
+        "replay",
+        "reward",
+        "prompt",
+        "guide",
+        "live_tools",
+        "fake_tools",
+        "model_path",
+    }
 )
 
 
