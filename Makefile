@@ -25,7 +25,9 @@ install: $(STAMP)
 $(STAMP): requirements/lock.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	$(UV) pip sync --python $(PY) $(FIND_LINKS) --index-strategy unsafe-best-match requirements/lock.txt
+	# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE (set on these machines) every process,
+	# training jobs included, would otherwise compile torch and transformers from source (~7 s each).
+	$(UV) pip sync --python $(PY) $(FIND_LINKS) --index-strategy unsafe-best-match --compile-bytecode requirements/lock.txt
 	$(UV) pip install --python $(PY) --no-deps -e .
 	# bfcl-eval is test data only (function schemas and answers); its own pins clash with the stack.
 	$(UV) pip install --python $(PY) --no-deps bfcl-eval==2026.3.23
@@ -49,8 +51,11 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-# Regenerate the lock (needs network to the package index); commit the result.
-lock: $(STAMP)
+# Regenerate the lock (needs network to the package index); commit the result. Needs uv only, not a
+# synced environment (syncing first would remove packages the new lock is about to add).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	$(UV) pip compile pyproject.toml --extra all --extra dev --extra bench -c requirements/constraints.in \
 	  --python-version 3.11 $(FIND_LINKS) --index-strategy unsafe-best-match --no-header --no-annotate \
 	  -o requirements/lock.txt
