@@ -10,7 +10,9 @@ What it records, and where from:
   ``AssistantAgent`` model call inside an episode goes through :class:`PolicyModelClient`, a
   delegating ``ChatCompletionClient`` substituted *per call* for the agent's client (the
   ``model_client`` argument of ``AssistantAgent._call_llm`` / ``_process_model_result``); the
-  agent object is never changed. The same wrapper applies the pinned policy.
+  agent object is never changed. The same wrapper applies the pinned policy; a policy whose
+  ``llm`` routes the call to its own client falls back to the incumbent policy, once, when that
+  client cannot be reached (:mod:`agentgym_runtime.adapters.fallback`).
 * **Tool calls**: ``BaseTool.run_json`` (and ``BaseStreamTool.run_json_stream``) run inside our
   ``execute_tool`` span, which knows the exact failure (a pydantic ``ValidationError`` of the
   tool's argument model → ``invalid_arguments``; anything else raised → ``tool_error``).
@@ -80,6 +82,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from agentgym_runtime.adapters.base import Adapter
+from agentgym_runtime.adapters.fallback import acall_with_fallback, astream_with_fallback, resume_fallback
 from agentgym_runtime.api import current_policy
 from agentgym_runtime.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.episodes import AgentOptions
@@ -356,14 +359,21 @@ class PolicyModelClient(ChatCompletionClient):
 
     # -- policy ---------------------------------------------------------------------------
     def _policy(self) -> Policy | None:
-        policy = self.fixed_policy or current_policy()
+        if self.fixed_policy is not None:
+            return None if self.fixed_policy.is_baseline else self.fixed_policy
+        policy = current_policy()
+        if policy is not None and policy.llm is not None:
+            policy = resume_fallback(policy)  # a routed policy this episode already fell back from
         return None if policy is None or policy.is_baseline else policy
 
+    def _falls_back(self, policy: Policy | None) -> bool:
+        """Whether a failed call under ``policy`` may fall back: a routed, pinned (not seeded) policy."""
+        return policy is not None and policy.llm is not None and self.fixed_policy is None
+
     def _prepare(
-        self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
+        self, policy: Policy | None, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
     ) -> tuple[ChatCompletionClient, Sequence[LLMMessage], Sequence[Tool | ToolSchema]]:
-        policy = self._policy()
-        if policy is None:
+        if policy is None or policy.is_baseline:
             return self.inner, messages, tools
         client = self.inner
         if policy.llm is not None:
@@ -402,20 +412,27 @@ class PolicyModelClient(ChatCompletionClient):
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
-        """Create one completion (recorded, with the policy applied)."""
-        client, call, messages, tools = self._begin(messages, tools)
-        kwargs: dict[str, Any] = {"tools": tools, "json_output": json_output, "extra_create_args": extra_create_args}
+        """Create one completion (recorded, with the policy applied; a routed one falls back)."""
+        kwargs: dict[str, Any] = {"json_output": json_output, "extra_create_args": extra_create_args}
         if tool_choice != "auto":
             kwargs["tool_choice"] = tool_choice
-        try:
-            result = await client.create(messages, cancellation_token=cancellation_token, **kwargs)
-        except BaseException as exc:
+        policy = self._policy()
+
+        async def attempt(serving: Policy | None) -> CreateResult:
+            client, call, sent, offered = self._begin(serving, messages, tools)
+            try:
+                result = await client.create(sent, tools=offered, cancellation_token=cancellation_token, **kwargs)
+            except BaseException as exc:
+                if call is not None:
+                    _fail_llm_call(call, exc)
+                raise
             if call is not None:
-                _fail_llm_call(call, exc)
-            raise
-        if call is not None:
-            _finish_llm_call(call, result)
-        return result
+                _finish_llm_call(call, result)
+            return result
+
+        if policy is None or not self._falls_back(policy):
+            return await attempt(policy)
+        return await acall_with_fallback(policy, attempt)
 
     async def create_stream(
         self,
@@ -428,35 +445,50 @@ class PolicyModelClient(ChatCompletionClient):
         cancellation_token: CancellationToken | None = None,
         **more: Any,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        """Stream one completion (recorded when the final ``CreateResult`` arrives)."""
-        client, call, messages, tools = self._begin(messages, tools)
-        kwargs: dict[str, Any] = {"tools": tools, "json_output": json_output, "extra_create_args": extra_create_args}
+        """Stream one completion (recorded when the final ``CreateResult`` arrives).
+
+        A routed policy falls back only if its stream fails before the first chunk.
+        """
+        kwargs: dict[str, Any] = {"json_output": json_output, "extra_create_args": extra_create_args}
         if tool_choice != "auto":
             kwargs["tool_choice"] = tool_choice
         kwargs.update(more)
-        try:
-            async with aclosing(
-                client.create_stream(messages, cancellation_token=cancellation_token, **kwargs)
-            ) as stream:
-                async for chunk in stream:
-                    if isinstance(chunk, CreateResult) and call is not None:
-                        _finish_llm_call(call, chunk)
-                        call = None
-                    yield chunk
-        except BaseException as exc:
-            if call is not None:
-                _fail_llm_call(call, exc)
-            raise
-        if call is not None:  # the stream ended without a final result
-            _fail_llm_call(call, RuntimeError("no final CreateResult in the stream"))
+        policy = self._policy()
+
+        async def attempt(serving: Policy | None) -> AsyncGenerator[str | CreateResult, None]:
+            client, call, sent, offered = self._begin(serving, messages, tools)
+            try:
+                async with aclosing(
+                    client.create_stream(sent, tools=offered, cancellation_token=cancellation_token, **kwargs)
+                ) as stream:
+                    async for chunk in stream:
+                        if isinstance(chunk, CreateResult) and call is not None:
+                            _finish_llm_call(call, chunk)
+                            call = None
+                        yield chunk
+            except BaseException as exc:
+                if call is not None:
+                    _fail_llm_call(call, exc)
+                raise
+            if call is not None:  # the stream ended without a final result
+                _fail_llm_call(call, RuntimeError("no final CreateResult in the stream"))
+
+        chunks = (
+            attempt(policy)
+            if policy is None or not self._falls_back(policy)
+            else astream_with_fallback(policy, attempt)
+        )
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
 
     def _begin(
-        self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
+        self, policy: Policy | None, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]
     ) -> tuple[ChatCompletionClient, LlmCall | None, Sequence[LLMMessage], Sequence[Tool | ToolSchema]]:
         client: ChatCompletionClient = self.inner
         call: LlmCall | None = None
         try:
-            client, messages, tools = self._prepare(messages, tools)
+            client, messages, tools = self._prepare(policy, messages, tools)
             if current_episode_var.get() is not None:
                 call = self._start(client, messages, tools)
         except Exception as exc:

@@ -30,6 +30,8 @@ nothing arrives after the episode closed):
   backstory in the system message, ``tool_descriptions`` replace the rendered tool descriptions,
   demonstrations are inserted after the system message in CrewAI's ReAct text format, and
   ``llm`` routes the call to an LLM built by :func:`register_llm_factory` (default: ``crewai.LLM``).
+  A routed call that cannot reach its endpoint is retried once under the incumbent policy
+  (:mod:`agentgym_runtime.adapters.fallback`).
 
 Every patch is undone by :meth:`CrewAIAdapter.uninstrument`. Wrapping a ``Crew``/``Agent`` installs
 them; for a decorated function that builds and runs a crew itself, use
@@ -73,6 +75,7 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.tools.structured_tool import CrewStructuredTool
 
 from agentgym_runtime.adapters.base import Adapter
+from agentgym_runtime.adapters.fallback import call_with_fallback, resume_fallback
 from agentgym_runtime.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.errors import ToolArgumentsError
@@ -530,33 +533,62 @@ class _Instrumentation:
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
                 call_args = bound.arguments
-                prepared = instrumentation._llm_start(call_args)
+                scope = current_agent_var.get()
+                policy = scope.policy if scope is not None else None
+                if policy is not None and policy.llm is not None:
+                    policy = resume_fallback(policy)  # this episode already fell back from it
+                # The call as the host made it, kept for a fallback retry (the first attempt changes
+                # ``llm`` and ``messages`` in call_args; executor messages are restored in place).
+                pristine = dict(call_args) if policy is not None and policy.llm is not None else None
+                prepared = instrumentation._llm_start(call_args, policy)
             except Exception as exc:
                 runtime.internal_error("crewai llm start", exc)
                 return original(*args, **kwargs)
-            call, before, restore = prepared
-            try:
-                answer = original(**call_args)
-            except BaseException as exc:
-                instrumentation._llm_end(runtime, call, call_args, before, restore, error=exc)
-                raise
-            instrumentation._llm_end(runtime, call, call_args, before, restore, answer=answer)
-            return answer
+            if policy is None or pristine is None:
+                return instrumentation._llm_call(runtime, original, call_args, prepared)
+
+            def attempt(serving: Policy) -> Any:
+                if serving is policy:
+                    return instrumentation._llm_call(runtime, original, call_args, prepared)
+                retry_args = dict(pristine)
+                try:
+                    retry = instrumentation._llm_start(retry_args, serving)
+                except Exception as exc:
+                    runtime.internal_error("crewai llm start", exc)
+                    return original(**pristine)
+                return instrumentation._llm_call(runtime, original, retry_args, retry)
+
+            return call_with_fallback(policy, attempt)
 
         get_llm_response.__wrapped__ = original  # type: ignore[attr-defined]
         get_llm_response.__doc__ = original.__doc__
         return get_llm_response
 
+    def _llm_call(
+        self,
+        runtime: Any,
+        original: Callable[..., Any],
+        call_args: dict[str, Any],
+        prepared: tuple[LlmCall, tuple[int, int] | None, Callable[[], None] | None],
+    ) -> Any:
+        """Make the LLM call prepared by :meth:`_llm_start` and record how it ended."""
+        call, before, restore = prepared
+        try:
+            answer = original(**call_args)
+        except BaseException as exc:
+            self._llm_end(runtime, call, call_args, before, restore, error=exc)
+            raise
+        self._llm_end(runtime, call, call_args, before, restore, answer=answer)
+        return answer
+
     def _llm_start(
-        self, call_args: dict[str, Any]
+        self, call_args: dict[str, Any], policy: Policy | None
     ) -> tuple[LlmCall, tuple[int, int] | None, Callable[[], None] | None]:
         llm = call_args.get("llm")
         executor = call_args.get("executor_context")
         agent = call_args.get("from_agent")
         messages = executor.messages if executor is not None else call_args.get("messages")
         tools = getattr(executor, "tools", None) if executor is not None else getattr(agent, "_parsed_tools", None)
-        scope = current_agent_var.get()
-        policy = scope.policy if scope is not None else None
         applied: list[Any] | None = None
         origin: dict[int, Any] = {}
         if policy is not None and not policy.is_baseline:

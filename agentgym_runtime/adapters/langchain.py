@@ -13,7 +13,10 @@ running agent (:func:`agentgym_runtime.current_policy`) is not the baseline, the
 tool definitions the model receives carry the policy's system prompt, demonstrations and tool
 descriptions. Nothing shared is mutated, so concurrent calls on different policy versions never
 see each other's policy. A policy with ``llm`` is routed to the chat model returned by the
-factory registered with :func:`register_model_factory`.
+factory registered with :func:`register_model_factory`. When such a routed call fails to reach
+its endpoint (connection, timeout, HTTP 5xx / 429 / 404 ...), the call is retried once under the
+incumbent policy (:mod:`agentgym_runtime.adapters.fallback`), for streams only before the first
+chunk.
 
 Inside a training replay (:func:`agentgym_runtime.sandbox.use_sandbox`) the wrapped
 ``BaseTool.run`` / ``arun`` hand each tool call to the replay's sandbox instead of the tool,
@@ -42,7 +45,8 @@ import asyncio
 import functools
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from contextvars import ContextVar
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -60,6 +64,13 @@ from pydantic import ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
 from agentgym_runtime.adapters.base import Adapter
+from agentgym_runtime.adapters.fallback import (
+    acall_with_fallback,
+    astream_with_fallback,
+    call_with_fallback,
+    resume_fallback,
+    stream_with_fallback,
+)
 from agentgym_runtime.api import current_policy
 from agentgym_runtime.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.episodes import AgentOptions
@@ -512,7 +523,11 @@ class _EpisodeHandlerVar:
 def _effective_policy() -> Policy | None:
     pinned = current_policy()
     if pinned is not None and not pinned.is_baseline:
-        return pinned
+        if pinned.llm is None:
+            return pinned
+        pinned = resume_fallback(pinned)  # a routed policy this episode already fell back from
+        if not pinned.is_baseline:
+            return pinned
     seeded = _seeded_policy_var.get()
     if seeded is not None and not seeded.is_baseline:
         return seeded
@@ -549,6 +564,19 @@ def _prepare(policy: Policy, instance: BaseChatModel, args: tuple[Any, ...], kwa
     return _PreparedCall(routed if routed is not None else instance, new_args, new_kwargs)
 
 
+def _prepared_for(
+    policy: Policy, instance: BaseChatModel, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _PreparedCall:
+    """The call serving a fallback's ``policy``: the call as made for the baseline, else prepared."""
+    if policy.is_baseline:
+        return _PreparedCall(instance, args, kwargs)
+    try:
+        return _prepare(policy, instance, args, kwargs)
+    except Exception as exc:
+        get_runtime().internal_error("langchain apply policy", exc)
+        return _PreparedCall(instance, args, kwargs)
+
+
 def _policy_wrapper_sync(original: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def invoke(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
@@ -562,13 +590,20 @@ def _policy_wrapper_sync(original: Callable[..., Any], name: str) -> Callable[..
         except Exception as exc:
             get_runtime().internal_error("langchain apply policy", exc)
             return original(self, *args, **kwargs)
-        token = _policy_applied_var.set(True)
-        try:
-            if prepared.model is self:
-                return original(self, *prepared.args, **prepared.kwargs)
-            return getattr(prepared.model, name)(*prepared.args, **prepared.kwargs)
-        finally:
-            _policy_applied_var.reset(token)
+
+        def attempt(serving: Policy) -> Any:
+            call = prepared if serving is policy else _prepared_for(serving, self, args, kwargs)
+            token = _policy_applied_var.set(True)
+            try:
+                if call.model is self:
+                    return original(self, *call.args, **call.kwargs)
+                return getattr(call.model, name)(*call.args, **call.kwargs)
+            finally:
+                _policy_applied_var.reset(token)
+
+        if policy.llm is None:  # nothing routed: nothing to fall back from
+            return attempt(policy)
+        return call_with_fallback(policy, attempt)
 
     invoke.__agentgym_original__ = original  # type: ignore[attr-defined]
     return invoke
@@ -587,13 +622,20 @@ def _policy_wrapper_async(original: Callable[..., Any], name: str) -> Callable[.
         except Exception as exc:
             get_runtime().internal_error("langchain apply policy", exc)
             return await original(self, *args, **kwargs)
-        token = _policy_applied_var.set(True)
-        try:
-            if prepared.model is self:
-                return await original(self, *prepared.args, **prepared.kwargs)
-            return await getattr(prepared.model, name)(*prepared.args, **prepared.kwargs)
-        finally:
-            _policy_applied_var.reset(token)
+
+        async def attempt(serving: Policy) -> Any:
+            call = prepared if serving is policy else _prepared_for(serving, self, args, kwargs)
+            token = _policy_applied_var.set(True)
+            try:
+                if call.model is self:
+                    return await original(self, *call.args, **call.kwargs)
+                return await getattr(call.model, name)(*call.args, **call.kwargs)
+            finally:
+                _policy_applied_var.reset(token)
+
+        if policy.llm is None:
+            return await attempt(policy)
+        return await acall_with_fallback(policy, attempt)
 
     ainvoke.__agentgym_original__ = original  # type: ignore[attr-defined]
     return ainvoke
@@ -615,20 +657,28 @@ def _policy_wrapper_stream(original: Callable[..., Any], name: str) -> Callable[
             get_runtime().internal_error("langchain apply policy", exc)
             yield from original(self, *args, **kwargs)
             return
-        if prepared.model is self:
-            iterator = iter(original(self, *prepared.args, **prepared.kwargs))
+
+        def attempt(serving: Policy) -> Iterator[Any]:
+            call = prepared if serving is policy else _prepared_for(serving, self, args, kwargs)
+            if call.model is self:
+                iterator = iter(original(self, *call.args, **call.kwargs))
+            else:
+                iterator = iter(getattr(call.model, name)(*call.args, **call.kwargs))
+            while True:
+                # Bound per step: a context variable must not stay set across ``yield``.
+                token = _policy_applied_var.set(True)
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                finally:
+                    _policy_applied_var.reset(token)
+                yield item
+
+        if policy.llm is None:
+            yield from attempt(policy)
         else:
-            iterator = iter(getattr(prepared.model, name)(*prepared.args, **prepared.kwargs))
-        while True:
-            # Bound per step: a context variable must not stay set across ``yield``.
-            token = _policy_applied_var.set(True)
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                _policy_applied_var.reset(token)
-            yield item
+            yield from stream_with_fallback(policy, attempt)
 
     stream.__agentgym_original__ = original  # type: ignore[attr-defined]
     return stream
@@ -644,23 +694,32 @@ def _policy_wrapper_astream(original: Callable[..., Any], name: str) -> Callable
                 prepared = _prepare(policy, self, args, kwargs)
             except Exception as exc:
                 get_runtime().internal_error("langchain apply policy", exc)
-        if prepared is None:
+        if policy is None or prepared is None:
             async for item in original(self, *args, **kwargs):
                 yield item
             return
-        if prepared.model is self:
-            iterator = original(self, *prepared.args, **prepared.kwargs).__aiter__()
-        else:
-            iterator = getattr(prepared.model, name)(*prepared.args, **prepared.kwargs).__aiter__()
-        while True:
-            token = _policy_applied_var.set(True)
-            try:
-                item = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-            finally:
-                _policy_applied_var.reset(token)
-            yield item
+        first_call = prepared
+
+        async def attempt(serving: Policy) -> AsyncGenerator[Any, None]:
+            call = first_call if serving is policy else _prepared_for(serving, self, args, kwargs)
+            if call.model is self:
+                iterator = original(self, *call.args, **call.kwargs).__aiter__()
+            else:
+                iterator = getattr(call.model, name)(*call.args, **call.kwargs).__aiter__()
+            while True:
+                token = _policy_applied_var.set(True)
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _policy_applied_var.reset(token)
+                yield item
+
+        chunks = attempt(policy) if policy.llm is None else astream_with_fallback(policy, attempt)
+        async with aclosing(chunks):
+            async for item in chunks:
+                yield item
 
     astream.__agentgym_original__ = original  # type: ignore[attr-defined]
     return astream

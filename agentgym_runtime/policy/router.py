@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from agentgym_runtime import semconv
-from agentgym_runtime.context import AgentScope, current_agent_var
+from agentgym_runtime.context import AgentScope, current_agent_var, current_episode_var
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
 from agentgym_runtime.policy.model import Policy
@@ -479,9 +479,11 @@ def fallback_to_incumbent(error: BaseException, runtime: Runtime | None = None) 
     """For adapters: the current call's LLM endpoint failed; pin the incumbent for the rest of the call.
 
     Reports the failure to the router (repeated failures roll the version back), re-pins the
-    incumbent policy in the current context and marks the agent span with
-    ``agentgym.policy.fallback_from``. Returns the policy to retry with, or ``None`` outside an
-    episode or when there is nothing to fall back to (the failing version is the baseline).
+    incumbent policy in the current context and marks the current span (and the episode's root
+    span, when the failing agent is the episode's own) with ``agentgym.policy.fallback_from``.
+    The framework adapters call it through :mod:`agentgym_runtime.adapters.fallback`. Returns the
+    policy to retry with, or ``None`` outside an episode or when there is nothing to fall back to
+    (the failing version is the baseline).
 
     Example:
         >>> fallback_to_incumbent(ConnectionError("down")) is None  # outside an episode
@@ -498,7 +500,14 @@ def fallback_to_incumbent(error: BaseException, runtime: Runtime | None = None) 
     if incumbent.version == scope.policy_version:
         return None
     current_agent_var.set(AgentScope(scope.name, incumbent))
-    trace.get_current_span().set_attribute(semconv.POLICY_FALLBACK_FROM, scope.policy_version)
+    span = trace.get_current_span()
+    span.set_attribute(semconv.POLICY_FALLBACK_FROM, scope.policy_version)
+    episode = current_episode_var.get()
+    root = episode.root_span if episode is not None and episode.agent == scope.name else None
+    if root is not None and root is not span:
+        # A framework's own agent span (AutoGen's invoke_agent) may be the current one: mark the
+        # episode's root span too, which is the episode's row in the store.
+        root.set_attribute(semconv.POLICY_FALLBACK_FROM, scope.policy_version)
     return incumbent
 
 
