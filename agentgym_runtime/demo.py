@@ -67,7 +67,7 @@ class DemoConfig:
     min_new_episodes: int = 60
     schedule: str = "10s"
     canary_share: float = 0.5
-    grpo_steps: int = 40
+    grpo_steps: int = 80
     eval_tasks: int = 300
     after_promotion_episodes: int = 60
     gate_min_tool_calls: int = 60
@@ -270,10 +270,13 @@ class Demo:
             "reward": "agentgym_runtime.demo:grpo_reward",
             "guide": "agentgym_runtime.demo:grpo_guide",
             "steps": self.config.grpo_steps,
-            "prompts_per_step": 8,
-            "group_size": 8,
+            # Many small groups: a group is where a recorded recovery can guide the policy, and
+            # the model's mistakes are systematic, so four samples show whether it still makes them.
+            "prompts_per_step": 16,
+            "group_size": 4,
             "inner_steps": 2,
-            "learning_rate": 2e-3,
+            "learning_rate": 1.5e-3,
+            "failed_episode_weight": 3.0,
             "max_new_tokens": demo_model.config.max_new_tokens,
             "eval_samples": 2,
         }
@@ -417,8 +420,8 @@ class Demo:
         return summary
 
     def _summary(self, runtime: Any, scenario: Scenario, demo_model: Any, served: list[Task]) -> dict[str, Any]:
-        from agentgym_runtime.models.chat import resolve_adapter_path
         from agentgym_runtime.models.evaluate import evaluate_model
+        from agentgym_runtime.policy.model import resolve_adapter_path
 
         served_prompts = {t.prompt for t in served}
         # Held-out tasks that were never served: the versions are compared on unseen requests.

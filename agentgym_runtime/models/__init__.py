@@ -22,7 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agentgym_runtime.models.chat import TinyToolCallingChatModel, resolve_adapter_path
+    from agentgym_runtime.models.chat import TinyToolCallingChatModel
     from agentgym_runtime.models.evaluate import EvaluationResult, evaluate_model
     from agentgym_runtime.models.format import (
         CompletionScore,
@@ -42,10 +42,11 @@ if TYPE_CHECKING:
         load_demo_model,
         load_or_build_demo_model,
     )
+    from agentgym_runtime.policy.model import resolve_adapter_path
 
 _EXPORTS: dict[str, str] = {
     "TinyToolCallingChatModel": "agentgym_runtime.models.chat",
-    "resolve_adapter_path": "agentgym_runtime.models.chat",
+    "resolve_adapter_path": "agentgym_runtime.policy.model",
     "EvaluationResult": "agentgym_runtime.models.evaluate",
     "evaluate_model": "agentgym_runtime.models.evaluate",
     "CompletionScore": "agentgym_runtime.models.format",

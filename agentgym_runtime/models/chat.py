@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 from agentgym_runtime.errors import MissingExtraError
 from agentgym_runtime.models.format import Step, parse_completion, render_call, render_prompt
 from agentgym_runtime.models.tiny import DemoModel, load_demo_model, load_or_build_demo_model
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.policy.model import resolve_adapter_path
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -43,34 +42,6 @@ try:
     from pydantic import ConfigDict, PrivateAttr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("demo chat model", "langchain", exc.name or "langchain_core") from exc
-
-
-def resolve_adapter_path(policy: Policy, home: str | os.PathLike[str] | None = None) -> Path | None:
-    """Where ``policy.llm.adapter`` lives, or ``None`` when the policy names no adapter.
-
-    An absolute path is used as is; a relative one is resolved against
-    ``policy.metadata["artifact_dir"]`` when present, else against
-    ``<home>/policies/<agent>/v<version>``.
-
-    Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig
-        >>> p = Policy(agent="a", version=1, llm=LLMConfig(adapter="lora"), metadata={"artifact_dir": "/x"})
-        >>> str(resolve_adapter_path(p))
-        '/x/lora'
-    """
-    if policy.llm is None or not policy.llm.adapter:
-        return None
-    path = Path(policy.llm.adapter).expanduser()
-    if path.is_absolute():
-        return path
-    artifact_dir = policy.metadata.get("artifact_dir")
-    if isinstance(artifact_dir, str) and artifact_dir:
-        return Path(artifact_dir) / path
-    if home is None:
-        from agentgym_runtime.config import Settings
-
-        home = Settings().home
-    return Path(home) / "policies" / policy.agent / f"v{policy.version}" / path
 
 
 # LangGraph's ToolNode wraps tool errors in its own sentences (langgraph.prebuilt.tool_node's

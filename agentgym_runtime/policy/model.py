@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -113,3 +115,30 @@ class Policy(BaseModel):
         return (
             self.system_prompt is None and not self.tool_descriptions and not self.demonstrations and self.llm is None
         )
+
+
+def resolve_adapter_path(policy: Policy, home: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where ``policy.llm.adapter`` lives, or ``None`` when the policy names no adapter.
+
+    An absolute path is used as is; a relative one is resolved against
+    ``policy.metadata["artifact_dir"]`` when present, else against
+    ``<home>/policies/<agent>/v<version>``.
+
+    Example:
+        >>> p = Policy(agent="a", version=1, llm=LLMConfig(adapter="lora"), metadata={"artifact_dir": "/x"})
+        >>> str(resolve_adapter_path(p))
+        '/x/lora'
+    """
+    if policy.llm is None or not policy.llm.adapter:
+        return None
+    path = Path(policy.llm.adapter).expanduser()
+    if path.is_absolute():
+        return path
+    artifact_dir = policy.metadata.get("artifact_dir")
+    if isinstance(artifact_dir, str) and artifact_dir:
+        return Path(artifact_dir) / path
+    if home is None:
+        from agentgym_runtime.config import Settings
+
+        home = Settings().home
+    return Path(home) / "policies" / policy.agent / f"v{policy.version}" / path

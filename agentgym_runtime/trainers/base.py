@@ -53,6 +53,8 @@ class TrainingJobSpec(BaseModel):
         snapshot_dir: Directory written by the snapshot step (Parquet files + manifest.json).
         output_dir: Where the job writes ``result.json`` and any ``adapter/`` files.
         base_policy_version: The live version the candidate derives from.
+        base_adapter: Absolute path of that version's LoRA adapter, if it has one: trainers of
+            weights (``grpo``) continue from it, so each candidate improves on the live policy.
         entrypoint: ``module:qualname`` of the user's agent (for replay), if recorded.
         scenario: Scenario name, if the agent runs one.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -68,6 +70,7 @@ class TrainingJobSpec(BaseModel):
     snapshot_dir: str
     output_dir: str
     base_policy_version: int = 0
+    base_adapter: str | None = None
     entrypoint: str | None = None
     scenario: str | None = None
     device: Literal["cpu", "cuda", "auto"] = "auto"

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentgym_runtime.errors import ConfigurationError
+from agentgym_runtime.policy.model import Policy, resolve_adapter_path
 from agentgym_runtime.trainers.base import TRAINERS, TrainingJobSpec, TrainingResult
 
 if TYPE_CHECKING:
@@ -757,6 +758,14 @@ class TrainingScheduler:
         from agentgym_runtime.trainers.dataset import count_new_episodes, write_snapshot
 
         agent = run.agent
+        canary = self._canary_version(agent)
+        if canary is not None and not force:
+            # A candidate trained now would derive from the live policy while the gate is still
+            # deciding on the last one; wait for its decision (promotion makes it the new base).
+            run.status = RunStatus.SKIPPED
+            run.reason = f"candidate v{canary} is still in canary; the next run waits for the gate's decision"
+            self._update(store, run, ended=True)
+            return
         since = last_success_until(store, agent)
         until = datetime.now(UTC)
         self.runtime.flush()  # episodes that ended before `until` reach the store first
@@ -785,13 +794,16 @@ class TrainingScheduler:
             "SELECT entrypoint, scenario FROM episodes WHERE agent = ? ORDER BY ended_at DESC LIMIT 1", [agent]
         )
         entrypoint, scenario = latest[0] if latest else (None, None)
+        base = self._served_policy(agent)
+        base_adapter = resolve_adapter_path(base, self.runtime.settings.home) if base.version else None
         spec = TrainingJobSpec(
             run_id=run.run_id,
             agent=agent,
             trainer=config.trainer,
             snapshot_dir=str(snapshot_dir),
             output_dir=str(output_dir),
-            base_policy_version=self.runtime.resolve_policy(agent, None).version,
+            base_policy_version=base.version,
+            base_adapter=str(base_adapter) if base_adapter is not None and base_adapter.is_dir() else None,
             entrypoint=config.entrypoint or entrypoint,
             scenario=config.scenario or scenario,
             device=_DEVICE[config.gpu],
@@ -895,6 +907,19 @@ class TrainingScheduler:
                     run.reason = None
                     self._start_canary(config, run)
         self._update(store, run, ended=True)
+
+    def _served_policy(self, agent: str) -> Policy:
+        """The policy every non-canary episode of ``agent`` gets now: the pinned one, else the live one."""
+        state = self.runtime.policies.read_state(agent) if agent in self.runtime.policies.agents() else None
+        if state is None:
+            return Policy.baseline(agent)
+        return self.runtime.policies.load(agent, state.pinned if state.pinned is not None else state.live)
+
+    def _canary_version(self, agent: str) -> int | None:
+        if agent not in self.runtime.policies.agents():
+            return None
+        state = self.runtime.policies.read_state(agent)
+        return None if state is None else state.canary
 
     def _start_canary(self, config: TrainingConfig, run: TrainingRun) -> None:
         """Serve the new candidate to ``canary_share`` of episodes; the router's gate decides after."""

@@ -79,3 +79,19 @@ class UnavailableTrainer:
 
     def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
         raise AssertionError("never called when unavailable")
+
+
+class SpecEchoTrainer:
+    """Reports what the job spec told it about the policy it derives from."""
+
+    name: ClassVar[str] = "fake-echo"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        return TrainingResult(
+            trainer="fake-echo",
+            system_prompt="echo",
+            metrics={"base_policy_version": spec.base_policy_version, "base_adapter": spec.base_adapter},
+        )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_loss, grpo_train, insert_guides  # noqa: E402
+from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_loss, grpo_train, insert_guides, save_adapter  # noqa: E402
 
 
 def test_a_guide_replaces_the_worst_sample_only_where_no_sample_does_as_well() -> None:
@@ -92,7 +93,7 @@ def _model(tokenizer: WordTokenizer) -> object:
     return LlamaForCausalLM(config)
 
 
-def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot() -> None:
+def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp_path: Path) -> None:
     # The right completion is one exact 3-word sequence: an untrained 10-token model samples it
     # (with its EOS) about once in 10^4 tries, so every group's rewards are equal and plain GRPO's
     # advantages are all zero. The recorded completion that worked is the guide.
@@ -113,7 +114,7 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot() -
         eval_samples=8,
     )
     _, plain = grpo_train(_model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout)
-    _, guided = grpo_train(
+    trained, guided = grpo_train(
         _model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
     )
     assert plain["guided_samples"] == 0
@@ -123,6 +124,21 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot() -
     assert guided["heldout_reward_after"] >= 0.5  # 0.81 with these seeds
     # The train reward reports the policy's own samples, never the guides.
     assert guided["train_reward_first_step"] == 0.0
+
+    # The next run continues from the saved adapter (the live policy's): it starts where this one ended.
+    saved = save_adapter(trained, tmp_path / "v1")
+    _, continued = grpo_train(
+        _model(tokenizer),
+        tokenizer,
+        train,
+        reward,
+        config.model_copy(update={"steps": 1}),
+        heldout_prompts=heldout,
+        init_adapter=saved,
+    )
+    assert continued["continued_from"] == str(saved)
+    assert continued["heldout_reward_before"] == guided["heldout_reward_after"]
+    assert guided["continued_from"] is None
 
 
 def test_prompt_weights_are_checked() -> None:

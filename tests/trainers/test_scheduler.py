@@ -503,3 +503,33 @@ def test_end_to_end_with_the_demos_trainer(agentgym_runtime: Runtime, recorded: 
     assert len(policy.demonstrations) == run.metrics["selected"] >= 1
     assert policy.demonstrations[0].tool_calls[0].name == "get_order"
     assert policy.metrics == run.metrics
+
+
+def test_the_job_derives_from_the_served_policy_and_waits_while_a_canary_is_decided(
+    agentgym_runtime: Runtime, recorded: Recorded, tmp_path: Path
+) -> None:
+    registry = agentgym_runtime.policies
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    registry.register("support", llm={"adapter": str(adapter)}, trainer="manual")
+    registry.promote("support", 1, actor="test")
+    serve(4)
+    first = agentgym_runtime.scheduler.run_now("support", config=config("SpecEchoTrainer"))
+    assert first.status == "succeeded", first.error
+    assert json.loads(run_row(agentgym_runtime, first.run_id)["metrics"]) == {
+        "base_policy_version": 1,
+        "base_adapter": str(adapter),
+    }
+    assert registry.load("support", 2).parent_version == 1
+
+    registry.start_canary("support", 2, 0.5, actor="test")
+    serve(4, start=4)
+    waiting = agentgym_runtime.scheduler.run_now("support", config=config("SpecEchoTrainer"))
+    assert waiting.status == "skipped"
+    assert waiting.reason == "candidate v2 is still in canary; the next run waits for the gate's decision"
+    assert run_row(agentgym_runtime, waiting.run_id)["snapshot_path"] is None
+    forced = agentgym_runtime.scheduler.run_now("support", config=config("SpecEchoTrainer"), force=True)
+    assert forced.status == "succeeded", forced.error
+    # The canary does not serve the non-canary episodes: the job still derives from live v1.
+    assert json.loads(run_row(agentgym_runtime, forced.run_id)["metrics"])["base_policy_version"] == 1
