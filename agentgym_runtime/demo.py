@@ -44,8 +44,8 @@ class DemoConfig:
 
     Attributes:
         scenario: Scenario name.
-        minutes: Wall-clock budget of the serving phase (the demo stops earlier once the
-            promoted version has served ``after_promotion_episodes``).
+        minutes: Wall-clock budget of the serving phase, an upper bound: the demo stops once the
+            promoted version has served ``after_promotion_episodes`` (about 4-5 minutes on 2 CPU cores).
         users: Concurrent simulated users.
         home: agentgym home (default ``./.agentgym``).
         seed: Seed of the model build, the tasks and the trainer.
@@ -60,7 +60,7 @@ class DemoConfig:
     """
 
     scenario: str = "customer_support"
-    minutes: float = 5.0
+    minutes: float = 6.0
     users: int = 3
     home: Path | None = None
     seed: int = 0
@@ -115,35 +115,110 @@ def _scenario_task(recorded: Any) -> tuple[Scenario, Task] | None:
     return scenario, scenario.task_by_id(task_id)
 
 
-def grpo_prompt(recorded: Any) -> str:
-    """GRPO prompt of a recorded episode: the first step of its task, as the model sees it.
+@dataclass(frozen=True)
+class _GrpoStep:
+    """One step of a recorded episode as the demo model sees it."""
 
-    The first tool call is where the demo model's systematic mistakes sit; later steps follow
-    the tool's observation.
-    """
-    from agentgym_runtime.models.format import delexicalize, render_prompt
+    prompt: str  # delexicalised, as the model reads it
+    slots: dict[str, str]  # slot token -> value, to read the model's completion back
+    kind: str  # "call": the first tool call; "answer": the final answer after the call that worked
+    guide: str | None  # the completion the trace shows to have worked, if any
+
+
+def _grpo_steps(recorded: Any) -> list[_GrpoStep]:
+    """The first-call step and, when a call worked, the answer step of a recorded episode."""
+    key = getattr(recorded, "episode_id", None)
+    cached = _STEPS.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    from agentgym_runtime.models.format import (
+        Step,
+        delexicalize,
+        render_answer,
+        render_call,
+        render_observation,
+        render_prompt,
+    )
 
     found = _scenario_task(recorded)
     if found is None:
-        return ""
+        return []
     scenario, task = found
-    # The model reads numbers, names and emails as placeholders (see models.format.delexicalize).
-    return delexicalize(render_prompt(task, scenario.tools(scenario.new_world(task.world_seed))))[0]
+    tools = scenario.tools(scenario.new_world(task.world_seed))
+    worked = next((c for c in getattr(recorded, "tool_calls", []) if c.outcome == "ok" and c.name), None)
+    call = render_call(worked.name, worked.arguments) if worked and isinstance(worked.arguments, dict) else None
+    # The model reads numbers, names and emails as placeholders (see models.format.delexicalize) and
+    # writes a space after "next:".
+    first, first_slots = delexicalize(render_prompt(task, tools))
+    steps = [
+        _GrpoStep(
+            first, first_slots, "call", None if call is None else " " + delexicalize(call, first_slots, grow=False)[0]
+        )
+    ]
+    if call is not None and worked is not None:
+        raw = render_prompt(task, tools, [Step(call, render_observation(worked.result))])
+        answer_prompt, slots = delexicalize(raw)
+        output = getattr(recorded, "output", None)
+        answer = str(output) if output is not None and task.check_answer(str(output)) else None
+        guide = None if answer is None else " " + delexicalize(render_answer(answer), slots, grow=False)[0]
+        steps.append(_GrpoStep(answer_prompt, slots, "answer", guide))
+    if key is not None:
+        _STEPS[key] = steps
+    return steps
 
 
-def grpo_reward(recorded: Any, completion: str) -> float:
-    """GRPO reward of a completion for a recorded episode's first step.
+_STEPS: dict[Any, list[_GrpoStep]] = {}
 
-    1 for the right call, partial credit for a call that runs, 0 for an unknown tool or
-    arguments that do not parse (see ``models.format.score_completion``).
+
+def _grpo_step(recorded: Any, prompt: str | None) -> _GrpoStep | None:
+    steps = _grpo_steps(recorded)
+    if prompt is None:
+        return steps[0] if steps else None
+    return next((step for step in steps if step.prompt == prompt), None)
+
+
+def grpo_prompt(recorded: Any) -> list[str]:
+    """GRPO prompts of a recorded episode: its first tool call and, if a call worked, its answer.
+
+    The first tool call is where the demo model's systematic mistakes sit; the answer step is
+    trained too so that fixing the calls does not cost task success.
     """
-    from agentgym_runtime.models.format import score_completion
+    return [step.prompt for step in _grpo_steps(recorded)]
+
+
+def grpo_reward(recorded: Any, completion: str, prompt: str | None = None) -> float:
+    """GRPO reward of a completion of one of a recorded episode's prompts, in [0, 1].
+
+    First call: 1 for the right call, partial credit for a call that runs, 0 for an unknown tool
+    or arguments that do not parse (see ``models.format.score_completion``). Answer: 1 when it
+    holds the task's answer, 0.1 for another answer, 0 for anything else.
+    """
+    from agentgym_runtime.models.format import parse_completion, relexicalize, score_completion
 
     found = _scenario_task(recorded)
-    if found is None:
+    step = _grpo_step(recorded, prompt)
+    if found is None or step is None:
         return 0.0
     scenario, task = found
-    return float(score_completion(task, completion, scenario=scenario).reward)
+    if step.kind == "call":
+        return float(score_completion(task, completion, scenario=scenario).reward)
+    parsed = parse_completion(relexicalize(completion, step.slots))
+    if parsed.kind != "answer" or parsed.answer is None:
+        return 0.0
+    return 1.0 if task.check_answer(parsed.answer) else 0.1
+
+
+def grpo_guide(recorded: Any, prompt: str | None = None) -> list[str]:
+    """What worked in a recorded episode, as a completion of one of its GRPO prompts.
+
+    In production the agent often recovers: its first call fails (say, the order id sent as
+    ``"#1234"``), the tool's error comes back, and the next call succeeds. That successful call,
+    read from the trace, is what the first step should have been; for the answer step, the
+    episode's final answer when it was right. GRPO uses them as guides for groups where the
+    policy does not find them itself (see :mod:`agentgym_runtime.trainers.grpo`).
+    """
+    step = _grpo_step(recorded, prompt)
+    return [] if step is None or step.guide is None else [step.guide]
 
 
 def _langchain_tool(tool: Any, structured_tool: Any) -> Any:
@@ -168,28 +243,6 @@ def _langchain_tool(tool: Any, structured_tool: Any) -> Any:
     made.func = run
     made.handle_tool_error = True
     return made
-
-
-def grpo_guide(recorded: Any) -> list[str]:
-    """The call that worked in a recorded episode, as a completion of its GRPO prompt.
-
-    In production the agent often recovers: its first call fails (say, the order id sent as
-    ``"#1234"``), the tool's error comes back, and the next call succeeds. That successful call,
-    read from the trace, is what the first step should have been; GRPO uses it as a guide
-    for groups where no sample finds it (see :mod:`agentgym_runtime.trainers.grpo`).
-    """
-    from agentgym_runtime.models.format import delexicalize, render_call, render_prompt
-
-    found = _scenario_task(recorded)
-    if found is None:
-        return []
-    scenario, task = found
-    worked = next((c for c in getattr(recorded, "tool_calls", []) if c.outcome == "ok" and c.name), None)
-    if worked is None or not isinstance(worked.arguments, dict):
-        return []
-    slots = delexicalize(render_prompt(task, scenario.tools(scenario.new_world(task.world_seed))))[1]
-    # The model writes slot tokens for the prompt's numbers and names, and a space after "next:".
-    return [" " + delexicalize(render_call(worked.name, worked.arguments), slots, grow=False)[0]]
 
 
 # --- statistics --------------------------------------------------------------------------------------
@@ -275,7 +328,7 @@ class Demo:
             "prompts_per_step": 16,
             "group_size": 4,
             "inner_steps": 2,
-            "learning_rate": 1.5e-3,
+            "learning_rate": 2.5e-3,
             "failed_episode_weight": 3.0,
             "max_new_tokens": demo_model.config.max_new_tokens,
             "eval_samples": 2,

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     scenario: str = typer.Option("customer_support", "--scenario", "-s", help="Scenario to run."),
-    minutes: float = typer.Option(5.0, "--minutes", "-m", min=0.5, help="Serving time budget."),
+    minutes: float = typer.Option(
+        6.0, "--minutes", "-m", min=0.5, help="Serving time budget (the demo ends earlier once a version is promoted)."
+    ),
     users: int = typer.Option(3, "--users", min=1, max=16, help="Concurrent simulated users."),
     home: Path | None = typer.Option(None, "--home", help="agentgym home (default ./.agentgym)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the tasks and the trainer."),

