@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_loss, grpo_train, insert_guides, save_adapter  # noqa: E402
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama  # noqa: E402
 
 
 def test_a_guide_replaces_the_worst_sample_only_where_no_sample_does_as_well() -> None:
@@ -53,19 +54,6 @@ def test_the_kl_term_counts_on_policy_samples_only() -> None:
     assert stats_one["kl"] == pytest.approx(0.36788, abs=1e-4)  # mean KL over on-policy tokens
 
 
-class WordTokenizer:
-    def __init__(self, words: list[str]) -> None:
-        self.vocab = ["<pad>", "<eos>", *words]
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.pad_token_id, self.eos_token_id = 0, 1
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[w] for w in text.split()]
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(self.vocab[i] for i in ids)
-
-
 def _toy() -> tuple[WordTokenizer, list[str], list[str]]:
     tokenizer = WordTokenizer(["a", "b", "c", "d", "e", "f", "g", "h"])
     rng = random.Random(0)
@@ -75,22 +63,7 @@ def _toy() -> tuple[WordTokenizer, list[str], list[str]]:
 
 
 def _model(tokenizer: WordTokenizer) -> object:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer.vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(len(tokenizer.vocab))
 
 
 def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp_path: Path) -> None:
@@ -103,11 +76,11 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
         return 1.0 if completion == "g h c" else 0.0
 
     config = GRPOConfig(
-        steps=30,
+        steps=50,
         group_size=4,
         prompts_per_step=4,
         max_new_tokens=4,
-        learning_rate=2e-2,
+        learning_rate=5e-3,
         lora_r=4,
         lora_alpha=8,
         target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
@@ -121,7 +94,7 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
     assert plain["heldout_reward_before"] == 0.0
     assert plain["heldout_reward_after"] == 0.0  # nothing to learn from equal rewards
     assert guided["guided_samples"] > 0
-    assert guided["heldout_reward_after"] >= 0.5  # 0.81 with these seeds
+    assert guided["heldout_reward_after"] >= 0.5  # 0.90 with these seeds
     # The train reward reports the policy's own samples, never the guides.
     assert guided["train_reward_first_step"] == 0.0
 

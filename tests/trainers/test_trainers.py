@@ -13,6 +13,7 @@ from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from tests.trainers.openai_stub import CRITIQUE, IMPROVED_DESCRIPTION, IMPROVED_PROMPT, MARKER, TOOL_MARKER
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama
 
 pytest.importorskip("agentlightning")
 
@@ -292,44 +293,13 @@ def test_apo_reports_a_missing_or_unreachable_endpoint(tmp_path: Path) -> None:
 # --- grpo on a toy task with a tiny causal LM built here -----------------------------------
 
 
-class WordTokenizer:
-    """Whitespace tokenizer over a fixed vocabulary (no download)."""
-
-    def __init__(self, words: list[str]) -> None:
-        self.vocab = ["<pad>", "<eos>", *words]
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.pad_token_id, self.eos_token_id = 0, 1
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[w] for w in text.split()]
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(self.vocab[i] for i in ids)
-
-
 def test_grpo_raises_heldout_reward_on_a_toy_task_and_saves_the_adapter(tmp_path: Path) -> None:
     import random
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_train, save_adapter
 
     tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer.vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(len(tokenizer.vocab))
     rng = random.Random(0)
     letters = ["a", "b", "c", "d", "e", "f", "g", "h"]
     train = [" ".join(rng.choice(letters) for _ in range(3)) for _ in range(12)]
@@ -524,5 +494,5 @@ def test_grpo_job_trains_from_a_snapshot_and_writes_the_adapter(
     assert 1 <= guided <= 2 * 2  # at most one guide per group, only in groups where no sample said "ok"
     assert (result.metrics["train_tasks"], result.metrics["heldout_tasks"]) == (6, 2)
     assert 0.0 <= result.metrics["heldout_reward_after"] <= 1.0
-    assert progress[0] == "GRPO on 6 tasks (cpu)"
+    assert progress[0] == "GRPO on 6 prompts of 6 tasks (cpu)"
     assert progress[-1] == "adapter saved"

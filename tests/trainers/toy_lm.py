@@ -1,0 +1,41 @@
+"""A whitespace tokenizer and a tiny Llama built from a config, for GRPO tests (no download)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WordTokenizer:
+    """Whitespace tokenizer over a fixed vocabulary; ids 0 and 1 are padding and EOS."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.vocab = ["<pad>", "<eos>", *words]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_token_id, self.eos_token_id = 0, 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[w] for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
+    """A 2-layer, width-32 Llama with random weights (seeded)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    return LlamaForCausalLM(config)
