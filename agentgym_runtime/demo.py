@@ -64,7 +64,7 @@ class DemoConfig:
     users: int = 3
     home: Path | None = None
     seed: int = 0
-    min_new_episodes: int = 60
+    min_new_episodes: int = 250
     schedule: str = "10s"
     canary_share: float = 0.5
     grpo_steps: int = 80

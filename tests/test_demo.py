@@ -1,6 +1,6 @@
 """The main job, shortened: serve, record, train in a background job, canary, gate, promote, measure.
 
-The same code as ``make demo`` with a smaller budget: two users, training after 60 episodes,
+The same code as ``make demo`` with a smaller budget: two users, training after 150 episodes,
 one GRPO job of 60 rounds. The test asserts that every stage ran for real and that the version
 the router promoted is better than version 0 on held-out tasks never served, by a margin no
 random fluctuation explains: a one-sided two-proportion z-test on the held-out tool calls of the
@@ -38,7 +38,7 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
         home=home,
         minutes=7.0,  # an upper bound: the run ends once the promoted version has served 20 episodes
         users=2,
-        min_new_episodes=60,
+        min_new_episodes=150,
         schedule="3s",
         grpo_steps=60,
         eval_tasks=150,
@@ -48,13 +48,13 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
     summary = Demo(config).run()
     json.dumps(summary)  # the --json summary is one JSON object
     assert summary["scenario"] == "customer_support"
-    assert summary["episodes_served"] >= 60
+    assert summary["episodes_served"] >= 150
     versions = {v["version"]: v for v in summary["versions"]}
     succeeded = [r["candidate_version"] for r in summary["training_runs"] if r["status"] == "succeeded"]
     assert succeeded[0] == 1
     assert set(versions) == {0, *succeeded}
     assert 0.5 <= versions[0]["heldout_tool_reliability"] <= 0.75
-    assert versions[0]["episodes"] >= 60
+    assert versions[0]["episodes"] >= 150
 
     # The router promoted a trained version, through candidate -> canary -> live, by the gate.
     promoted = summary["promoted_version"]
