@@ -372,14 +372,15 @@ def insert_guides(
     width = max(mask.shape[1], *(len(ids) for _, ids in replacements))
     if width > mask.shape[1]:
         extra = width - mask.shape[1]
-        sequences = torch.cat(
-            [sequences, torch.full((sequences.shape[0], extra), pad_token_id, dtype=sequences.dtype)], dim=1
-        )
-        mask = torch.cat([mask, torch.zeros((mask.shape[0], extra), dtype=mask.dtype)], dim=1)
+        padding = torch.full((sequences.shape[0], extra), pad_token_id, dtype=sequences.dtype, device=sequences.device)
+        sequences = torch.cat([sequences, padding], dim=1)
+        mask = torch.cat([mask, torch.zeros((mask.shape[0], extra), dtype=mask.dtype, device=mask.device)], dim=1)
     sequences, mask = sequences.clone(), mask.clone()
     for row, ids in replacements:
         sequences[row, prompt_length:] = pad_token_id
-        sequences[row, prompt_length : prompt_length + len(ids)] = torch.tensor(ids, dtype=sequences.dtype)
+        sequences[row, prompt_length : prompt_length + len(ids)] = torch.tensor(
+            ids, dtype=sequences.dtype, device=sequences.device
+        )
         mask[row] = 0
         mask[row, : len(ids)] = 1
     return sequences, mask, rewards, on_policy
