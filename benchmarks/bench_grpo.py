@@ -27,40 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _util import machine, median
 
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama
+
 ROUNDS = 7
 
 
-class WordTokenizer:
-    def __init__(self, words: list[str]) -> None:
-        self.vocab = ["<pad>", "<eos>", *words]
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.pad_token_id, self.eos_token_id = 0, 1
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[w] for w in text.split()]
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(self.vocab[i] for i in ids)
-
-
 def _model(tokenizer: WordTokenizer, max_positions: int = 32) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer.vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=max_positions,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama(len(tokenizer.vocab), max_positions=max_positions)
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ class WordTokenizer:
         return " ".join(self.vocab[i] for i in ids)
 
 
-def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
-    """A 2-layer, width-32 Llama with random weights (seeded)."""
+def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 32) -> Any:
+    """A 2-layer, width-32 Llama with random weights (seeded); also used by ``benchmarks/bench_grpo.py``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -33,7 +33,7 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=32,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=1,
