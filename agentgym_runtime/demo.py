@@ -145,7 +145,8 @@ def _grpo_steps(recorded: Any) -> list[_GrpoStep]:
         return []
     scenario, task = found
     tools = scenario.tools(scenario.new_world(task.world_seed))
-    worked = next((c for c in getattr(recorded, "tool_calls", []) if c.outcome == "ok" and c.name), None)
+    calls = list(getattr(recorded, "tool_calls", []))
+    worked = next((c for c in calls if c.outcome == "ok" and c.name), None) or _cut_short_call(calls, tools)
     call = render_call(worked.name, worked.arguments) if worked and isinstance(worked.arguments, dict) else None
     # The model reads numbers, names and emails as placeholders (see models.format.delexicalize) and
     # writes a space after "next:".
@@ -168,6 +169,32 @@ def _grpo_steps(recorded: Any) -> list[_GrpoStep]:
 
 
 _STEPS: dict[Any, list[_GrpoStep]] = {}
+
+
+@dataclass(frozen=True)
+class _Call:
+    name: str
+    arguments: dict[str, Any]
+    result: Any
+
+
+def _cut_short_call(calls: list[Any], tools: list[Any]) -> _Call | None:
+    """The first call if its JSON was cut short but what it meant runs: the call to guide towards.
+
+    An unparsable call ends a LangChain agent's turn, so such an episode never shows a recovery.
+    The trace still records the call's name and its arguments as the model wrote them; when they
+    are a complete object that passes the tool's schema and runs on a fresh world, the model had
+    the right call and only failed to finish the message's JSON. (Calls whose arguments the
+    schema rejects, a wrong type or a missing argument, stay unguided.)
+    """
+    from agentgym_runtime.models.format import ParsedCompletion, execute_call
+    from agentgym_runtime.semconv import ToolOutcome
+
+    first = calls[0] if calls else None
+    if first is None or first.outcome != ToolOutcome.INVALID_ARGUMENTS.value or not isinstance(first.arguments, dict):
+        return None
+    outcome, result, _ = execute_call(ParsedCompletion("tool_call", first.name, dict(first.arguments)), tools)
+    return _Call(first.name, dict(first.arguments), result) if outcome == ToolOutcome.OK.value else None
 
 
 def _grpo_step(recorded: Any, prompt: str | None) -> _GrpoStep | None:
@@ -213,9 +240,11 @@ def grpo_guide(recorded: Any, prompt: str | None = None) -> list[str]:
 
     In production the agent often recovers: its first call fails (say, the order id sent as
     ``"#1234"``), the tool's error comes back, and the next call succeeds. That successful call,
-    read from the trace, is what the first step should have been; for the answer step, the
-    episode's final answer when it was right. GRPO uses them as guides for groups where the
-    policy does not find them itself (see :mod:`agentgym_runtime.trainers.grpo`).
+    read from the trace, is what the first step should have been. A call whose JSON was cut short
+    ends the agent's turn, with no recovery to read; when the arguments the trace holds for it
+    pass the tool's schema and run, that call, written out whole, is the guide. For the answer
+    step, the episode's final answer when it was right. GRPO uses them as guides for groups where
+    the policy does not find them itself (see :mod:`agentgym_runtime.trainers.grpo`).
     """
     step = _grpo_step(recorded, prompt)
     return [] if step is None or step.guide is None else [step.guide]

@@ -34,7 +34,7 @@ from agentgym_runtime.semconv import ToolOutcome
 from agentgym_runtime.tools import Tool
 
 #: Bump when the format changes: it is part of the demo model's cache key.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_OBSERVATION_CHARS = 96
 
 
@@ -155,17 +155,18 @@ def render_observation(result: Any) -> str:
 
 
 _ENTITY = re.compile(
-    r"(?P<s><[enw]\d+>)"  # a slot already: left as it is (delexicalising twice changes nothing)
+    r"(?P<s><[enpw]\d+>)"  # a slot already: left as it is (delexicalising twice changes nothing)
+    r"|(?P<p>[A-Za-z_][\w.-]*(?:/[\w.-]*\w)+)"  # file paths (a slash inside a word): billing/tax.py
     r"|(?P<e>[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})"  # emails
     r"|(?P<n>\d+)"  # numbers (digit runs)
     r"|(?<=[a-z,\"] )(?P<w>[A-Z][a-z]+)"  # capitalised words inside a sentence: names
     r"|(?<=\")(?P<q>[A-Z][a-z]+)"  # capitalised JSON strings: names in tool results
 )
-_SLOT = re.compile(r"<([enw])(\d+)>")
+_SLOT = re.compile(r"<([enpw])(\d+)>")
 
 
 def delexicalize(text: str, slots: dict[str, str] | None = None, *, grow: bool = True) -> tuple[str, dict[str, str]]:
-    """Replace entities (numbers, emails, capitalised names) with slot tokens like ``<n1>``.
+    """Replace entities (numbers, emails, file paths, capitalised names) with slot tokens like ``<n1>``.
 
     The demo model reads and writes slots instead of copying digits and names character by
     character (a tiny model learns structure fast but copying slowly); :func:`relexicalize`
@@ -179,7 +180,7 @@ def delexicalize(text: str, slots: dict[str, str] | None = None, *, grow: bool =
     """
     slots = {} if slots is None else slots
     by_value = {v: k for k, v in slots.items()}
-    counts = {kind: sum(1 for k in slots if k[1] == kind) for kind in "enw"}
+    counts = {kind: sum(1 for k in slots if k[1] == kind) for kind in "enpw"}
 
     def replace(match: re.Match[str]) -> str:
         kind = match.lastgroup or "w"

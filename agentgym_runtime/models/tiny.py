@@ -3,7 +3,7 @@ r"""The tiny tool-calling causal LM of the demo: built from a config, trained he
 It stands in for the user's production model: a GPT-2-style transformer of about 0.3 million
 parameters (2 layers, width 96), with a byte-level BPE tokenizer trained locally on scenario
 text, warm-started for a few hundred steps on the scenario's train tasks (with systematic
-mistakes, see :mod:`agentgym_runtime.models.data`). Entities (numbers, emails, names) are
+mistakes, see :mod:`agentgym_runtime.models.data`). Entities (numbers, emails, paths, names) are
 delexicalised into slot tokens before the model sees them and put back in its output
 (:func:`~agentgym_runtime.models.format.delexicalize`): a model this small learns the call
 structure in minutes on a CPU but would need far longer to learn to copy digits. Nothing is

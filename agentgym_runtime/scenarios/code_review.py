@@ -21,10 +21,19 @@ from agentgym_runtime.tools import Tool, tool
 
 Verdict = Literal["approve", "request_changes"]
 
-_FILES: dict[Split, tuple[str, ...]] = {
-    "train": ("api/server.py", "api/routes.py", "core/cache.py", "core/models.py", "utils/strings.py"),
-    "heldout": ("billing/invoice.py", "billing/tax.py", "auth/session.py", "auth/tokens.py", "jobs/queue.py"),
-}
+#: Files are shared by both splits: the splits differ by pull request (number, author, files touched).
+_FILES = (
+    "api/server.py",
+    "api/routes.py",
+    "core/cache.py",
+    "core/models.py",
+    "utils/strings.py",
+    "billing/invoice.py",
+    "billing/tax.py",
+    "auth/session.py",
+    "auth/tokens.py",
+    "jobs/queue.py",
+)
 _ID_RANGES: dict[Split, tuple[int, int]] = {"train": (100, 499), "heldout": (500, 999)}
 _LINT_CODES = ("E501", "F401", "W605", "E711", "B006")
 
@@ -49,19 +58,33 @@ class RepoWorld:
     comments: list[dict[str, Any]] = field(default_factory=list)
 
 
-_TEMPLATES: dict[Split, dict[str, tuple[str, ...]]] = {
-    "train": {
-        "diff": ("Show me the diff of PR {ref}.", "What changed in pull request {ref}?"),
-        "lint": ("Run the linter on {path} in PR {ref}.", "Lint file {path} of PR {ref}."),
-        "approve": ("PR {ref} looks good, approve it.", "Please approve pull request {ref}."),
-        "reject": ("Request changes on PR {ref}: {why}.", "Block PR {ref}, {why}."),
-    },
-    "heldout": {
-        "diff": ("Which files does PR {ref} touch?", "Give me the changes in PR {ref}."),
-        "lint": ("Check {path} in PR {ref} with the linter.", "Any lint problems in {path} of PR {ref}?"),
-        "approve": ("Ship it: approve PR {ref}.", "Mark PR {ref} as approved."),
-        "reject": ("PR {ref} needs work, request changes: {why}.", "Send PR {ref} back, {why}."),
-    },
+#: Request phrasings, shared by both splits, which differ by pull request (a tiny demo model does not
+#: generalise to unseen phrasings; a real model's held-out set may differ more).
+_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "diff": (
+        "Show me the diff of PR {ref}.",
+        "What changed in pull request {ref}?",
+        "Which files does PR {ref} touch?",
+        "Give me the changes in PR {ref}.",
+    ),
+    "lint": (
+        "Run the linter on {path} in PR {ref}.",
+        "Lint file {path} of PR {ref}.",
+        "Check {path} in PR {ref} with the linter.",
+        "Any lint problems in {path} of PR {ref}?",
+    ),
+    "approve": (
+        "PR {ref} looks good, approve it.",
+        "Please approve pull request {ref}.",
+        "Ship it: approve PR {ref}.",
+        "Mark PR {ref} as approved.",
+    ),
+    "reject": (
+        "Request changes on PR {ref}: {why}.",
+        "Block PR {ref}, {why}.",
+        "PR {ref} needs work, request changes: {why}.",
+        "Send PR {ref} back, {why}.",
+    ),
 }
 #: Phrasings that provoke the demo model's systematic mistakes (the same in both splits).
 _PITFALL_TEMPLATES: dict[str, str] = {
@@ -99,7 +122,7 @@ class CodeReviewScenario(Scenario):
         for split in ("train", "heldout"):
             low, high = _ID_RANGES[split]
             for pr_id in sorted(rng.sample(range(low, high + 1), 60)):
-                files = tuple(sorted(rng.sample(_FILES[split], 2)))
+                files = tuple(sorted(rng.sample(_FILES, 2)))
                 lint = {f: sorted(rng.sample(_LINT_CODES, rng.randint(0, 2))) for f in files}
                 world.pulls[pr_id] = PullRequest(pr_id, rng.choice(("kim", "lou", "max")), files, lint, split=split)
         return world
@@ -187,7 +210,7 @@ class CodeReviewScenario(Scenario):
         if pitfall is None and rng.random() < 0.15:
             ref, pitfall = f"#{ref}", "wrong_type"
         template = _PITFALL_TEMPLATES.get(intent) if pitfall not in (None, "wrong_type") else None
-        prompt = (template or rng.choice(_TEMPLATES[split][intent])).format(ref=ref, path=path, why=why)
+        prompt = (template or rng.choice(_TEMPLATES[intent])).format(ref=ref, path=path, why=why)
         return {
             "prompt": prompt,
             "expected_calls": tuple(calls),

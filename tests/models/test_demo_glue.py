@@ -89,3 +89,33 @@ def test_an_episode_where_nothing_worked_gives_only_the_call_step_and_no_guide()
     assert grpo_guide(wrong_answer, prompt=answer_prompt) == []
     # An episode that is not a scenario task gives nothing to train on.
     assert grpo_prompt(Recorded(episode_id="other", agent="x", input={"question": "hi"})) == []
+
+
+def test_a_call_whose_json_was_cut_short_guides_towards_the_same_call_written_whole() -> None:
+    """No recovery follows an unparsable call; its recorded arguments, if they run, are the guide."""
+    scenario = get_scenario("code_review")
+    task = next(t for t in scenario.tasks("heldout", 300, seed=3) if t.pitfall == "malformed_json")
+    expected = task.expected_calls[0]
+    raw = render_call(expected.name, expected.arguments)[:-1]  # what version 0 writes: the last brace is missing
+    parsed = parse_completion(raw)
+    assert parsed.arguments is None and parsed.error == "arguments are not valid JSON"
+    cut_short = RecordedToolCall(
+        name=expected.name, arguments=dict(expected.arguments), outcome="invalid_arguments", error_type="ValueError"
+    )
+    recorded = _recorded(task, [cut_short], "Request changes failed.", "cut-short")
+    call_prompt, answer_prompt = grpo_prompt(recorded)
+    [guide] = grpo_guide(recorded, prompt=call_prompt)
+    assert guide == " " + render_call(expected.name, {**expected.arguments, "pr_id": "<n1>"}).replace('"<n1>"', "<n1>")
+    assert grpo_reward(recorded, guide, prompt=call_prompt) == 1.0
+    assert grpo_reward(recorded, guide[:-1], prompt=call_prompt) == 0.1  # cut short again: invalid arguments
+    # the answer step is trained too (the call's result is replayed), but the episode's answer was wrong
+    assert '"state": "changes_requested"' in answer_prompt
+    assert grpo_guide(recorded, prompt=answer_prompt) == []
+
+    # Arguments the tool's schema rejects are no guide: that call was wrong, not cut short.
+    wrong = RecordedToolCall(
+        name=expected.name, arguments={"pr_id": f"#{expected.arguments['pr_id']}"}, outcome="invalid_arguments"
+    )
+    rejected = _recorded(task, [wrong], None, "rejected")
+    assert grpo_prompt(rejected) == [call_prompt]
+    assert grpo_guide(rejected, prompt=call_prompt) == []

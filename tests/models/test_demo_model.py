@@ -204,3 +204,17 @@ def test_raw_model_path_used_by_grpo_scores_slotted_completions(demo: DemoModel)
     assert "<n1>" in completion  # the model writes slots ...
     score = score_completion(task, completion)  # ... and scoring fills them from the task's prompt
     assert score.outcome == "ok" and score.matches_expected and score.reward == 1.0
+
+
+@pytest.mark.parametrize("name", ["code_review", "qa_testing"])
+def test_every_scenario_builds_a_version_0_with_60_to_70_percent_reliability(name: str, demo_home: Path) -> None:
+    """The other scenarios' demo models: the same recipe lands their version 0 in the same band."""
+    model = load_or_build_demo_model(name, home=demo_home, seed=0)
+    assert model.path == demo_home / "models" / f"{name}-tiny"
+    result = evaluate_model(model, name, "heldout", n=240, seed=0)
+    assert result.episodes == 240
+    assert 0.55 <= result.tool_reliability <= 0.75, result.to_dict()
+    for outcome in ("unknown_tool", "invalid_arguments"):
+        assert result.outcomes.get(outcome, 0) > 0, result.outcomes
+    assert result.task_success >= 0.5
+    assert result.llm_calls_per_episode > 2.0

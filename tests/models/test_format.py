@@ -24,6 +24,14 @@ def test_delexicalize_round_trip_and_idempotence() -> None:
     assert relexicalize("<n9> stays", slots) == "<n9> stays"
 
 
+def test_file_paths_are_slots_without_the_sentence_full_stop() -> None:
+    text = 'Quick lint of PR 897: billing/invoice.py. {"files": ["billing/invoice.py", "api/v2/server.py"]}'
+    slotted, slots = delexicalize(text)
+    assert slotted == 'Quick lint of PR <n1>: <p1>. {"files": ["<p1>", "<p2>"]}'
+    assert slots == {"<n1>": "897", "<p1>": "billing/invoice.py", "<p2>": "api/v2/server.py"}
+    assert relexicalize('{"path": "<p2>"}', slots) == '{"path": "api/v2/server.py"}'
+
+
 def test_prompt_format_and_parsing() -> None:
     step = Step(render_call("get_order", {"order_id": 5}), '{"status": "shipped"}')
     assert render_prompt("Where is order 5?", ["get_order", "cancel_order"], [step]) == (
