@@ -22,6 +22,13 @@ def demo(
         6.0, "--minutes", "-m", min=0.5, help="Serving time budget (the demo ends earlier once a version is promoted)."
     ),
     users: int = typer.Option(3, "--users", min=1, max=16, help="Concurrent simulated users."),
+    promotions: int = typer.Option(
+        1,
+        "--promotions",
+        min=1,
+        max=5,
+        help="Promotions to wait for: each further round trains on from the live version (about 4 min each).",
+    ),
     home: Path | None = typer.Option(None, "--home", help="agentgym home (default ./.agentgym)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the tasks and the trainer."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object on the last line."),
@@ -40,7 +47,7 @@ def demo(
     except ScenarioNotFoundError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    config = DemoConfig(scenario=scenario, minutes=minutes, users=users, home=home, seed=seed)
+    config = DemoConfig(scenario=scenario, minutes=minutes, users=users, home=home, seed=seed, promotions=promotions)
     if as_json or not console.is_terminal:
         run = Demo(config, on_update=None)
         summary = run.run()

@@ -95,6 +95,12 @@ class GRPOConfig(BaseModel):
         failed_episode_weight: How much more often :class:`GRPOTrainer` draws the prompt of a
             recorded episode with a failed tool call than one without (1: uniform). The failures
             are where there is something to learn.
+        skip_uniform_groups: Leave out of the optimiser step the groups whose samples (guides
+            included) all earned the same reward (DAPO's dynamic sampling, without the resampling):
+            their advantages are all zero, so their only gradient is the KL term's, and on a model
+            that already handles most prompts they are most of the batch. The loss keeps the full
+            batch's scale, so the other groups' gradients are unchanged. Dropping them made a
+            round about twice as fast on the demo model.
         continue_from_base: When the live policy has a LoRA adapter (``spec.base_adapter``), train
             on from it instead of from a fresh one, so each candidate improves on what serves now
             (its rank and scale then come from that adapter, not ``lora_r``/``lora_alpha``).
@@ -120,6 +126,7 @@ class GRPOConfig(BaseModel):
     max_guides_per_group: int = Field(default=1, ge=0)
     guide_below: float = Field(default=0.5, gt=0, le=1)
     failed_episode_weight: float = Field(default=1.0, gt=0)
+    skip_uniform_groups: bool = True
     continue_from_base: bool = True
     seed: int = 0
 
@@ -170,6 +177,7 @@ def grpo_loss(
     clip_epsilon: float,
     beta: float,
     on_policy: Any = None,
+    batch_size: int | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """GRPO loss: clipped policy-gradient term + ``beta`` * k3 KL to the reference, mean over completion tokens.
 
@@ -183,6 +191,9 @@ def grpo_loss(
         beta: KL weight.
         on_policy: 1 for sequences sampled from the policy, 0 for recorded (guide) ones ``[B]``;
             the KL term counts only the former. Default: all on-policy.
+        batch_size: Sequences the batch had before uniform-reward groups were left out: the
+            loss is the sum over the ``B`` sequences given divided by this (default ``B``), so
+            leaving out groups with zero advantages does not scale up the others' gradients.
 
     Example:
         >>> import torch
@@ -208,7 +219,7 @@ def grpo_loss(
     if beta:
         per_token = per_token + beta * kl * (kl_mask if on_policy is not None else 1.0)
     per_sequence = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
-    loss = per_sequence.mean()
+    loss = per_sequence.sum() / (batch_size or per_sequence.shape[0])
     clipped_tokens = ((ratio - 1).abs() > clip_epsilon).float() * kl_mask
     stats = {
         "kl": float(((kl * kl_mask).sum() / kl_mask.sum().clamp(min=1)).detach()),
@@ -231,6 +242,21 @@ def group_advantages(rewards: Sequence[float], group_size: int, eps: float = 1e-
         std = math.sqrt(sum((r - mean) ** 2 for r in group) / len(group))
         out.extend((r - mean) / (std + eps) for r in group)
     return out
+
+
+def _rows_of_informative_groups(rewards: Sequence[float], group_size: int) -> list[int]:
+    """Indices of the rows of every group whose rewards are not all equal (the groups with signal).
+
+    Example:
+        >>> _rows_of_informative_groups([1.0, 1.0, 0.0, 1.0, 0.5, 0.5], 2)
+        [2, 3]
+    """
+    rows: list[int] = []
+    for start in range(0, len(rewards), group_size):
+        group = rewards[start : start + group_size]
+        if max(group) - min(group) > 1e-9:
+            rows.extend(range(start, start + len(group)))
+    return rows
 
 
 class Samples(NamedTuple):
@@ -474,6 +500,7 @@ def grpo_train(
         weights = torch.tensor(list(prompt_weights), dtype=torch.float64)
     guide_cache: dict[int, list[tuple[list[int], float]]] = {}
     guided = 0
+    skipped_groups = 0
 
     def guides_of(index: int) -> list[tuple[list[int], float]]:
         # Tokenised once per prompt, scored with the same reward as the samples.
@@ -511,11 +538,23 @@ def grpo_train(
         )
         guided += on_policy.count(False)
         attention = drawn.attention(mask.shape[1])
+        advantages_list = group_advantages(rewards, n)
+        if config.skip_uniform_groups:
+            rows = _rows_of_informative_groups(rewards, n)
+            skipped_groups += (len(rewards) - len(rows)) // n
+            if not rows:
+                report(0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: no signal")
+                continue
+            if len(rows) < len(rewards):
+                keep = torch.tensor(rows, device=sequences.device)
+                sequences, mask, attention = sequences[keep], mask[keep], attention[keep]
+                advantages_list = [advantages_list[r] for r in rows]
+                on_policy = [on_policy[r] for r in rows]
         with torch.no_grad():
             old = _token_logprobs(peft_model, sequences, attention, drawn.prompt_length)
             with peft_model.disable_adapter():
                 ref = _token_logprobs(peft_model, sequences, attention, drawn.prompt_length)
-        advantages = torch.tensor(group_advantages(rewards, n), device=device)
+        advantages = torch.tensor(advantages_list, device=device)
         flags = torch.tensor(on_policy, dtype=torch.float32, device=device)
         peft_model.train()
         for _ in range(config.inner_steps):
@@ -530,6 +569,7 @@ def grpo_train(
                 clip_epsilon=config.clip_epsilon,
                 beta=config.beta,
                 on_policy=flags,
+                batch_size=len(rewards),
             )
             loss.backward()
             optimiser.step()
@@ -545,6 +585,7 @@ def grpo_train(
         "train_reward_last_step": rewards_per_step[-1],
         "samples": samples,
         "guided_samples": guided,
+        "skipped_groups": skipped_groups,
         "samples_per_second": samples / elapsed if elapsed > 0 else None,
         "train_seconds": elapsed,
         "final_kl": stats.get("kl"),

@@ -9,7 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_loss, grpo_train, insert_guides, save_adapter  # noqa: E402
+from agentgym_runtime.trainers.grpo import (  # noqa: E402
+    GRPOConfig,
+    _rows_of_informative_groups,
+    grpo_loss,
+    grpo_train,
+    insert_guides,
+    save_adapter,
+)
 from tests.trainers.toy_lm import WordTokenizer, tiny_llama  # noqa: E402
 
 
@@ -91,6 +98,7 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
         _model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
     )
     assert plain["guided_samples"] == 0
+    assert plain["skipped_groups"] == config.steps * config.prompts_per_step  # no group ever had signal
     assert plain["heldout_reward_before"] == 0.0
     assert plain["heldout_reward_after"] == 0.0  # nothing to learn from equal rewards
     assert guided["guided_samples"] > 0
@@ -125,3 +133,34 @@ def test_prompt_weights_are_checked() -> None:
             GRPOConfig(steps=1, max_new_tokens=2),
             prompt_weights=[1.0],
         )
+
+
+def test_groups_whose_rewards_are_all_equal_are_left_out_of_the_step() -> None:
+    # Groups of three: all right, mixed (a guide entered), all wrong, mixed by a hair.
+    rewards = [1.0, 1.0, 1.0, 0.1, 1.0, 0.1, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5000001]
+    assert _rows_of_informative_groups(rewards, 3) == [3, 4, 5, 9, 10, 11]
+    assert _rows_of_informative_groups([0.2, 0.2], 2) == []
+
+
+def test_with_skipping_off_uniform_groups_still_take_a_step() -> None:
+    tokenizer, train, _ = _toy()
+    config = GRPOConfig(steps=2, group_size=2, prompts_per_step=2, max_new_tokens=2, skip_uniform_groups=False)
+    _, metrics = grpo_train(_model(tokenizer), tokenizer, train, lambda i, c: 0.0, config)
+    assert metrics["skipped_groups"] == 0
+    # final_kl is set by optimiser steps only (None when every round was skipped): the steps ran, with
+    # the KL term alone acting, and a fresh adapter equals the base, so the KL stays 0.
+    assert metrics["final_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_loss_keeps_the_full_batch_scale_when_groups_are_left_out() -> None:
+    logps = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.25]]))
+    advantages = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 2)
+    full, _ = grpo_loss(logps, logps, logps, advantages, mask, clip_epsilon=0.2, beta=0.0)
+    assert float(full) == pytest.approx(0.0)  # ratio 1: -(1 * 1) - (1 * -1), over two sequences
+    first, _ = grpo_loss(logps[:1], logps[:1], logps[:1], advantages[:1], mask[:1], clip_epsilon=0.2, beta=0.0)
+    kept, _ = grpo_loss(
+        logps[:1], logps[:1], logps[:1], advantages[:1], mask[:1], clip_epsilon=0.2, beta=0.0, batch_size=4
+    )
+    assert float(first) == pytest.approx(-1.0)
+    assert float(kept) == pytest.approx(-0.25)  # the same row, as one of four sequences
