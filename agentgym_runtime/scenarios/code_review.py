@@ -207,7 +207,7 @@ class CodeReviewScenario(Scenario):
             if rng.random() < 0.3:
                 pitfall = "malformed_json"
         ref = str(pull.pr_id)
-        if pitfall is None and rng.random() < 0.15:
+        if pitfall is None and rng.random() < 0.25:
             ref, pitfall = f"#{ref}", "wrong_type"
         template = _PITFALL_TEMPLATES.get(intent) if pitfall not in (None, "wrong_type") else None
         prompt = (template or rng.choice(_TEMPLATES[intent])).format(ref=ref, path=path, why=why)

@@ -181,7 +181,7 @@ class QATestingScenario(Scenario):
         elif intent == "run":
             calls = [ExpectedCall("run_test", {"test_id": test.test_id})]
             answer = "passed" if test.passes else "failed"
-            if rng.random() < 0.4:
+            if rng.random() < 0.5:
                 pitfall = "wrong_type"
         else:
             severity = rng.choice(("minor", "major", "critical"))

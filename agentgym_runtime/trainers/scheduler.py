@@ -137,6 +137,11 @@ class TrainingConfig(BaseModel):
         python: Interpreter for the job (default: the serving process's).
         canary_share: Serve each new candidate to this share of episodes right away (sticky per
             session); the router's gate then promotes or rolls it back. ``None``: stays a candidate.
+        max_heldout_drop: The offline gate before the canary: a candidate whose reward on the
+            snapshot's held-out split (``heldout_reward_before``/``_after`` in the trainer's metrics)
+            fell by more than this is registered but not canaried, with the reason recorded, so
+            live traffic never sees a version its own trainer measured worse. ``None``: no check.
+            The default tolerates the seeded evaluation's noise (about 0.02 on the demo).
         entrypoint: ``module:qualname`` of the agent (filled from the decorator).
         scenario: Scenario name (filled from the decorator).
 
@@ -157,6 +162,7 @@ class TrainingConfig(BaseModel):
     heldout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     python: str | None = None
     canary_share: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_heldout_drop: float | None = Field(default=0.02, ge=0.0)
     entrypoint: str | None = None
     scenario: str | None = None
 
@@ -904,8 +910,9 @@ class TrainingScheduler:
                         f"its result is {output_dir / RESULT_NAME}"
                     )
                 else:
-                    run.reason = None
-                    self._start_canary(config, run)
+                    run.reason = _heldout_drop(run.metrics, config.max_heldout_drop)
+                    if run.reason is None:
+                        self._start_canary(config, run)
         self._update(store, run, ended=True)
 
     def _served_policy(self, agent: str) -> Policy:
@@ -997,6 +1004,23 @@ def _local_backend(config: TrainingConfig) -> Backend:
     from agentgym_runtime.trainers.backends import LocalBackend
 
     return LocalBackend(python=config.python)
+
+
+def _heldout_drop(metrics: Mapping[str, Any], tolerance: float | None) -> str | None:
+    """Why a candidate must not be canaried: its held-out reward fell by more than ``tolerance``.
+
+    Example:
+        >>> _heldout_drop({"heldout_reward_before": 0.70, "heldout_reward_after": 0.63}, 0.02)
+        'held-out reward fell from 0.700 to 0.630 on the snapshot: candidate registered, not canaried'
+        >>> _heldout_drop({"heldout_reward_before": 0.70, "heldout_reward_after": 0.69}, 0.02) is None
+        True
+    """
+    before, after = metrics.get("heldout_reward_before"), metrics.get("heldout_reward_after")
+    if tolerance is None or not isinstance(before, int | float) or not isinstance(after, int | float):
+        return None
+    if after >= before - tolerance:
+        return None
+    return f"held-out reward fell from {before:.3f} to {after:.3f} on the snapshot: candidate registered, not canaried"
 
 
 def _register_candidate(

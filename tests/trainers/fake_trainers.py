@@ -39,7 +39,7 @@ class PromptTrainer:
                 "train_tasks": len(train),
                 "heldout_tasks": len(heldout),
                 "heldout_reward_before": sum(rewards) / len(rewards) if rewards else None,
-                "heldout_reward_after": 1.0,
+                "heldout_reward_after": float(spec.options.get("heldout_reward_after", 1.0)),
                 "device": spec.device,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             },

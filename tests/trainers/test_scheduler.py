@@ -533,3 +533,33 @@ def test_the_job_derives_from_the_served_policy_and_waits_while_a_canary_is_deci
     assert forced.status == "succeeded", forced.error
     # The canary does not serve the non-canary episodes: the job still derives from live v1.
     assert json.loads(run_row(agentgym_runtime, forced.run_id)["metrics"])["base_policy_version"] == 1
+
+
+def test_a_candidate_its_trainer_measured_worse_is_registered_but_not_canaried(
+    agentgym_runtime: Runtime, recorded: Recorded
+) -> None:
+    serve(6)  # every episode's reward is 1.0: the held-out reward before training is 1.0
+    worse = config(
+        "PromptTrainer",
+        canary_share=0.5,
+        trainer_options={"trainer_class": f"{FAKES}:PromptTrainer", "heldout_reward_after": 0.9},
+    )
+    run = agentgym_runtime.scheduler.run_now("support", config=worse)
+    assert run.status == "succeeded", run.error
+    assert run.candidate_version == 1
+    assert run.reason == (
+        "held-out reward fell from 1.000 to 0.900 on the snapshot: candidate registered, not canaried"
+    )
+    assert run_row(agentgym_runtime, run.run_id)["reason"] == run.reason
+    state = agentgym_runtime.policies.read_state("support")
+    assert state is not None and state.canary is None and state.live == 0
+    assert [e.to_status for e in agentgym_runtime.policies.events("support")] == ["candidate"]
+
+    # Within the tolerance (the evaluation's noise), or with the check off, the canary starts.
+    serve(6, start=6)
+    noisy = worse.model_copy(
+        update={"trainer_options": {"trainer_class": f"{FAKES}:PromptTrainer", "heldout_reward_after": 0.99}}
+    )
+    kept = agentgym_runtime.scheduler.run_now("support", config=noisy)
+    assert kept.reason is None and kept.candidate_version == 2
+    assert agentgym_runtime.policies.read_state("support").canary == 2
