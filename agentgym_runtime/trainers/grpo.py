@@ -101,6 +101,11 @@ class GRPOConfig(BaseModel):
             that already handles most prompts they are most of the batch. The loss keeps the full
             batch's scale, so the other groups' gradients are unchanged. Dropping them made a
             round about twice as fast on the demo model.
+        eval_every: Measure the held-out reward every this many rounds (0: only before and after)
+            and return the adapter of the best measurement, the start included: RL on a small
+            model can peak and then degrade (on the demo model, one seed went from 98% held-out tool
+            reliability at 80 rounds to 86% at 160), and a job should not ship the degraded end.
+            ``metrics["best_step"]`` says which round was kept. Needs held-out prompts.
         continue_from_base: When the live policy has a LoRA adapter (``spec.base_adapter``), train
             on from it instead of from a fresh one, so each candidate improves on what serves now
             (its rank and scale then come from that adapter, not ``lora_r``/``lora_alpha``).
@@ -127,6 +132,7 @@ class GRPOConfig(BaseModel):
     guide_below: float = Field(default=0.5, gt=0, le=1)
     failed_episode_weight: float = Field(default=1.0, gt=0)
     skip_uniform_groups: bool = True
+    eval_every: int = Field(default=0, ge=0)
     continue_from_base: bool = True
     seed: int = 0
 
@@ -485,6 +491,10 @@ def grpo_train(
         peft_model = get_peft_model(model, lora).to(device)
     heldout_fn = heldout_reward or train_reward
     before = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
+    selecting = bool(config.eval_every and heldout_prompts)
+    trainable = [(name, p) for name, p in peft_model.named_parameters() if p.requires_grad]
+    best_reward, best_step = before, 0
+    best_state = [p.detach().clone() for _, p in trainable] if selecting else None
     optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
     sampler = _Sampler(peft_model, tokenizer, config, device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -576,11 +586,26 @@ def grpo_train(
         report(
             0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: reward {rewards_per_step[-1]:.3f}"
         )
+        if selecting and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            measured = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
+            if measured > best_reward:
+                best_reward, best_step = measured, step + 1
+                best_state = [p.detach().clone() for _, p in trainable]
     elapsed = time.perf_counter() - started
     after = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
+    last_step = after
+    if selecting and best_state is not None and after < best_reward:
+        with torch.no_grad():
+            for (_, parameter), saved in zip(trainable, best_state, strict=True):
+                parameter.copy_(saved)
+        after = best_reward
+    else:
+        best_step = config.steps
     metrics: dict[str, Any] = {
         "heldout_reward_before": before,
         "heldout_reward_after": after,
+        "heldout_reward_last_step": last_step,
+        "best_step": best_step,
         "train_reward_first_step": rewards_per_step[0],
         "train_reward_last_step": rewards_per_step[-1],
         "samples": samples,

@@ -140,7 +140,8 @@ class TrainingConfig(BaseModel):
         max_heldout_drop: The offline gate before the canary: a candidate whose reward on the
             snapshot's held-out split (``heldout_reward_before``/``_after`` in the trainer's metrics)
             fell by more than this is registered but not canaried, with the reason recorded, so
-            live traffic never sees a version its own trainer measured worse. ``None``: no check.
+            live traffic never sees a version its own trainer measured worse (nor one that kept its
+            starting point: ``best_step`` 0). ``None``: no check.
             The default tolerates the seeded evaluation's noise (about 0.02 on the demo).
         entrypoint: ``module:qualname`` of the agent (filled from the decorator).
         scenario: Scenario name (filled from the decorator).
@@ -1014,10 +1015,14 @@ def _heldout_drop(metrics: Mapping[str, Any], tolerance: float | None) -> str | 
         'held-out reward fell from 0.700 to 0.630 on the snapshot: candidate registered, not canaried'
         >>> _heldout_drop({"heldout_reward_before": 0.70, "heldout_reward_after": 0.69}, 0.02) is None
         True
+        >>> _heldout_drop({"heldout_reward_before": 0.7, "heldout_reward_after": 0.7, "best_step": 0}, 0.02)
+        'no round beat the starting held-out reward (0.700): candidate registered, not canaried'
     """
     before, after = metrics.get("heldout_reward_before"), metrics.get("heldout_reward_after")
     if tolerance is None or not isinstance(before, int | float) or not isinstance(after, int | float):
         return None
+    if metrics.get("best_step") == 0:  # the trainer kept its starting point: nothing new to serve
+        return f"no round beat the starting held-out reward ({before:.3f}): candidate registered, not canaried"
     if after >= before - tolerance:
         return None
     return f"held-out reward fell from {before:.3f} to {after:.3f} on the snapshot: candidate registered, not canaried"

@@ -164,3 +164,50 @@ def test_the_loss_keeps_the_full_batch_scale_when_groups_are_left_out() -> None:
     )
     assert float(first) == pytest.approx(-1.0)
     assert float(kept) == pytest.approx(-0.25)  # the same row, as one of four sequences
+
+
+def test_eval_every_returns_the_best_measured_round_and_never_one_worse_than_the_start() -> None:
+    tokenizer, train, heldout = _toy()
+    config = GRPOConfig(
+        steps=20,
+        group_size=4,
+        prompts_per_step=4,
+        max_new_tokens=4,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+        eval_samples=8,
+        eval_every=5,
+    )
+
+    def wanted(index: int, completion: str) -> float:
+        return 1.0 if completion == "g h c" else 0.0
+
+    # Training towards what the held-out reward wants: a later round is kept, and it is the best measured.
+    _, helped = grpo_train(
+        _model(tokenizer), tokenizer, train, wanted, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
+    )
+    assert helped["best_step"] in (5, 10, 15, 20)
+    assert helped["heldout_reward_after"] >= helped["heldout_reward_last_step"]
+    assert helped["heldout_reward_after"] > helped["heldout_reward_before"]
+
+    # Training towards the opposite of what the held-out reward wants: the start is kept, weights untouched.
+    def unwanted(index: int, completion: str) -> float:
+        return 0.0 if completion == "g h c" else 1.0
+
+    model, hurt = grpo_train(
+        _model(tokenizer),
+        tokenizer,
+        train,
+        wanted,
+        config,
+        heldout_prompts=heldout,
+        heldout_reward=unwanted,
+        guides=lambda i: ["g h c"],
+    )
+    assert hurt["best_step"] == 0
+    assert hurt["heldout_reward_after"] == hurt["heldout_reward_before"]
+    assert hurt["heldout_reward_last_step"] < hurt["heldout_reward_before"]
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(float(p.detach().abs().max()) == 0.0 for p in lora_b)  # a fresh adapter is zero in B

@@ -563,3 +563,20 @@ def test_a_candidate_its_trainer_measured_worse_is_registered_but_not_canaried(
     kept = agentgym_runtime.scheduler.run_now("support", config=noisy)
     assert kept.reason is None and kept.candidate_version == 2
     assert agentgym_runtime.policies.read_state("support").canary == 2
+
+
+def test_the_offline_gate_reasons() -> None:
+    from agentgym_runtime.trainers.scheduler import _heldout_drop
+
+    fell = {"heldout_reward_before": 0.70, "heldout_reward_after": 0.63}
+    assert _heldout_drop(fell, 0.02) == (
+        "held-out reward fell from 0.700 to 0.630 on the snapshot: candidate registered, not canaried"
+    )
+    assert _heldout_drop(fell, 0.10) is None
+    assert _heldout_drop(fell, None) is None
+    kept_start = {"heldout_reward_before": 0.7, "heldout_reward_after": 0.7, "best_step": 0}
+    assert _heldout_drop(kept_start, 0.02) == (
+        "no round beat the starting held-out reward (0.700): candidate registered, not canaried"
+    )
+    assert _heldout_drop({**kept_start, "best_step": 40}, 0.02) is None
+    assert _heldout_drop({"heldout_reward_after": 0.5}, 0.02) is None  # a trainer without held-out numbers
