@@ -36,10 +36,26 @@ def _model(tokenizer: WordTokenizer, max_positions: int = 32) -> Any:
     return tiny_llama(len(tokenizer.vocab), max_positions=max_positions)
 
 
+def _toy_config() -> Any:
+    from agentgym_runtime.trainers.grpo import GRPOConfig
+
+    return GRPOConfig(
+        steps=1,
+        group_size=8,
+        prompts_per_step=4,
+        max_new_tokens=3,
+        learning_rate=5e-2,
+        lora_r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+        eval_samples=1,
+    )
+
+
 def main() -> None:
     import torch
 
-    from agentgym_runtime.trainers.grpo import GRPOConfig, _Sampler, grpo_train, resolve_device
+    from agentgym_runtime.trainers.grpo import _Sampler, grpo_train, resolve_device
 
     device = resolve_device("auto")
     tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
@@ -51,17 +67,7 @@ def main() -> None:
     def reward(index: int, completion: str) -> float:
         return 1.0 if completion.split()[:1] == ["ok"] else 0.0
 
-    config = GRPOConfig(
-        steps=1,
-        group_size=8,
-        prompts_per_step=4,
-        max_new_tokens=3,
-        learning_rate=5e-2,
-        lora_r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        eval_samples=1,
-    )
+    config = _toy_config()
     model = _model(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     sampler_model = _model(tokenizer).to(device).eval()
@@ -152,7 +158,7 @@ def skip_uniform_groups_side_by_side() -> None:
     Half of the prompts are already solved (every sample earns 1: their groups have zero
     advantages), as on a model that handles most requests and errs on a few phrasings.
     """
-    from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_train
+    from agentgym_runtime.trainers.grpo import grpo_train
 
     tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
     rng = random.Random(1)
@@ -162,17 +168,7 @@ def skip_uniform_groups_side_by_side() -> None:
     def reward(index: int, completion: str) -> float:
         return 1.0 if index % 2 == 0 or completion.split()[:1] == ["ok"] else 0.0
 
-    config = GRPOConfig(
-        steps=10,
-        group_size=8,
-        prompts_per_step=8,
-        max_new_tokens=3,
-        learning_rate=5e-2,
-        lora_r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        eval_samples=4,
-    )
+    config = _toy_config().model_copy(update={"steps": 10, "prompts_per_step": 8, "eval_samples": 4})
     timings: dict[bool, list[float]] = {True: [], False: []}
     results: dict[bool, dict[str, Any]] = {}
     for _ in range(3):

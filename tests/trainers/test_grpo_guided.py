@@ -69,6 +69,20 @@ def _toy() -> tuple[WordTokenizer, list[str], list[str]]:
     return tokenizer, prompts[:16], prompts[16:22]
 
 
+#: 50 rounds of 4 prompts x 4 samples, LoRA on the toy Llama's attention and MLP output and head.
+TOY_CONFIG = GRPOConfig(
+    steps=50,
+    group_size=4,
+    prompts_per_step=4,
+    max_new_tokens=4,
+    learning_rate=5e-3,
+    lora_r=4,
+    lora_alpha=8,
+    target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+    eval_samples=8,
+)
+
+
 def _model(tokenizer: WordTokenizer) -> object:
     return tiny_llama(len(tokenizer.vocab))
 
@@ -82,17 +96,7 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
     def reward(index: int, completion: str) -> float:
         return 1.0 if completion == "g h c" else 0.0
 
-    config = GRPOConfig(
-        steps=50,
-        group_size=4,
-        prompts_per_step=4,
-        max_new_tokens=4,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        eval_samples=8,
-    )
+    config = TOY_CONFIG
     _, plain = grpo_train(_model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout)
     trained, guided = grpo_train(
         _model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
@@ -168,18 +172,7 @@ def test_the_loss_keeps_the_full_batch_scale_when_groups_are_left_out() -> None:
 
 def test_eval_every_returns_the_best_measured_round_and_never_one_worse_than_the_start() -> None:
     tokenizer, train, heldout = _toy()
-    config = GRPOConfig(
-        steps=20,
-        group_size=4,
-        prompts_per_step=4,
-        max_new_tokens=4,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        eval_samples=8,
-        eval_every=5,
-    )
+    config = TOY_CONFIG.model_copy(update={"steps": 20, "eval_every": 5})
 
     def wanted(index: int, completion: str) -> float:
         return 1.0 if completion == "g h c" else 0.0
