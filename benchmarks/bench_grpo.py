@@ -152,48 +152,6 @@ class _NoEos(WordTokenizer):
         self.eos_token_id = -1  # never sampled
 
 
-def skip_uniform_groups_side_by_side() -> None:
-    """Rounds with and without leaving uniform-reward groups out of the update, interleaved.
-
-    Half of the prompts are already solved (every sample earns 1: their groups have zero
-    advantages), as on a model that handles most requests and errs on a few phrasings.
-    """
-    from agentgym_runtime.trainers.grpo import grpo_train
-
-    tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
-    rng = random.Random(1)
-    letters = ["a", "b", "c", "d", "e", "f", "g", "h"]
-    prompts = list(dict.fromkeys(" ".join(rng.choice(letters) for _ in range(3)) for _ in range(40)))[:16]
-
-    def reward(index: int, completion: str) -> float:
-        return 1.0 if index % 2 == 0 or completion.split()[:1] == ["ok"] else 0.0
-
-    config = _toy_config().model_copy(update={"steps": 10, "prompts_per_step": 8, "eval_samples": 4})
-    timings: dict[bool, list[float]] = {True: [], False: []}
-    results: dict[bool, dict[str, Any]] = {}
-    for _ in range(3):
-        for skip in (False, True):
-            run = config.model_copy(update={"skip_uniform_groups": skip})
-            start = time.perf_counter()
-            _, results[skip] = grpo_train(_model(tokenizer), tokenizer, prompts, reward, run, heldout_prompts=prompts)
-            timings[skip].append(config.steps / (time.perf_counter() - start))
-    print("## GRPO rounds: uniform-reward groups in the update or left out\n")
-    print(
-        f"{config.steps} rounds of {config.prompts_per_step} prompts x group {config.group_size}; half the prompts "
-        "are already solved. Median of 3 interleaved runs each (the same seeds: the same samples).\n"
-    )
-    print("| | rounds/s | ratio | groups left out | held-out reward after |")
-    print("|---|---:|---:|---:|---:|")
-    base = median(timings[False])
-    for skip, label in ((False, "every group in the update (baseline)"), (True, "uniform groups left out")):
-        print(
-            f"| {label} | {median(timings[skip]):.2f} | {median(timings[skip]) / base:.2f} | "
-            f"{results[skip]['skipped_groups']} | {results[skip]['heldout_reward_after']:.3f} |"
-        )
-    print()
-
-
 if __name__ == "__main__":
     main()
     kv_cache_side_by_side()
-    skip_uniform_groups_side_by_side()
