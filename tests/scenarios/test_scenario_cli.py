@@ -1,4 +1,4 @@
-"""``agentgym scenarios list | show``."""
+"""``agentgym scenarios list | show``, and ``agentgym demo``'s checks before it starts."""
 
 from __future__ import annotations
 
@@ -48,3 +48,16 @@ def test_show_unknown_scenario_lists_the_names() -> None:
     result = CliRunner().invoke(_app(), ["scenarios", "show", "nope"], env={"COLUMNS": "250"})
     assert result.exit_code == 1
     assert "unknown scenario 'nope'; available scenarios: code_review, customer_support, qa_testing" in result.output
+
+
+def test_demo_rejects_an_unknown_scenario_and_bad_options_before_starting() -> None:
+    from agentgym_runtime.cli import demo_commands
+
+    app = _app()
+    demo_commands.register(app)
+    unknown = CliRunner().invoke(app, ["demo", "--scenario", "nope"], env={"COLUMNS": "250"})
+    assert unknown.exit_code == 2
+    assert "unknown scenario 'nope'; available scenarios: code_review, customer_support, qa_testing" in unknown.output
+    zero = CliRunner().invoke(app, ["demo", "--promotions", "0"], env={"COLUMNS": "250"})
+    assert zero.exit_code == 2
+    assert "Invalid value for '--promotions': Input should be greater than or equal to 1" in zero.output
