@@ -108,7 +108,7 @@ class CodeReviewScenario(Scenario):
     name: ClassVar[str] = "code_review"
     description: ClassVar[str] = "A code review bot: reads pull request diffs, runs the linter and submits reviews."
     difficulty: ClassVar[str] = "medium"
-    estimated_time: ClassVar[str] = "about 8 minutes on a laptop CPU with the tiny demo model"
+    estimated_time: ClassVar[str] = "about 5 minutes on a laptop CPU with the tiny demo model"
     hallucinated_tools: ClassVar[dict[str, str]] = {
         "get_diff": "get_pull_request",
         "run_linter": "lint",

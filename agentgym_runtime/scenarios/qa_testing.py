@@ -94,7 +94,7 @@ class QATestingScenario(Scenario):
     name: ClassVar[str] = "qa_testing"
     description: ClassVar[str] = "A QA agent on a CI system: reads build failures, runs tests and files bugs."
     difficulty: ClassVar[str] = "hard"
-    estimated_time: ClassVar[str] = "about 7 minutes on a laptop CPU with the tiny demo model"
+    estimated_time: ClassVar[str] = "about 5 minutes on a laptop CPU with the tiny demo model"
     hallucinated_tools: ClassVar[dict[str, str]] = {
         "list_failures": "get_failures",
         "run_test": "execute_test",

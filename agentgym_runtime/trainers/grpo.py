@@ -461,6 +461,49 @@ def evaluate(
     return total / len(prompts)
 
 
+def _update(
+    model: Any,
+    optimiser: Any,
+    sequences: Any,
+    attention: Any,
+    mask: Any,
+    prompt_length: int,
+    advantages: list[float],
+    on_policy: list[bool],
+    batch_size: int,
+    config: GRPOConfig,
+    device: str,
+) -> dict[str, float]:
+    """``config.inner_steps`` optimiser steps on one round's samples; the last step's loss stats."""
+    import torch
+
+    with torch.no_grad():
+        old = _token_logprobs(model, sequences, attention, prompt_length)
+        with model.disable_adapter():
+            ref = _token_logprobs(model, sequences, attention, prompt_length)
+    advantage = torch.tensor(advantages, device=device)
+    flags = torch.tensor(on_policy, dtype=torch.float32, device=device)
+    model.train()
+    stats: dict[str, float] = {}
+    for _ in range(config.inner_steps):
+        optimiser.zero_grad()
+        logps = _token_logprobs(model, sequences, attention, prompt_length)
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            ref,
+            advantage,
+            mask,
+            clip_epsilon=config.clip_epsilon,
+            beta=config.beta,
+            on_policy=flags,
+            batch_size=batch_size,
+        )
+        loss.backward()
+        optimiser.step()
+    return stats
+
+
 def grpo_train(
     model: Any,
     tokenizer: Any,
@@ -565,43 +608,33 @@ def grpo_train(
         guided += on_policy.count(False)
         attention = drawn.attention(mask.shape[1])
         advantages_list = group_advantages(rewards, n)
+        rows = list(range(len(rewards)))
         if config.skip_uniform_groups:
             rows = _rows_of_informative_groups(rewards, n)
             skipped_groups += (len(rewards) - len(rows)) // n
-            if not rows:
-                report(0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: no signal")
-                continue
-            if len(rows) < len(rewards):
+            if rows and len(rows) < len(rewards):
                 keep = torch.tensor(rows, device=sequences.device)
                 sequences, mask, attention = sequences[keep], mask[keep], attention[keep]
                 advantages_list = [advantages_list[r] for r in rows]
                 on_policy = [on_policy[r] for r in rows]
-        with torch.no_grad():
-            old = _token_logprobs(peft_model, sequences, attention, drawn.prompt_length)
-            with peft_model.disable_adapter():
-                ref = _token_logprobs(peft_model, sequences, attention, drawn.prompt_length)
-        advantages = torch.tensor(advantages_list, device=device)
-        flags = torch.tensor(on_policy, dtype=torch.float32, device=device)
-        peft_model.train()
-        for _ in range(config.inner_steps):
-            optimiser.zero_grad()
-            logps = _token_logprobs(peft_model, sequences, attention, drawn.prompt_length)
-            loss, stats = grpo_loss(
-                logps,
-                old,
-                ref,
-                advantages,
+        if rows:
+            stats = _update(
+                peft_model,
+                optimiser,
+                sequences,
+                attention,
                 mask,
-                clip_epsilon=config.clip_epsilon,
-                beta=config.beta,
-                on_policy=flags,
-                batch_size=len(rewards),
+                drawn.prompt_length,
+                advantages_list,
+                on_policy,
+                len(rewards),
+                config,
+                device,
             )
-            loss.backward()
-            optimiser.step()
-        report(
-            0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: reward {rewards_per_step[-1]:.3f}"
-        )
+            note = f"reward {rewards_per_step[-1]:.3f}"
+        else:
+            note = "no group with signal"
+        report(0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: {note}")
         if selecting and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
             measured = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
             if measured > best_reward:
