@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _util import machine, median
 
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config
 
 ROUNDS = 7
 
@@ -37,19 +37,7 @@ def _model(tokenizer: WordTokenizer, max_positions: int = 32) -> Any:
 
 
 def _toy_config() -> Any:
-    from agentgym_runtime.trainers.grpo import GRPOConfig
-
-    return GRPOConfig(
-        steps=1,
-        group_size=8,
-        prompts_per_step=4,
-        max_new_tokens=3,
-        learning_rate=5e-2,
-        lora_r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        eval_samples=1,
-    )
+    return toy_grpo_config(steps=1, eval_samples=1)
 
 
 def main() -> None:

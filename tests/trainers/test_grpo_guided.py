@@ -17,7 +17,7 @@ from agentgym_runtime.trainers.grpo import (  # noqa: E402
     insert_guides,
     save_adapter,
 )
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama  # noqa: E402
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config  # noqa: E402
 
 
 def test_a_guide_replaces_the_worst_sample_only_where_no_sample_does_as_well() -> None:
@@ -70,17 +70,7 @@ def _toy() -> tuple[WordTokenizer, list[str], list[str]]:
 
 
 #: 50 rounds of 4 prompts x 4 samples, LoRA on the toy Llama's attention and MLP output and head.
-TOY_CONFIG = GRPOConfig(
-    steps=50,
-    group_size=4,
-    prompts_per_step=4,
-    max_new_tokens=4,
-    learning_rate=5e-3,
-    lora_r=4,
-    lora_alpha=8,
-    target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-    eval_samples=8,
-)
+TOY_CONFIG = toy_grpo_config(steps=50, group_size=4, max_new_tokens=4, learning_rate=5e-3, eval_samples=8)
 
 
 def _model(tokenizer: WordTokenizer) -> object:

@@ -13,7 +13,7 @@ from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from tests.trainers.openai_stub import CRITIQUE, IMPROVED_DESCRIPTION, IMPROVED_PROMPT, MARKER, TOOL_MARKER
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama
+from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config
 
 pytest.importorskip("agentlightning")
 
@@ -296,7 +296,7 @@ def test_apo_reports_a_missing_or_unreachable_endpoint(tmp_path: Path) -> None:
 def test_grpo_raises_heldout_reward_on_a_toy_task_and_saves_the_adapter(tmp_path: Path) -> None:
     import random
 
-    from agentgym_runtime.trainers.grpo import GRPOConfig, grpo_train, save_adapter
+    from agentgym_runtime.trainers.grpo import grpo_train, save_adapter
 
     tokenizer = WordTokenizer(["ok", "no", "a", "b", "c", "d", "e", "f", "g", "h"])
     model = tiny_llama(len(tokenizer.vocab))
@@ -317,16 +317,7 @@ def test_grpo_raises_heldout_reward_on_a_toy_task_and_saves_the_adapter(tmp_path
         tokenizer,
         train,
         reward,
-        GRPOConfig(
-            steps=20,
-            group_size=8,
-            prompts_per_step=4,
-            max_new_tokens=3,
-            learning_rate=5e-2,
-            lora_r=4,
-            lora_alpha=8,
-            target_modules=["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
-        ),
+        toy_grpo_config(),
         heldout_prompts=heldout,
     )
     assert metrics["samples"] == 20 * 4 * 8

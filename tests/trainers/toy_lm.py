@@ -39,3 +39,20 @@ def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 32) -> Any:
         bos_token_id=1,
     )
     return LlamaForCausalLM(config)
+
+
+def toy_grpo_config(**overrides: Any) -> Any:
+    """GRPO settings for the toy Llama: LoRA r4 on attention, MLP output and head; 4 prompts x 8 samples."""
+    from agentgym_runtime.trainers.grpo import GRPOConfig
+
+    values: dict[str, Any] = {
+        "steps": 20,
+        "group_size": 8,
+        "prompts_per_step": 4,
+        "max_new_tokens": 3,
+        "learning_rate": 5e-2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+    }
+    return GRPOConfig(**{**values, **overrides})
