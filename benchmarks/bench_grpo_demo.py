@@ -33,37 +33,22 @@ REPEATS = 2
 
 def recorded_episodes(model: Any, scenario: Any, n: int) -> list[Any]:
     """Version 0's episodes on ``n`` held-out tasks, as the trace store would hold them."""
-    from agentgym_runtime.models.format import Step, execute_call, parse_completion, render_observation, render_prompt
+    from agentgym_runtime.models.evaluate import run_episodes
     from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 
     episodes = []
-    for index, task in enumerate(scenario.tasks("heldout", n, seed=1)):
-        tools = scenario.tools(scenario.new_world(task.world_seed))
-        history: list[Step] = []
-        calls: list[RecordedToolCall] = []
-        output = None
-        for _ in range(4):
-            text = model.complete([render_prompt(task, tools, history)])[0][0]
-            parsed = parse_completion(text)
-            if parsed.kind != "tool_call":
-                output = parsed.answer
-                break
-            outcome, result, message = execute_call(parsed, tools)
-            calls.append(RecordedToolCall(name=parsed.name, arguments=parsed.arguments, result=result, outcome=outcome))
-            if parsed.arguments is None:
-                break  # LangChain's agent loop ends on an unparsable call
-            history.append(
-                Step(text, render_observation(result) if outcome == "ok" else (message or outcome), outcome != "ok")
-            )
-        ok = sum(c.outcome == "ok" for c in calls)
+    for index, run in enumerate(run_episodes(model, scenario, scenario.tasks("heldout", n, seed=1))):
+        calls = [
+            RecordedToolCall(name=c.name, arguments=c.arguments, result=c.result, outcome=c.outcome) for c in run.calls
+        ]
         episodes.append(
             Task(
                 episode_id=f"bench-{index}",
                 agent="bench",
-                input={"question": task.prompt, "task_id": task.id},
-                output=output,
+                input={"question": run.task.prompt, "task_id": run.task.id},
+                output=run.answer,
                 tool_calls=calls,
-                tool_reliability=ok / len(calls) if calls else None,
+                tool_reliability=run.ok / len(calls) if calls else None,
             )
         )
     return episodes

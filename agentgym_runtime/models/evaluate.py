@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,17 +70,107 @@ class EvaluationResult:
         }
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One tool call of an evaluated episode, as a trace would hold it.
+
+    Attributes:
+        name: The tool name the model wrote (``None`` if it could not be read).
+        arguments: The arguments: parsed, or for a call whose JSON was cut short the arguments
+            object itself when it parses on its own (as LangChain records it), else the raw text.
+        result: The tool's result when it ran.
+        outcome: A :class:`~agentgym_runtime.semconv.ToolOutcome` value.
+    """
+
+    name: str | None
+    arguments: Any
+    result: Any
+    outcome: str
+
+
 @dataclass
-class _Run:
+class EpisodeRun:
+    """One task run through the model: its calls, answer and costs.
+
+    Attributes:
+        task: The task.
+        tools: The tools bound to the episode's world.
+        history: The turns shown to the model so far.
+        calls: Every tool call, in order.
+        answer: The final answer, if the model gave one.
+        done: Whether the episode ended.
+        llm_calls: LLM calls made.
+        tokens: Input + output tokens over those calls.
+        success: Whether the answer holds the task's expected answer.
+    """
+
     task: Task
     tools: list[Any]
     history: list[Step] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    answer: str | None = None
     done: bool = False
-    ok: int = 0
-    calls: int = 0
     llm_calls: int = 0
     tokens: int = 0
     success: bool = False
+
+    @property
+    def ok(self) -> int:
+        """Tool calls that succeeded."""
+        return sum(call.outcome == str(ToolOutcome.OK) for call in self.calls)
+
+
+def run_episodes(
+    model: Any,
+    scenario: Scenario,
+    tasks: list[Task],
+    *,
+    max_steps: int = 4,
+    adapter: str | os.PathLike[str] | None = None,
+    end_on_unparsable: bool = True,
+) -> list[EpisodeRun]:
+    """Run ``tasks`` through ``model`` (a ``DemoModel``) in lock step, completions batched.
+
+    Each task runs on a fresh world for at most ``max_steps`` LLM calls: a tool call is executed
+    (a failure is shown to the model as an error, as agent frameworks do), an answer ends the
+    episode, and so does a call whose arguments do not parse when ``end_on_unparsable``.
+    """
+    runs = [EpisodeRun(task, scenario.tools(scenario.new_world(task.world_seed))) for task in tasks]
+    for _ in range(max_steps):
+        active = [r for r in runs if not r.done]
+        if not active:
+            break
+        completions = model.complete([render_prompt(r.task, r.tools, r.history) for r in active], adapter=adapter)
+        for run, (text, n_in, n_out) in zip(active, completions, strict=True):
+            run.llm_calls += 1
+            run.tokens += n_in + n_out
+            parsed = parse_completion(text)
+            if parsed.kind == "answer":
+                run.done = True
+                run.answer = parsed.answer
+                run.success = run.task.check_answer(parsed.answer)
+                continue
+            if parsed.kind == "empty":
+                run.done = True
+                continue
+            outcome, result, message = execute_call(parsed, run.tools)
+            run.calls.append(CallRecord(parsed.name, _recorded_arguments(parsed), result, outcome))
+            if parsed.arguments is None and end_on_unparsable:
+                run.done = True  # LangChain's agent loop ends on a message whose only call is invalid
+                continue
+            ok = outcome == str(ToolOutcome.OK)
+            observation = render_observation(result) if ok else (message or outcome)
+            run.history.append(Step(text, observation, error=not ok))
+    return runs
+
+
+def _recorded_arguments(parsed: Any) -> Any:
+    if parsed.arguments is not None:
+        return parsed.arguments
+    try:
+        return json.loads(parsed.raw_arguments)
+    except ValueError:
+        return parsed.raw_arguments
 
 
 def evaluate_model(
@@ -112,39 +203,18 @@ def evaluate_model(
     demo = model.demo_model() if hasattr(model, "demo_model") else model
     if adapter is None and getattr(model, "adapter", None):
         adapter = model.adapter
-    runs = []
-    for task in scen.tasks(split, n, seed=seed):
-        runs.append(_Run(task, scen.tools(scen.new_world(task.world_seed))))
-    outcomes: Counter[str] = Counter()
-    for _ in range(max_steps):
-        active = [r for r in runs if not r.done]
-        if not active:
-            break
-        completions = demo.complete([render_prompt(r.task, r.tools, r.history) for r in active], adapter=adapter)
-        for run, (text, n_in, n_out) in zip(active, completions, strict=True):
-            run.llm_calls += 1
-            run.tokens += n_in + n_out
-            parsed = parse_completion(text)
-            if parsed.kind == "answer":
-                run.done = True
-                run.success = run.task.check_answer(parsed.answer)
-                continue
-            if parsed.kind == "empty":
-                run.done = True
-                continue
-            outcome, result, message = execute_call(parsed, run.tools)
-            outcomes[outcome] += 1
-            run.calls += 1
-            if parsed.arguments is None and end_on_unparsable:
-                run.done = True  # LangChain's agent loop ends on a message whose only call is invalid
-                continue
-            ok = outcome == str(ToolOutcome.OK)
-            run.ok += int(ok)
-            observation = render_observation(result) if ok else (message or outcome)
-            run.history.append(Step(text, observation, error=not ok))
-    total_calls = sum(r.calls for r in runs)
+    runs = run_episodes(
+        demo,
+        scen,
+        scen.tasks(split, n, seed=seed),
+        max_steps=max_steps,
+        adapter=adapter,
+        end_on_unparsable=end_on_unparsable,
+    )
+    outcomes = Counter(call.outcome for r in runs for call in r.calls)
+    total_calls = sum(len(r.calls) for r in runs)
     episodes = max(1, len(runs))
-    rewards = [scen.score(r.ok / r.calls if r.calls else None, r.success, r.llm_calls, r.task) for r in runs]
+    rewards = [scen.score(r.ok / len(r.calls) if r.calls else None, r.success, r.llm_calls, r.task) for r in runs]
     return EvaluationResult(
         scenario=scen.name,
         split=split,
