@@ -206,6 +206,13 @@ class CanaryEndpoint(BaseChatModel):
         raise self._fail()
 
 
+def uninstrument_fully(framework: str) -> None:
+    """Undo every ``instrument()`` of a framework's adapter (the decorator's included): a fresh state."""
+    adapter = load_adapter(framework)
+    while type(adapter)._instrument_count:
+        adapter.uninstrument()
+
+
 @pytest.fixture
 def langchain_endpoint() -> Iterator[dict[str, Any]]:
     """Route policies with ``llm`` to a :class:`CanaryEndpoint`; yields its settings and attempts."""
@@ -223,9 +230,7 @@ def langchain_endpoint() -> Iterator[dict[str, Any]]:
     register_model_factory(factory)
     yield settings
     register_model_factory(None)
-    adapter = load_adapter("langchain")
-    while type(adapter)._instrument_count:
-        adapter.uninstrument()
+    uninstrument_fully("langchain")
 
 
 def langchain_agent(down: bool = False) -> tuple[Any, OwnModel]:
@@ -492,9 +497,7 @@ def autogen_endpoint() -> Iterator[dict[str, Any]]:
     register_client_factory(factory)
     yield settings
     register_client_factory(None)
-    adapter = load_adapter("autogen")
-    while type(adapter)._instrument_count:
-        adapter.uninstrument()
+    uninstrument_fully("autogen")
 
 
 def autogen_agent(streaming: bool, own: ScriptedClient) -> Any:
@@ -637,9 +640,7 @@ def crewai_endpoint() -> Iterator[dict[str, Any]]:
     register_llm_factory(factory)
     yield settings
     register_llm_factory(None)
-    adapter = load_adapter("crewai")
-    while type(adapter)._instrument_count:
-        adapter.uninstrument()
+    uninstrument_fully("crewai")
 
 
 def crew_of(own: OwnLLM) -> Any:
