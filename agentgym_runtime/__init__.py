@@ -47,7 +47,6 @@ if TYPE_CHECKING:
         stats,
     )
     from agentgym_runtime.config import Settings
-    from agentgym_runtime.context import Episode
     from agentgym_runtime.decorator import train_online
     from agentgym_runtime.errors import (
         AgentGymError,
@@ -66,6 +65,7 @@ if TYPE_CHECKING:
     )
     from agentgym_runtime.policy.model import Policy
     from agentgym_runtime.policy.trained import TrainedPolicy
+    from agentgym_runtime.recording.context import Episode
     from agentgym_runtime.semconv import ToolOutcome
     from agentgym_runtime.tools import Tool, Toolbox, tool
 
@@ -86,7 +86,7 @@ _EXPORTS: dict[str, str] = {
     "shutdown": "agentgym_runtime.api",
     "stats": "agentgym_runtime.api",
     "Settings": "agentgym_runtime.config",
-    "Episode": "agentgym_runtime.context",
+    "Episode": "agentgym_runtime.recording.context",
     "train_online": "agentgym_runtime.decorator",
     "AgentGymError": "agentgym_runtime.errors",
     "ConfigurationError": "agentgym_runtime.errors",

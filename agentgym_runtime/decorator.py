@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from agentgym_runtime.adapters import FRAMEWORKS, adapter_for
-from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.errors import ConfigurationError
-from agentgym_runtime.rewards import RewardFn, RewardSource
-from agentgym_runtime.wrapping import CallKind, call_async, call_sync, iterate_async, iterate_sync
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.rewards import RewardFn, RewardSource
+from agentgym_runtime.recording.wrapping import CallKind, call_async, call_sync, iterate_async, iterate_sync
 
 T = TypeVar("T")
 

@@ -29,9 +29,9 @@ from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError, UnknownToolError
-from agentgym_runtime.recording import ToolCall, record_tool_failure, start_tool_call
-from agentgym_runtime.runtime import get_runtime
-from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.capture import ToolCall, record_tool_failure, start_tool_call
+from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.semconv import ToolOutcome
 
 P = ParamSpec("P")

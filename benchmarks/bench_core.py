@@ -62,7 +62,7 @@ def overhead_per_tool_call() -> str:
 
 def throughput_and_burst() -> list[str]:
     import agentgym_runtime as agentgym
-    from agentgym_runtime.recording import start_tool_call
+    from agentgym_runtime.recording.capture import start_tool_call
 
     home = tempfile.mkdtemp(prefix="bench-core-")
     runtime = agentgym.configure(home=home)

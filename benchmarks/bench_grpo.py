@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _util import machine, median
 
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config
+from agentgym_runtime.trainers.toy_model import WordTokenizer, tiny_llama, toy_grpo_config
 
 ROUNDS = 7
 

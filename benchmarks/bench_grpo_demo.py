@@ -33,7 +33,7 @@ REPEATS = 2
 
 def recorded_episodes(model: Any, scenario: Any, n: int) -> list[Any]:
     """Version 0's episodes on ``n`` held-out tasks, as the trace store would hold them."""
-    from agentgym_runtime.models.evaluate import run_episodes
+    from agentgym_runtime.demo.model.evaluate import run_episodes
     from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 
     episodes = []
@@ -57,8 +57,8 @@ def recorded_episodes(model: Any, scenario: Any, n: int) -> list[Any]:
 def main() -> None:
     import torch
 
-    from agentgym_runtime import demo
-    from agentgym_runtime.models.tiny import load_or_build_demo_model
+    from agentgym_runtime.demo import loop as demo
+    from agentgym_runtime.demo.model.tiny import load_or_build_demo_model
     from agentgym_runtime.scenarios import get_scenario
     from agentgym_runtime.trainers.grpo import GRPOConfig, _prompts, _with_prompt, grpo_train
 

@@ -134,7 +134,7 @@ def promote_other_process(rounds: int = 10) -> str:
 
 def swaps_under_load(swaps: int = 50, threads: int = 4, rounds: int = 3) -> list[str]:
     import agentgym_runtime as agentgym
-    from agentgym_runtime.recording import start_llm_call
+    from agentgym_runtime.recording.capture import start_llm_call
 
     runtime = agentgym.configure(home=tempfile.mkdtemp(prefix="bench-policy-"))
     registry = runtime.policies

@@ -76,8 +76,8 @@ class BusyTrainer:
 
 def _agent() -> Any:
     import agentgym_runtime as agentgym
-    from agentgym_runtime.context import RequestedToolCall
-    from agentgym_runtime.recording import start_llm_call
+    from agentgym_runtime.recording.capture import start_llm_call
+    from agentgym_runtime.recording.context import RequestedToolCall
 
     @agentgym.tool
     def get_order(order_id: int) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from rich.console import Console
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
-from agentgym_runtime.context import RequestedToolCall
-from agentgym_runtime.recording import start_llm_call
+from agentgym_runtime.recording.capture import start_llm_call
+from agentgym_runtime.recording.context import RequestedToolCall
 
 ORDERS = {1001: "shipped", 1002: "processing", 1003: "delivered"}
 

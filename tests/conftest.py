@@ -30,6 +30,6 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo(demo_home: Path) -> Any:
     """The customer_support demo model (built on first use, minutes on a 2-core CPU)."""
-    from agentgym_runtime.models.tiny import load_or_build_demo_model
+    from agentgym_runtime.demo.model.tiny import load_or_build_demo_model
 
     return load_or_build_demo_model("customer_support", home=demo_home, seed=0)

@@ -25,7 +25,7 @@ What it records, and where from:
   ``invalid_arguments`` (at the end of a team participant's turn, or at episode end). Tools that
   do not go through ``BaseTool.run_json`` (e.g. ``McpWorkbench``) are not seen executing: their
   calls are reconciled as ``not_executed``. Inside a training replay
-  (:func:`agentgym_runtime.sandbox.use_sandbox`) the same hook hands the call to the replay's
+  (:func:`agentgym_runtime.recording.sandbox.use_sandbox`) the same hook hands the call to the replay's
   sandbox instead of the tool.
 * **Teams**: each ``AssistantAgent`` participant's turn is a turn of that agent inside the
   team's episode (a child ``invoke_agent`` span, its own pinned policy), so its LLM and tool
@@ -84,15 +84,22 @@ from pydantic import BaseModel, ValidationError
 from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.adapters.fallback import acall_with_fallback, astream_with_fallback, resume_fallback
 from agentgym_runtime.api import current_policy
-from agentgym_runtime.context import RequestedToolCall, current_episode_var
-from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_definitions
 from agentgym_runtime.policy.model import LLMConfig, Policy
-from agentgym_runtime.recording import LlmCall, ToolCall, current_agent_name, reconcile, start_llm_call, start_tool_call
-from agentgym_runtime.runtime import get_runtime
-from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.capture import (
+    LlmCall,
+    ToolCall,
+    current_agent_name,
+    reconcile,
+    start_llm_call,
+    start_tool_call,
+)
+from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.wrapping import CallKind, iterate_async
 from agentgym_runtime.semconv import ToolOutcome
-from agentgym_runtime.wrapping import CallKind, iterate_async
 
 FRAMEWORK = "autogen"
 

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import wrapt
 
-from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.policy.model import Policy
-from agentgym_runtime.wrapping import CallKind, run_kind
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.wrapping import CallKind, run_kind
 
 
 def class_modules(obj: Any) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Adapter for plain Python agents: any object with ``__call__``, ``invoke`` or ``run``.
 
-Plain agents report their LLM calls with :func:`agentgym_runtime.recording.start_llm_call`
+Plain agents report their LLM calls with :func:`agentgym_runtime.recording.capture.start_llm_call`
 (or not at all) and their tools through :func:`agentgym_runtime.tool`; this adapter
 only makes each call of the entry points one episode.
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from agentgym_runtime.adapters.base import Adapter
-from agentgym_runtime.wrapping import CallKind
+from agentgym_runtime.recording.wrapping import CallKind
 
 
 class CallableAdapter(Adapter):

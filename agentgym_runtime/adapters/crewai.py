@@ -22,7 +22,7 @@ nothing arrives after the episode closed):
   ``Action Input``) become one failure per requested call (CrewAI re-parses the same text
   several times; only real execution attempts count separately). A span CrewAI opened but
   never finished (tool usage limit) is closed by a global ``after_tool_call`` hook.
-  Inside a training replay (:func:`agentgym_runtime.sandbox.use_sandbox`) the wrapped
+  Inside a training replay (:func:`agentgym_runtime.recording.sandbox.use_sandbox`) the wrapped
   ``CrewStructuredTool.invoke`` / ``ainvoke`` hand each call to the replay's sandbox instead
   of the tool.
 * **Policy** — applied to the messages of one LLM call and undone right after (the executor's
@@ -76,16 +76,16 @@ from crewai.tools.structured_tool import CrewStructuredTool
 
 from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.adapters.fallback import call_with_fallback, resume_fallback
-from agentgym_runtime.context import RequestedToolCall, current_agent_var, current_episode_var
-from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.errors import ToolArgumentsError
 from agentgym_runtime.policy.apply import demonstration_messages
 from agentgym_runtime.policy.model import LLMConfig, Policy
-from agentgym_runtime.recording import LlmCall, ToolCall, record_tool_failure, start_llm_call, start_tool_call
-from agentgym_runtime.runtime import get_runtime
-from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call, start_tool_call
+from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.wrapping import CallKind, call_sync
 from agentgym_runtime.semconv import ToolOutcome
-from agentgym_runtime.wrapping import CallKind, call_sync
 
 FRAMEWORK = "crewai"
 

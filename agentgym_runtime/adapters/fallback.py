@@ -50,10 +50,10 @@ from collections.abc import (
 )
 from typing import TypeVar
 
-from agentgym_runtime.context import AgentScope, Episode, current_agent_var, current_episode_var
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.router import fallback_to_incumbent
-from agentgym_runtime.runtime import get_runtime
+from agentgym_runtime.recording.context import AgentScope, Episode, current_agent_var, current_episode_var
+from agentgym_runtime.recording.runtime import get_runtime
 
 T = TypeVar("T")
 

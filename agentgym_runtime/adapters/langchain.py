@@ -5,7 +5,7 @@ instrumented, a LangChain configure hook
 (``langchain_core.tracers.context.register_configure_hook``) adds one callback handler to
 every callback manager that LangChain configures *while an agentgym episode is current*; the
 handler translates ``on_chat_model_start`` / ``on_llm_end`` / ``on_tool_start`` / ... into
-:mod:`agentgym_runtime.recording` calls. Outside episodes the hook adds nothing.
+:mod:`agentgym_runtime.recording.capture` calls. Outside episodes the hook adds nothing.
 
 Policies are applied at the LLM-call boundary: ``BaseChatModel.invoke`` / ``ainvoke`` /
 ``stream`` / ``astream`` are wrapped (reversibly) so that, when the policy pinned for the
@@ -18,7 +18,7 @@ its endpoint (connection, timeout, HTTP 5xx / 429 / 404 ...), the call is retrie
 incumbent policy (:mod:`agentgym_runtime.adapters.fallback`), for streams only before the first
 chunk.
 
-Inside a training replay (:func:`agentgym_runtime.sandbox.use_sandbox`) the wrapped
+Inside a training replay (:func:`agentgym_runtime.recording.sandbox.use_sandbox`) the wrapped
 ``BaseTool.run`` / ``arun`` hand each tool call to the replay's sandbox instead of the tool,
 and return its answer in the form LangChain expects (a ``ToolMessage`` for an agent's call).
 
@@ -72,16 +72,16 @@ from agentgym_runtime.adapters.fallback import (
     stream_with_fallback,
 )
 from agentgym_runtime.api import current_policy
-from agentgym_runtime.context import RequestedToolCall, current_episode_var
-from agentgym_runtime.episodes import AgentOptions
 from agentgym_runtime.errors import AgentGymError
 from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_definitions
 from agentgym_runtime.policy.model import LLMConfig, Policy
-from agentgym_runtime.recording import LlmCall, ToolCall, start_llm_call, start_tool_call
-from agentgym_runtime.runtime import get_runtime
-from agentgym_runtime.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.capture import LlmCall, ToolCall, start_llm_call, start_tool_call
+from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.wrapping import CallKind, call_async, call_sync, run_kind
 from agentgym_runtime.semconv import ToolOutcome
-from agentgym_runtime.wrapping import CallKind, call_async, call_sync, run_kind
 
 FRAMEWORK = "langchain"
 

@@ -39,7 +39,7 @@ def demo(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rich.live import Live
 
-    from agentgym_runtime.demo import Demo, DemoConfig, render_state, render_summary
+    from agentgym_runtime.demo.loop import Demo, DemoConfig, render_state, render_summary
     from agentgym_runtime.scenarios.registry import ScenarioNotFoundError, get_scenario
 
     try:

@@ -52,15 +52,15 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from agentgym_runtime import semconv
-from agentgym_runtime.context import AgentScope, current_agent_var, current_episode_var
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState
+from agentgym_runtime.recording.context import AgentScope, current_agent_var, current_episode_var
 from agentgym_runtime.semconv import EpisodeStatus
 
 if TYPE_CHECKING:
-    from agentgym_runtime.runtime import Runtime
+    from agentgym_runtime.recording.runtime import Runtime
 
 logger = logging.getLogger("agentgym_runtime.policy")
 
@@ -493,7 +493,7 @@ def fallback_to_incumbent(error: BaseException, runtime: Runtime | None = None) 
     if scope is None or scope.policy_version == 0:
         return None
     if runtime is None:
-        from agentgym_runtime.runtime import get_runtime
+        from agentgym_runtime.recording.runtime import get_runtime
 
         runtime = get_runtime()
     incumbent = runtime.router.report_llm_failure(scope.name, scope.policy_version, error)

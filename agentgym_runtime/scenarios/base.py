@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-from agentgym_runtime.context import Episode
 from agentgym_runtime.errors import ConfigurationError
+from agentgym_runtime.recording.context import Episode
 from agentgym_runtime.tools import Tool, Toolbox
 
 Split = Literal["train", "heldout"]
@@ -50,7 +50,7 @@ REWARD_RANGE: tuple[float, float] = (0.0, 1.0)
 #: Default success criteria of every scenario.
 DEFAULT_CRITERIA: dict[str, float] = {"tool_reliability": 0.95, "cost_reduction": 0.30}
 
-#: Kinds of systematic mistake a task can provoke in the demo model (see ``agentgym_runtime.models``).
+#: Kinds of systematic mistake a task can provoke in the demo model (see ``agentgym_runtime.demo.model``).
 PITFALLS: tuple[str, ...] = ("wrong_type", "hallucinated_tool", "missing_argument", "malformed_json")
 
 

@@ -51,7 +51,7 @@ from agentgym_runtime.trainers.base import TRAINERS, TrainingJobSpec, TrainingRe
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
-    from agentgym_runtime.runtime import Runtime
+    from agentgym_runtime.recording.runtime import Runtime
     from agentgym_runtime.trainers.backends import Backend, JobHandle
 
 logger = logging.getLogger("agentgym_runtime.trainers")
@@ -258,7 +258,7 @@ def register_training(config: TrainingConfig) -> None:
     """
     with _registered_lock:
         _registered[config.agent] = config
-    from agentgym_runtime.runtime import peek_runtime
+    from agentgym_runtime.recording.runtime import peek_runtime
 
     runtime = peek_runtime()
     if runtime is not None and runtime.started:
@@ -269,7 +269,7 @@ def unregister_training(agent: str) -> None:
     """Forget ``agent``'s training config (and remove its scheduled job from the running runtime)."""
     with _registered_lock:
         _registered.pop(agent, None)
-    from agentgym_runtime.runtime import peek_runtime
+    from agentgym_runtime.recording.runtime import peek_runtime
 
     runtime = peek_runtime()
     if runtime is not None and runtime.has_scheduler:

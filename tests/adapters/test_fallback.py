@@ -41,7 +41,7 @@ from agentgym_runtime.adapters.fallback import is_endpoint_failure
 from agentgym_runtime.adapters.langchain import register_model_factory
 from agentgym_runtime.policy.model import LLMConfig
 from agentgym_runtime.policy.registry import PolicyStatus
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 
 AGENT = "support"

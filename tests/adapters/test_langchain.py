@@ -33,7 +33,7 @@ from agentgym_runtime.adapters.langchain import (
     uninstrument_langchain,
 )
 from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 
 SYSTEM = "You help customers with orders."

@@ -16,8 +16,8 @@ import pytest
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ToolArgumentsError, UnknownToolError
-from agentgym_runtime.runtime import Runtime
-from agentgym_runtime.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
+from agentgym_runtime.recording.runtime import Runtime
+from agentgym_runtime.recording.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
 from agentgym_runtime.trainers.dataset import RecordedToolCall
 
 GET_ORDER = {

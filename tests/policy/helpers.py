@@ -6,8 +6,8 @@ import random
 from collections.abc import Mapping
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.context import RequestedToolCall
-from agentgym_runtime.recording import start_llm_call, start_tool_call
+from agentgym_runtime.recording.capture import start_llm_call, start_tool_call
+from agentgym_runtime.recording.context import RequestedToolCall
 from agentgym_runtime.semconv import ToolOutcome
 
 TOOLS = [{"name": "get_order", "description": "Fetch an order.", "parameters": {"type": "object"}}]

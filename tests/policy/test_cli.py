@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import agentgym_runtime as agentgym
 from agentgym_runtime.cli.app import build_app
 from agentgym_runtime.policy.registry import PolicyRegistry
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from tests.policy.helpers import scripted_episode
 
 

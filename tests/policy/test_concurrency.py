@@ -7,8 +7,8 @@ import threading
 import time
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.recording import start_llm_call
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.capture import start_llm_call
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 
 CALLS_PER_SWAP = 20

@@ -17,7 +17,7 @@ from agentgym_runtime.policy.artifact import read_artifact, verify_artifact, wri
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyNotFoundError
 from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 
 

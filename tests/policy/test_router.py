@@ -15,8 +15,8 @@ from agentgym_runtime.policy.apply import apply_to_messages
 from agentgym_runtime.policy.gate import GateConfig, obrien_fleming_spending, sequential_boundaries
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
 from agentgym_runtime.policy.router import PolicyRouter, RouterConfig, fallback_to_incumbent, sticky_bucket
-from agentgym_runtime.recording import start_llm_call
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.capture import start_llm_call
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from tests.policy.helpers import scripted_episode
 

@@ -11,8 +11,8 @@ import pytest
 import agentgym_runtime as agentgym
 from agentgym_runtime.policy.apply import apply_to_messages
 from agentgym_runtime.policy.trained import SeededAgent, TrainedPolicy
-from agentgym_runtime.recording import start_llm_call
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.capture import start_llm_call
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 
 TRAINED_PROMPT = "Always look the order up with get_order before answering."

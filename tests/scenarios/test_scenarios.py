@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.context import Episode
 from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError
+from agentgym_runtime.recording.context import Episode
 from agentgym_runtime.scenarios import (
     REWARD_RANGE,
     ExpectedCall,

@@ -12,7 +12,7 @@ import pytest
 import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ToolArgumentsError
 from agentgym_runtime.policy.model import Policy
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from agentgym_runtime.trainers.dataset import Task
 from agentgym_runtime.trainers.scheduler import TrainingConfig, list_runs
@@ -51,8 +51,8 @@ def replay_support(task: Task, policy: Policy, sandbox: Any) -> str:
 
 def record_episodes(log_dir: Path) -> None:
     """Eight episodes in four sessions: the model was offered get_order and called it with the order id."""
-    from agentgym_runtime.context import RequestedToolCall
-    from agentgym_runtime.recording import start_llm_call
+    from agentgym_runtime.recording.capture import start_llm_call
+    from agentgym_runtime.recording.context import RequestedToolCall
 
     @agentgym.tool(name="get_order")
     def recorded_get_order(order_id: int) -> dict[str, Any]:

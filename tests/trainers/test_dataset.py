@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.context import RequestedToolCall
-from agentgym_runtime.recording import start_llm_call
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.capture import start_llm_call
+from agentgym_runtime.recording.context import RequestedToolCall
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from agentgym_runtime.trainers.dataset import (
     SnapshotError,

@@ -17,7 +17,7 @@ from agentgym_runtime.trainers.grpo import (  # noqa: E402
     insert_guides,
     save_adapter,
 )
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config  # noqa: E402
+from agentgym_runtime.trainers.toy_model import WordTokenizer, tiny_llama, toy_grpo_config  # noqa: E402
 
 
 def test_a_guide_replaces_the_worst_sample_only_where_no_sample_does_as_well() -> None:

@@ -15,7 +15,7 @@ import pytest
 import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.registry import PolicyRegistry
-from agentgym_runtime.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from agentgym_runtime.trainers.scheduler import (
     TrainingConfig,

@@ -12,8 +12,8 @@ import pytest
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
+from agentgym_runtime.trainers.toy_model import WordTokenizer, tiny_llama, toy_grpo_config
 from tests.trainers.openai_stub import CRITIQUE, IMPROVED_DESCRIPTION, IMPROVED_PROMPT, MARKER, TOOL_MARKER
-from tests.trainers.toy_lm import WordTokenizer, tiny_llama, toy_grpo_config
 
 pytest.importorskip("agentlightning")
 
@@ -358,8 +358,8 @@ def snapshot_replay(task: Task, policy: Policy, sandbox: Any) -> str:
 def record_snapshot(runtime: Any, recorded: Any, tmp_path: Path) -> None:
     """Eight episodes of a scripted support agent in four sessions (two call a misspelt tool), snapshotted."""
     import agentgym_runtime as agentgym
-    from agentgym_runtime.context import RequestedToolCall
-    from agentgym_runtime.recording import start_llm_call
+    from agentgym_runtime.recording.capture import start_llm_call
+    from agentgym_runtime.recording.context import RequestedToolCall
     from agentgym_runtime.trainers.dataset import write_snapshot
 
     @agentgym.tool

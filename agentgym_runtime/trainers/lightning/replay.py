@@ -1,6 +1,6 @@
 """The replay agent: re-run recorded tasks through the user's agent with candidate resources.
 
-* :class:`~agentgym_runtime.sandbox.ToolSandbox` (defined in :mod:`agentgym_runtime.sandbox`,
+* :class:`~agentgym_runtime.recording.sandbox.ToolSandbox` (defined in :mod:`agentgym_runtime.recording.sandbox`,
   re-exported here) stands in for the agent's tools while it replays a task. Per tool:
   ``"replay"`` (default: the recorded result for identical arguments; otherwise the
   arguments are checked against the tool's JSON schema and a neutral observation is
@@ -11,8 +11,8 @@
   candidate resources into a :class:`~agentgym_runtime.policy.model.Policy`
   (:func:`policy_from_resources`), runs the user's episode function on the task with a
   fresh sandbox, and returns the reward: tool reliability combined with the scenario's
-  reward and the task's recorded feedback (:func:`agentgym_runtime.rewards.combine`).
-  The sandbox is active (:func:`agentgym_runtime.sandbox.use_sandbox`) while the episode
+  reward and the task's recorded feedback (:func:`agentgym_runtime.recording.rewards.combine`).
+  The sandbox is active (:func:`agentgym_runtime.recording.sandbox.use_sandbox`) while the episode
   runs, so ``@agentgym.tool`` / ``Toolbox`` tools and LangChain, AutoGen and CrewAI tools
   called by the user's agent reach the sandbox by themselves. Each rollout also leaves an
   ``openai.chat.completion`` span (prompt, output, the sandboxed tool calls as child spans)
@@ -38,9 +38,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agentgym_runtime import rewards
 from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
-from agentgym_runtime.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
+from agentgym_runtime.recording import rewards
+from agentgym_runtime.recording.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from agentgym_runtime.trainers.lightning import import_agentlightning
 

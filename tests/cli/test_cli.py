@@ -1,0 +1,117 @@
+"""The agentgym command: --version, status, traces, reliability, export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import agentgym_runtime as agentgym
+from agentgym_runtime.recording.capture import record_tool_failure
+from agentgym_runtime.semconv import ToolOutcome
+
+
+def _cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    if home is not None:
+        env["AGENTGYM_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "agentgym_runtime.cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    agentgym.configure(home=home)
+
+    @agentgym.tool
+    def lookup(order_id: int) -> str:
+        return "ok"
+
+    for i in range(4):
+        with agentgym.episode(agent="support"):
+            lookup(order_id=i)
+            if i % 2:
+                record_tool_failure("refund_all", ToolOutcome.UNKNOWN_TOOL, call_id=f"x{i}")
+    agentgym.shutdown()
+    return home
+
+
+def test_version() -> None:
+    result = _cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"agentgym-runtime {agentgym.__version__}\n"
+
+
+def test_status_traces_reliability_export(populated: Path, tmp_path: Path) -> None:
+    status = _cli("status", home=populated)
+    assert status.returncode == 0, status.stderr
+    table = {
+        cells[0]: cells[1]
+        for line in status.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2
+    }
+    assert table["episodes stored"] == "4"
+    assert table["spans stored"] == "10"
+    assert table["spans lost"] == "0"
+    assert table["episodes written"] == "4"
+
+    traces = _cli("traces", "--limit", "2", home=populated)
+    assert traces.returncode == 0, traces.stderr
+    assert traces.stdout.count("support v0") == 2
+    assert "unknown_tool" in traces.stdout
+
+    by_tool = _cli("reliability", "--by", "tool", home=populated)
+    assert by_tool.returncode == 0, by_tool.stderr
+    lines = [line for line in by_tool.stdout.splitlines() if "support" in line]
+    assert any("lookup" in line and "100.0%" in line for line in lines)
+    assert any("refund_all" in line and "0.0%" in line for line in lines)
+
+    by_policy = _cli("reliability", "--by", "policy", "--agent", "support", home=populated)
+    assert "66.7%" in by_policy.stdout  # 4 ok of 6 calls
+
+    out = tmp_path / "export.parquet"
+    exported = _cli("export", str(out), home=populated)
+    assert exported.returncode == 0, exported.stderr
+    assert "wrote 10 spans" in exported.stdout
+    assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone() == (10,)
+
+
+def test_cli_errors_are_clear(populated: Path, tmp_path: Path) -> None:
+    bad_by = _cli("reliability", "--by", "month", home=populated)
+    assert bad_by.returncode == 2
+    assert "--by must be one of: tool, policy, day; got 'month'" in bad_by.stderr
+    missing = _cli("traces", home=tmp_path / "empty")
+    assert missing.returncode == 2
+    assert "no trace store at" in missing.stderr
+    bad_format = _cli("export", str(tmp_path / "x.csv"), "--format", "csv", home=populated)
+    assert bad_format.returncode == 2
+    assert "unknown export format 'csv'" in bad_format.stderr
+
+
+def test_reads_a_snapshot_while_another_process_writes(populated: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({str(populated / 'traces.duckdb')!r}); print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        result = _cli("reliability", home=populated)
+        assert result.returncode == 0, result.stderr
+        assert "reading a snapshot copy" in result.stderr
+        assert "lookup" in result.stdout
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
