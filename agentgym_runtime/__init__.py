@@ -63,9 +63,9 @@ if TYPE_CHECKING:
         PolicyError,
         PolicyNotFoundError,
     )
-    from agentgym_runtime.policy.model import Policy
     from agentgym_runtime.policy.trained import TrainedPolicy
     from agentgym_runtime.recording.context import Episode
+    from agentgym_runtime.recording.policy import Policy
     from agentgym_runtime.semconv import ToolOutcome
     from agentgym_runtime.tools import Tool, Toolbox, tool
 
@@ -96,7 +96,7 @@ _EXPORTS: dict[str, str] = {
     "ToolArgumentsError": "agentgym_runtime.errors",
     "UnknownToolError": "agentgym_runtime.errors",
     "ToolOutcome": "agentgym_runtime.semconv",
-    "Policy": "agentgym_runtime.policy.model",
+    "Policy": "agentgym_runtime.recording.policy",
     "PolicyArtifactError": "agentgym_runtime.policy.errors",
     "PolicyConflictError": "agentgym_runtime.policy.errors",
     "PolicyError": "agentgym_runtime.policy.errors",

@@ -27,11 +27,11 @@ from agentgym_runtime import semconv
 from agentgym_runtime.collectors.export import ExportResult, export_store
 from agentgym_runtime.config import Settings
 from agentgym_runtime.errors import ConfigurationError, EpisodeNotFoundError, StoreUnavailableError
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
 from agentgym_runtime.policy.registry import PolicyInfo, PolicyState
 from agentgym_runtime.policy.trained import TrainedPolicy
 from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var, last_episode_var
 from agentgym_runtime.recording.episodes import _UNNAMED, AgentOptions, AgentRun
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 from agentgym_runtime.recording.runtime import Runtime, get_runtime, peek_runtime, replace_runtime
 
 

@@ -20,9 +20,9 @@ from _util import interleaved, machine, median
 
 
 def resolve_cost() -> list[str]:
-    from agentgym_runtime.policy.model import Policy
     from agentgym_runtime.policy.registry import PolicyRegistry
     from agentgym_runtime.policy.router import PolicyRouter
+    from agentgym_runtime.recording.policy import Policy
 
     registry = PolicyRegistry(Path(tempfile.mkdtemp(prefix="bench-policy-")))
     router = PolicyRouter(registry)

@@ -26,7 +26,7 @@ from rich.console import Console
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.recording.policy import Policy
 
 ORDERS = {1001: "shipped", 1002: "processing", 1003: "delivered"}
 

@@ -85,7 +85,6 @@ from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.adapters.fallback import acall_with_fallback, astream_with_fallback, resume_fallback
 from agentgym_runtime.api import current_policy
 from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_definitions
-from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording.capture import (
     LlmCall,
     ToolCall,
@@ -96,6 +95,7 @@ from agentgym_runtime.recording.capture import (
 )
 from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.recording.wrapping import CallKind, iterate_async

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import wrapt
 
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.wrapping import CallKind, run_kind
 
 

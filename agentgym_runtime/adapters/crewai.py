@@ -78,10 +78,10 @@ from agentgym_runtime.adapters.base import Adapter
 from agentgym_runtime.adapters.fallback import call_with_fallback, resume_fallback
 from agentgym_runtime.errors import ToolArgumentsError
 from agentgym_runtime.policy.apply import demonstration_messages
-from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call, start_tool_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.recording.wrapping import CallKind, call_sync
@@ -90,7 +90,7 @@ from agentgym_runtime.semconv import ToolOutcome
 FRAMEWORK = "crewai"
 
 LlmFactory = Callable[[LLMConfig], BaseLLM]
-"""Builds the LLM a policy's :class:`~agentgym_runtime.policy.model.LLMConfig` routes calls to."""
+"""Builds the LLM a policy's :class:`~agentgym_runtime.recording.policy.LLMConfig` routes calls to."""
 
 _llm_factory: LlmFactory | None = None
 _routed_llms: dict[str, BaseLLM] = {}
@@ -131,7 +131,7 @@ def routed_llm(config: LLMConfig, original: BaseLLM | None = None) -> BaseLLM:
     routed LLM has none, so the ReAct loop keeps working.
 
     Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig  # doctest: +SKIP
+        >>> from agentgym_runtime.recording.policy import LLMConfig  # doctest: +SKIP
         >>> routed_llm(LLMConfig(model="gpt-4o-mini")).model  # doctest: +SKIP
         'gpt-4o-mini'
     """
@@ -182,7 +182,7 @@ def react_demonstrations(policy: Policy) -> list[dict[str, Any]]:
     observation in the assistant message), the answer a ``Final Answer`` step.
 
     Example:
-        >>> from agentgym_runtime.policy.model import Demonstration, Policy, ToolCallExample
+        >>> from agentgym_runtime.recording.policy import Demonstration, Policy, ToolCallExample
         >>> demo = Demonstration(input="order 7?", tool_calls=(ToolCallExample(name="get_order",
         ...     arguments={"order_id": 7}, result="shipped"),), output="shipped")
         >>> [m["role"] for m in react_demonstrations(Policy(agent="a", version=1, demonstrations=(demo,)))]

@@ -25,7 +25,7 @@ function that makes the call under the given policy; they check ``policy.llm`` f
 policy that routes nothing costs one attribute check.
 
 Example:
-    >>> from agentgym_runtime.policy.model import LLMConfig, Policy
+    >>> from agentgym_runtime.recording.policy import LLMConfig, Policy
     >>> routed = Policy(agent="bot", version=2, llm=LLMConfig(endpoint="http://10.0.0.9/v1"))
     >>> call_with_fallback(routed, lambda policy: f"served by v{policy.version}")
     'served by v2'
@@ -50,9 +50,9 @@ from collections.abc import (
 )
 from typing import TypeVar
 
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.router import fallback_to_incumbent
 from agentgym_runtime.recording.context import AgentScope, Episode, current_agent_var, current_episode_var
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.runtime import get_runtime
 
 T = TypeVar("T")
@@ -160,7 +160,7 @@ def fallback_policy(policy: Policy, error: BaseException) -> Policy | None:
     the router (see :func:`agentgym_runtime.policy.router.fallback_to_incumbent`).
 
     Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> routed = Policy(agent="bot", version=2, llm=LLMConfig(model="tuned"))
         >>> fallback_policy(routed, ValueError("the host's bug")) is None
         True
@@ -193,7 +193,7 @@ def resume_fallback(policy: Policy) -> Policy:
     context, so the call's spans carry its version) for the rest of the episode.
 
     Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> routed = Policy(agent="bot", version=2, llm=LLMConfig(model="tuned"))
         >>> resume_fallback(routed) is routed  # outside an episode nothing fell back
         True
@@ -216,7 +216,7 @@ def call_with_fallback(policy: Policy, attempt: Callable[[Policy], T]) -> T:
     """``attempt(policy)``; on an endpoint failure, ``attempt(incumbent)`` once (module docstring).
 
     Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> call_with_fallback(Policy(agent="a", version=1, llm=LLMConfig(model="m")), lambda p: p.version)
         1
     """
@@ -241,7 +241,7 @@ async def acall_with_fallback(policy: Policy, attempt: Callable[[Policy], Awaita
 
     Example:
         >>> import asyncio
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> async def answer(policy):
         ...     return policy.version
         >>> asyncio.run(acall_with_fallback(Policy(agent="a", version=1, llm=LLMConfig(model="m")), answer))
@@ -274,7 +274,7 @@ def stream_with_fallback(policy: Policy, attempt: Callable[[Policy], Iterable[T]
     """Stream ``attempt(policy)``; fall back (once) only if it fails before its first item.
 
     Example:
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> list(stream_with_fallback(Policy(agent="a", version=1, llm=LLMConfig(model="m")), lambda p: "ab"))
         ['a', 'b']
     """
@@ -318,7 +318,7 @@ async def astream_with_fallback(
 
     Example:
         >>> import asyncio
-        >>> from agentgym_runtime.policy.model import LLMConfig
+        >>> from agentgym_runtime.recording.policy import LLMConfig
         >>> async def chunks(policy):
         ...     yield "a"
         ...     yield "b"

@@ -74,10 +74,10 @@ from agentgym_runtime.adapters.fallback import (
 from agentgym_runtime.api import current_policy
 from agentgym_runtime.errors import AgentGymError
 from agentgym_runtime.policy.apply import apply_to_messages, apply_to_tool_definitions
-from agentgym_runtime.policy.model import LLMConfig, Policy
 from agentgym_runtime.recording.capture import LlmCall, ToolCall, start_llm_call, start_tool_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.recording.wrapping import CallKind, call_async, call_sync, run_kind
@@ -104,7 +104,7 @@ _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"
 def register_model_factory(factory: ModelFactory | None) -> None:
     """Route the LLM calls of policies that set ``llm`` to the chat model ``factory`` returns.
 
-    The factory gets the policy's :class:`~agentgym_runtime.policy.model.LLMConfig` (endpoint,
+    The factory gets the policy's :class:`~agentgym_runtime.recording.policy.LLMConfig` (endpoint,
     model, sampling, LoRA adapter path) and returns a LangChain chat model, e.g. a
     ``ChatOpenAI(base_url=config.endpoint, model=config.model)`` served by vLLM with the
     adapter loaded. It is called once per routed LLM call, so cache models in it if they are

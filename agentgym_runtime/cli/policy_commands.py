@@ -27,8 +27,8 @@ from agentgym_runtime.cli.common import (
 )
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.errors import PolicyError
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState, PolicyStatus, default_actor
+from agentgym_runtime.recording.policy import Policy
 
 _STATUS_COLOURS = {
     PolicyStatus.LIVE: "green",

@@ -521,7 +521,7 @@ class Demo:
 
     def _summary(self, runtime: Any, scenario: Scenario, demo_model: Any, served: list[Task]) -> dict[str, Any]:
         from agentgym_runtime.demo.model.evaluate import evaluate_model
-        from agentgym_runtime.policy.model import resolve_adapter_path
+        from agentgym_runtime.recording.policy import resolve_adapter_path
 
         served_prompts = {t.prompt for t in served}
         # Held-out tasks that were never served: the versions are compared on unseen requests.

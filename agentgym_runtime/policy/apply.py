@@ -9,7 +9,7 @@ pieces they need), so what a policy *means* is defined once:
 * ``tool_descriptions`` replace the description of the named tools.
 
 Example:
-    >>> from agentgym_runtime.policy.model import Policy
+    >>> from agentgym_runtime.recording.policy import Policy
     >>> p = Policy(agent="a", version=1, system_prompt="Be exact.")
     >>> apply_to_messages(p, [{"role": "user", "content": "hi"}])
     [{'role': 'system', 'content': 'Be exact.'}, {'role': 'user', 'content': 'hi'}]
@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentgym_runtime.policy.model import Demonstration, Policy
+from agentgym_runtime.recording.policy import Demonstration, Policy
 
 
 def _text(value: Any) -> str:

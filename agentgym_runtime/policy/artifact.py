@@ -1,6 +1,6 @@
 """Policy artifacts on disk: ``policies/<agent>/v<N>/`` with a manifest of sha256 digests.
 
-An artifact is data only: ``policy.json`` (the :class:`~agentgym_runtime.policy.model.Policy`),
+An artifact is data only: ``policy.json`` (the :class:`~agentgym_runtime.recording.policy.Policy`),
 an optional ``adapter/`` directory of safetensors files (plus JSON configs such as PEFT's
 ``adapter_config.json``), and ``manifest.json`` listing the sha256 of every file. Nothing is
 unpickled and no code is imported. :func:`read_artifact` checks every digest, refuses files the
@@ -12,7 +12,7 @@ half of one.
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from agentgym_runtime.policy.model import Policy
+    >>> from agentgym_runtime.recording.policy import Policy
     >>> root = Path(tempfile.mkdtemp())
     >>> path = write_artifact(Policy(agent="bot", version=1, system_prompt="Be brief."), root)
     >>> path.name, read_artifact(path).system_prompt
@@ -33,7 +33,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError
-from agentgym_runtime.policy.model import LLMConfig, Policy
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 
 MANIFEST: Final = "manifest.json"
 POLICY_FILE: Final = "policy.json"

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final
 from agentgym_runtime.errors import ConfigurationError, StoreUnavailableError
 from agentgym_runtime.policy.artifact import manifest_digest, read_artifact, version_dir, write_artifact
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 
 if TYPE_CHECKING:
     import duckdb

@@ -54,9 +54,9 @@ from opentelemetry import trace
 from agentgym_runtime import semconv
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState
 from agentgym_runtime.recording.context import AgentScope, current_agent_var, current_episode_var
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.semconv import EpisodeStatus
 
 if TYPE_CHECKING:

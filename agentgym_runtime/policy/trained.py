@@ -8,7 +8,7 @@ Plain Python agents read :func:`agentgym_runtime.current_policy` themselves, so 
 returns a transparent proxy whose calls pin this policy for the agent's episodes.
 
 Example:
-    >>> from agentgym_runtime.policy.model import Policy
+    >>> from agentgym_runtime.recording.policy import Policy
     >>> trained = TrainedPolicy(Policy(agent="bot", version=3, system_prompt="Be exact."))
     >>> trained.ref, trained.system_prompt
     ('bot@v3', 'Be exact.')
@@ -22,8 +22,8 @@ from typing import Any
 
 import wrapt
 
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.policy.router import seeded
+from agentgym_runtime.recording.policy import Policy
 
 
 class SeededAgent(wrapt.ObjectProxy):  # type: ignore[misc]

@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.semconv import EpisodeStatus, ToolOutcome
 
 

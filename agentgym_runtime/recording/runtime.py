@@ -37,8 +37,8 @@ from agentgym_runtime.collectors.processor import EpisodeSpanProcessor, resolve_
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.config import Settings
-from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.serialization import Serializer
 
 if TYPE_CHECKING:

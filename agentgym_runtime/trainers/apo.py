@@ -303,7 +303,7 @@ class APOTrainer:
 
     @staticmethod
     def _score(replay_agent: Any, tasks: list[Task], prompt: str, tools: dict[str, str]) -> float:
-        from agentgym_runtime.policy.model import Policy
+        from agentgym_runtime.recording.policy import Policy
 
         policy = Policy(agent=replay_agent.agent_name, version=1, system_prompt=prompt, tool_descriptions=tools)
         return float(sum(replay_agent.replay(t, policy)[0] for t in tasks) / len(tasks))

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentgym_runtime.errors import AgentGymError
-from agentgym_runtime.policy.model import Demonstration, LLMConfig
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig
 
 TrainerName = Literal["demos", "apo", "grpo", "verl"]
 

@@ -3,7 +3,7 @@
 An Agent Lightning algorithm (:class:`DemosAlgorithm`):
 
 1. candidates are the training episodes with a reward at or above ``min_reward``
-   (default 0.8), each as a :class:`~agentgym_runtime.policy.model.Demonstration`
+   (default 0.8), each as a :class:`~agentgym_runtime.recording.policy.Demonstration`
    (input, its successful tool calls, output);
 2. candidate sets of size ``k`` (``k_values``, default 1..4) are chosen by maximal
    marginal relevance: relevant to the held-out inputs, diverse among themselves.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentgym_runtime.policy.model import Demonstration, ToolCallExample
+from agentgym_runtime.recording.policy import Demonstration, ToolCallExample
 from agentgym_runtime.trainers.base import ProgressFn, TrainingJobSpec, TrainingResult
 from agentgym_runtime.trainers.dataset import Task
 from agentgym_runtime.trainers.lightning.common import job_store_path, replay_agent_from_spec, require_modules

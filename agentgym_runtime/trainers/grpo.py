@@ -52,7 +52,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentgym_runtime.policy.model import LLMConfig
+from agentgym_runtime.recording.policy import LLMConfig
 from agentgym_runtime.trainers.base import (
     GPUNotAvailableError,
     ProgressFn,

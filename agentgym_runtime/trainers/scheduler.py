@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentgym_runtime.errors import ConfigurationError
-from agentgym_runtime.policy.model import Policy, resolve_adapter_path
+from agentgym_runtime.recording.policy import Policy, resolve_adapter_path
 from agentgym_runtime.trainers.base import TRAINERS, TrainingJobSpec, TrainingResult
 
 if TYPE_CHECKING:

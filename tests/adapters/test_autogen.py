@@ -32,7 +32,7 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 import agentgym_runtime as agentgym
 from agentgym_runtime.adapters import load_adapter
 from agentgym_runtime.adapters.autogen import AutoGenAdapter, PolicyModelClient, register_client_factory
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 

@@ -20,7 +20,7 @@ from crewai.tools import tool
 import agentgym_runtime as agentgym
 from agentgym_runtime.adapters import load_adapter
 from agentgym_runtime.adapters.crewai import CrewAIAdapter, CrewAIRequest, register_llm_factory
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 

@@ -39,8 +39,8 @@ from agentgym_runtime.adapters import load_adapter
 from agentgym_runtime.adapters.autogen import register_client_factory
 from agentgym_runtime.adapters.fallback import is_endpoint_failure
 from agentgym_runtime.adapters.langchain import register_model_factory
-from agentgym_runtime.policy.model import LLMConfig
 from agentgym_runtime.policy.registry import PolicyStatus
+from agentgym_runtime.recording.policy import LLMConfig
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 

@@ -32,7 +32,7 @@ from agentgym_runtime.adapters.langchain import (
     register_model_factory,
     uninstrument_langchain,
 )
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 

@@ -19,7 +19,7 @@ from agentgym_runtime.demo.model.chat import TinyToolCallingChatModel, messages_
 from agentgym_runtime.demo.model.evaluate import EvaluationResult, evaluate_model  # noqa: E402
 from agentgym_runtime.demo.model.format import parse_completion, render_call, render_prompt, score_completion  # noqa: E402
 from agentgym_runtime.demo.model.tiny import BUILD_FILE, DemoModel, load_or_build_demo_model  # noqa: E402
-from agentgym_runtime.policy.model import LLMConfig, Policy  # noqa: E402
+from agentgym_runtime.recording.policy import LLMConfig, Policy  # noqa: E402
 from agentgym_runtime.scenarios import get_scenario  # noqa: E402
 
 SCENARIO = "customer_support"

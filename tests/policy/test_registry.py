@@ -15,8 +15,8 @@ import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.artifact import read_artifact, verify_artifact, write_artifact
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyNotFoundError
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 

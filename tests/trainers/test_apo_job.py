@@ -11,7 +11,7 @@ import pytest
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ToolArgumentsError
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from agentgym_runtime.trainers.dataset import Task

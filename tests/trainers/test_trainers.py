@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agentgym_runtime.policy.model import Policy
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.trainers.base import GPUNotAvailableError, TrainerUnavailable, TrainingJobSpec
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from agentgym_runtime.trainers.toy_model import WordTokenizer, tiny_llama, toy_grpo_config

@@ -42,11 +42,11 @@ if TYPE_CHECKING:
         load_demo_model,
         load_or_build_demo_model,
     )
-    from agentgym_runtime.policy.model import resolve_adapter_path
+    from agentgym_runtime.recording.policy import resolve_adapter_path
 
 _EXPORTS: dict[str, str] = {
     "TinyToolCallingChatModel": "agentgym_runtime.demo.model.chat",
-    "resolve_adapter_path": "agentgym_runtime.policy.model",
+    "resolve_adapter_path": "agentgym_runtime.recording.policy",
     "EvaluationResult": "agentgym_runtime.demo.model.evaluate",
     "evaluate_model": "agentgym_runtime.demo.model.evaluate",
     "CompletionScore": "agentgym_runtime.demo.model.format",

@@ -29,7 +29,7 @@ from typing import Any
 from agentgym_runtime.demo.model.format import Step, parse_completion, render_call, render_prompt
 from agentgym_runtime.demo.model.tiny import DemoModel, load_demo_model, load_or_build_demo_model
 from agentgym_runtime.errors import MissingExtraError
-from agentgym_runtime.policy.model import resolve_adapter_path
+from agentgym_runtime.recording.policy import resolve_adapter_path
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun

@@ -8,7 +8,7 @@
   runs) or a user-supplied fake (any callable). Every call is counted with its outcome,
   which gives the replayed episode's tool reliability.
 * :class:`ReplayAgent` is an Agent Lightning ``LitAgent``: for each rollout it turns the
-  candidate resources into a :class:`~agentgym_runtime.policy.model.Policy`
+  candidate resources into a :class:`~agentgym_runtime.recording.policy.Policy`
   (:func:`policy_from_resources`), runs the user's episode function on the task with a
   fresh sandbox, and returns the reward: tool reliability combined with the scenario's
   reward and the task's recorded feedback (:func:`agentgym_runtime.recording.rewards.combine`).
@@ -38,8 +38,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agentgym_runtime.policy.model import Demonstration, LLMConfig, Policy
 from agentgym_runtime.recording import rewards
+from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 from agentgym_runtime.recording.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
 from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
 from agentgym_runtime.trainers.lightning import import_agentlightning

@@ -1,5 +1,9 @@
 """The Policy: an immutable, versioned bundle of what can change about an agent.
 
+A leaf data model owned by the recording core: every episode pins one (its version is
+recorded on every span), the policy registry stores them, trainers produce them and the
+adapters apply them. It imports nothing from the package, so every layer may use it.
+
 Version 0 of every agent is the agent as written (nothing overridden). Later
 versions come from training or from :func:`agentgym_runtime.register_policy`.
 A policy is applied at the LLM-call boundary of one call at a time (see
