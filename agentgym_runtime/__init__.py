@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from agentgym_runtime.api import (
         configure,
         current_episode,
-        current_policy,
         episode,
         export,
         feedback,
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
         PolicyNotFoundError,
     )
     from agentgym_runtime.policy.trained import TrainedPolicy
-    from agentgym_runtime.recording.context import Episode
+    from agentgym_runtime.recording.context import Episode, current_policy
     from agentgym_runtime.recording.policy import Policy
     from agentgym_runtime.semconv import ToolOutcome
     from agentgym_runtime.tools import Tool, Toolbox, tool
@@ -72,7 +71,7 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "configure": "agentgym_runtime.api",
     "current_episode": "agentgym_runtime.api",
-    "current_policy": "agentgym_runtime.api",
+    "current_policy": "agentgym_runtime.recording.context",
     "episode": "agentgym_runtime.api",
     "export": "agentgym_runtime.api",
     "feedback": "agentgym_runtime.api",

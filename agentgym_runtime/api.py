@@ -23,19 +23,22 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanKind
 
-from agentgym_runtime import semconv
+# Importing the adapters plugs auto-instrumentation into the episodes that episode() opens.
+import agentgym_runtime.adapters  # noqa: F401
+from agentgym_runtime import semconv, services
 from agentgym_runtime.collectors.export import ExportResult, export_store
 from agentgym_runtime.config import Settings
 from agentgym_runtime.errors import ConfigurationError, EpisodeNotFoundError, StoreUnavailableError
 from agentgym_runtime.policy.registry import PolicyInfo, PolicyState
 from agentgym_runtime.policy.trained import TrainedPolicy
-from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var, last_episode_var
+from agentgym_runtime.recording.context import Episode, current_episode_var, current_policy, last_episode_var
 from agentgym_runtime.recording.episodes import _UNNAMED, AgentOptions, AgentRun
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
-from agentgym_runtime.recording.runtime import Runtime, get_runtime, peek_runtime, replace_runtime
+from agentgym_runtime.recording.runtime import Runtime
+from agentgym_runtime.services import Services
 
 
-def configure(**settings: Any) -> Runtime:
+def configure(**settings: Any) -> Services:
     """Configure agentgym-runtime for this process; unspecified settings come from ``AGENTGYM_*``.
 
     Calling it again flushes and replaces the previous configuration.
@@ -45,7 +48,8 @@ def configure(**settings: Any) -> Runtime:
             ``service_name``, ``capture_content``, ``redact``, ``max_attribute_bytes``, ``enabled``, ...
 
     Returns:
-        The runtime now in use.
+        The services now in use: the recording runtime (``settings``, ``store``, ``flush``,
+        ``stats``), the policy ``router`` and registry (``policies``) and the training ``scheduler``.
 
     Raises:
         ConfigurationError: A setting is unknown or has an invalid value (the message names it).
@@ -65,7 +69,7 @@ def configure(**settings: Any) -> Runtime:
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise ConfigurationError(f"invalid agentgym settings: {problems}") from None
-    return replace_runtime(parsed)
+    return services.configure(parsed)
 
 
 @contextmanager
@@ -93,7 +97,7 @@ def episode(
     """
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ConfigurationError(f"metadata must be a mapping, got {type(metadata).__name__}")
-    runtime = get_runtime()
+    runtime = services.current().runtime
     run = AgentRun(runtime, AgentOptions(name=agent or _UNNAMED), session_id=session_id, metadata=metadata)
     current = run.enter()
     try:
@@ -102,25 +106,6 @@ def episode(
         run.exit(error=exc, cancelled=isinstance(exc, GeneratorExit | KeyboardInterrupt))
         raise
     run.exit()
-
-
-def current_policy() -> Policy | None:
-    """The policy pinned for the agent running now (``None`` outside an episode).
-
-    Plain-Python agents read it to apply prompt, demonstrations and model routing themselves;
-    framework adapters apply it for you.
-
-    Example:
-        >>> import agentgym_runtime as agentgym
-        >>> with agentgym.episode(agent="doc"):
-        ...     agentgym.current_policy().version
-        0
-    """
-    scope = current_agent_var.get()
-    if scope is not None:
-        return scope.policy
-    current = current_episode_var.get()
-    return current.policy if current is not None else None
 
 
 def current_episode() -> Episode | None:
@@ -136,9 +121,10 @@ def last_episode() -> Episode | None:
     concurrent threads never see each other's episodes. Only episodes recorded since the
     last :func:`configure` count.
     """
-    runtime = peek_runtime()
-    if runtime is None:
+    current = services.peek()
+    if current is None:
         return None
+    runtime = current.runtime
     candidates = [last_episode_var.get(), runtime.last_episode_in_thread()]
     finished = [e for e in candidates if e is not None and e.runtime_id == id(runtime)]
     if not finished:
@@ -197,7 +183,7 @@ def feedback(
             raise ConfigurationError(f"feedback value must be a finite number, got {value!r}")
     else:
         raise ConfigurationError(f"feedback value must be a number or a bool, got {type(value).__name__}")
-    runtime = get_runtime()
+    runtime = services.current().runtime
     link_context = runtime.recent_episode_context(target)
     if link_context is None and not _episode_recorded(runtime, target):
         raise EpisodeNotFoundError(f"no episode {target!r} has been recorded")
@@ -249,19 +235,19 @@ def flush(timeout_s: float = 30.0) -> bool:
         >>> agentgym.flush()
         True
     """
-    return get_runtime().flush(timeout_s)
+    return services.current().flush(timeout_s)
 
 
 def shutdown(timeout_s: float = 30.0) -> None:
     """Flush and stop recording (also done automatically at interpreter exit)."""
-    runtime = peek_runtime()
-    if runtime is not None:
-        runtime.shutdown(timeout_s)
+    current = services.peek()
+    if current is not None:
+        current.shutdown(timeout_s)
 
 
 def stats() -> dict[str, Any]:
     """Counters of the recording pipeline: spans enqueued, written, pending, lost, failures."""
-    return get_runtime().stats()
+    return services.current().stats()
 
 
 def export(
@@ -288,9 +274,9 @@ def export(
         >>> result.format
         'jsonl'
     """
-    runtime = get_runtime()
-    runtime.flush()
-    return export_store(runtime.store, path, format, agent=agent, since=since)
+    current = services.current()
+    current.flush()
+    return export_store(current.store, path, format, agent=agent, since=since)
 
 
 def register_policy(
@@ -337,7 +323,7 @@ def register_policy(
         'support@v1'
         >>> agentgym.shutdown()
     """
-    return get_runtime().policies.register(
+    return services.current().policies.register(
         agent_name,
         system_prompt=system_prompt,
         tool_descriptions=tool_descriptions,
@@ -373,7 +359,7 @@ def promote(
         1
         >>> agentgym.shutdown()
     """
-    registry = get_runtime().policies
+    registry = services.current().policies
     expected = registry.state(agent_name).sequence
     if canary is not None:
         return registry.start_canary(
@@ -399,7 +385,7 @@ def rollback(agent_name: str, *, reason: str | None = None) -> PolicyState:
         0
         >>> agentgym.shutdown()
     """
-    registry = get_runtime().policies
+    registry = services.current().policies
     expected = registry.state(agent_name).sequence
     return registry.rollback(agent_name, actor="api", reason=reason or "manual rollback", expected_sequence=expected)
 
@@ -418,7 +404,7 @@ def policies(agent_name: str) -> list[PolicyInfo]:
         [(0, 'live'), (1, 'candidate')]
         >>> agentgym.shutdown()
     """
-    return get_runtime().policies.policies(agent_name)
+    return services.current().policies.policies(agent_name)
 
 
 def load_policy(ref: str) -> TrainedPolicy:
@@ -445,7 +431,26 @@ def load_policy(ref: str) -> TrainedPolicy:
     if not isinstance(ref, str) or not ref.strip():
         raise ConfigurationError(f"a policy reference looks like 'agent@v3' or 'agent@live', got {ref!r}")
     agent, _, which = ref.strip().partition("@")
-    registry = get_runtime().policies
+    registry = services.current().policies
     version = registry.resolve_ref(agent, which or "live")
     policy = registry.load(agent, version)
     return TrainedPolicy(policy, registry.artifact_path(agent, version) if version else None)
+
+
+__all__ = [
+    "configure",
+    "current_episode",
+    "current_policy",
+    "episode",
+    "export",
+    "feedback",
+    "flush",
+    "last_episode",
+    "load_policy",
+    "policies",
+    "promote",
+    "register_policy",
+    "rollback",
+    "shutdown",
+    "stats",
+]

@@ -22,6 +22,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
+# Importing the services wires the default runtime (policy router, training scheduler) before the
+# first episode of a decorated agent starts; the adapters plug auto-instrumentation into episodes.
+import agentgym_runtime.services  # noqa: F401
 from agentgym_runtime.adapters import FRAMEWORKS, adapter_for
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.recording.episodes import AgentOptions

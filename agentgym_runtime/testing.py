@@ -2,7 +2,8 @@
 
 Enable them with ``pytest_plugins = ["agentgym_runtime.testing"]`` in a ``conftest.py``.
 
-* ``agentgym_runtime`` — a runtime writing to a fresh DuckDB file under ``tmp_path``, strict
+* ``agentgym_runtime`` — the services (what ``configure`` returns: the runtime, the policy router
+  and registry, the scheduler) writing to a fresh DuckDB file under ``tmp_path``, strict
   (internal errors raise), flushed quickly; shut down after the test.
 * ``recorded`` — helpers that flush and read back what was recorded.
 * ``captured_spans`` — an in-memory OpenTelemetry exporter on the same provider, cleared per test.
@@ -26,13 +27,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentgym_runtime.api import configure, shutdown
-from agentgym_runtime.recording.runtime import Runtime
+from agentgym_runtime.services import Services
 
 
 class Recorded:
     """Read back what a runtime recorded (each call flushes first)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Services) -> None:
         self.runtime = runtime
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ def agentgym_home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def agentgym_runtime(agentgym_home: Path) -> Iterator[Runtime]:
+def agentgym_runtime(agentgym_home: Path) -> Iterator[Services]:
     """A strict runtime on a fresh DuckDB file, shut down after the test."""
     runtime = configure(home=agentgym_home, strict=True, schedule_delay_ms=20, reopen_backoff_s=0.0)
     try:
@@ -90,7 +91,7 @@ def agentgym_runtime(agentgym_home: Path) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def recorded(agentgym_runtime: Runtime) -> Recorded:
+def recorded(agentgym_runtime: Services) -> Recorded:
     """Read back what the test's runtime recorded."""
     return Recorded(agentgym_runtime)
 
@@ -118,7 +119,7 @@ _memory_exporter: InMemorySpanExporter | None = None
 
 
 @pytest.fixture
-def captured_spans(agentgym_runtime: Runtime) -> Iterator[CapturedSpans]:
+def captured_spans(agentgym_runtime: Services) -> Iterator[CapturedSpans]:
     """An in-memory exporter on the global tracer provider, cleared for each test."""
     global _memory_exporter
     provider = trace.get_tracer_provider()

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from agentgym_runtime.adapters.base import Adapter, AgentProxy, class_modules
 from agentgym_runtime.adapters.callable import CallableAdapter
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
+from agentgym_runtime.recording.episodes import add_instrumenter
+from agentgym_runtime.recording.sandbox import set_framework_hooks
 
 #: framework name -> (adapter "module:Class", extra, module prefixes that identify it)
 FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -102,6 +105,34 @@ def auto_instrument() -> list[str]:
     return done
 
 
+def hook_frameworks_for_sandbox() -> Callable[[], None]:
+    """Instrument the adapter of every framework already imported, for a replay sandbox.
+
+    Unlike :func:`auto_instrument` this ignores an earlier explicit ``uninstrument``: while a
+    sandbox is active no framework tool may reach the real one. Returns the release, which
+    restores each adapter's instrumentation count and the user's opt-out.
+    """
+    hooked: list[tuple[Adapter, bool]] = []
+    for framework, (_, extra, prefixes) in FRAMEWORKS.items():
+        if extra is None or not any(prefix in sys.modules for prefix in prefixes):
+            continue
+        try:
+            adapter = load_adapter(framework)
+        except MissingExtraError:
+            continue  # e.g. only part of a framework's packages is installed
+        opted_out = type(adapter)._auto_opt_out
+        adapter.instrument()
+        hooked.append((adapter, opted_out))
+
+    def release() -> None:
+        for adapter, opted_out in reversed(hooked):
+            adapter.uninstrument()
+            # Releasing our own reference is not the user opting out of automatic instrumentation.
+            type(adapter)._auto_opt_out = opted_out
+
+    return release
+
+
 def adapter_for(obj: Any, framework: str | None = None) -> Adapter:
     """The adapter for ``obj``: the forced ``framework``, else the detected one."""
     return load_adapter(framework or detect_framework(obj))
@@ -115,5 +146,11 @@ __all__ = [
     "adapter_for",
     "auto_instrument",
     "detect_framework",
+    "hook_frameworks_for_sandbox",
     "load_adapter",
 ]
+
+# The adapters plug themselves into the recording core from above (it never imports them): new
+# episodes instrument the frameworks already imported, and replay sandboxes hook their tools.
+add_instrumenter(auto_instrument)
+set_framework_hooks(hook_frameworks_for_sandbox)

@@ -273,3 +273,23 @@ class AgentScope:
 current_episode_var: ContextVar[Episode | None] = ContextVar("agentgym_episode", default=None)
 current_agent_var: ContextVar[AgentScope | None] = ContextVar("agentgym_agent", default=None)
 last_episode_var: ContextVar[Episode | None] = ContextVar("agentgym_last_episode", default=None)
+
+
+def current_policy() -> Policy | None:
+    """The policy pinned for the agent running now (``None`` outside an episode).
+
+    Inside a team or crew that is the policy of the agent whose turn it is; otherwise the
+    episode's. Plain-Python agents read it to apply prompt, demonstrations and model routing
+    themselves; framework adapters apply it for you.
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> with agentgym.episode(agent="doc"):
+        ...     agentgym.current_policy().version
+        0
+    """
+    scope = current_agent_var.get()
+    if scope is not None:
+        return scope.policy
+    current = current_episode_var.get()
+    return current.policy if current is not None else None

@@ -5,13 +5,17 @@
 already active becomes a *turn* of another agent inside that episode (a child
 ``invoke_agent`` span), which is how teams and crews keep one episode with
 per-agent attribution.
+
+Automatic instrumentation of the agent frameworks a process imported is plugged in from above
+(:func:`add_instrumenter`, which :mod:`agentgym_runtime.adapters` calls when it is loaded): the
+recording core never imports the adapters.
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,11 +300,27 @@ class AgentRun:
 
 _UNNAMED = "default"
 
+#: Called (guarded) whenever an episode of its own starts and ``settings.auto_instrument`` is on.
+_instrumenters: list[Callable[[], object]] = []
+
+
+def add_instrumenter(instrument: Callable[[], object]) -> None:
+    """Call ``instrument()`` whenever a new episode starts (with ``settings.auto_instrument`` on).
+
+    The adapters register their ``auto_instrument`` here when they are loaded, so that a
+    decorated function running a framework's agent is captured without wrapping the agent.
+    Registering the same function twice has no effect; a failure is an internal error.
+
+    Example:
+        >>> add_instrumenter(lambda: None)  # doctest: +SKIP
+    """
+    if instrument not in _instrumenters:
+        _instrumenters.append(instrument)
+
 
 def _auto_instrument(runtime: Runtime) -> None:
-    try:
-        from agentgym_runtime.adapters import auto_instrument
-
-        auto_instrument()
-    except Exception as exc:
-        runtime.internal_error("auto-instrument", exc)
+    for instrument in list(_instrumenters):
+        try:
+            instrument()
+        except Exception as exc:
+            runtime.internal_error("auto-instrument", exc)

@@ -5,6 +5,13 @@ environment (``AGENTGYM_*``) or by :func:`agentgym_runtime.configure`.
 Reconfiguring flushes and shuts down the previous pipeline before the new one
 takes over; the tracer-provider attachment is made once and re-pointed.
 
+The Runtime is the recording pipeline only. The policy router and the training
+scheduler are built around it by :mod:`agentgym_runtime.services`, which plugs in
+through three seams that this module defines and never looks behind:
+``policy_resolver`` (who pins an episode's policy), lifecycle hooks
+(:meth:`Runtime.add_hook`) and the factory of the default runtime
+(:func:`set_runtime_factory`). Nothing here imports the services.
+
 Example:
     >>> import agentgym_runtime as agentgym
     >>> rt = agentgym.configure(store=":memory:", service_name="doc")
@@ -16,14 +23,13 @@ Example:
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,23 +44,33 @@ from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.config import Settings
 from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var
+from agentgym_runtime.recording.files import atomic_write_json
 from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.serialization import Serializer
-
-if TYPE_CHECKING:
-    from agentgym_runtime.policy.registry import PolicyRegistry
-    from agentgym_runtime.policy.router import PolicyRouter
-    from agentgym_runtime.trainers.scheduler import TrainingScheduler
 
 logger = logging.getLogger("agentgym_runtime")
 
 PolicyResolver = Callable[[str, str | None], Policy]
 """``(agent, session_id) -> Policy`` pinned when an episode (or an agent's turn) starts."""
 
+RuntimeFactory = Callable[[Settings | None], "Runtime"]
+"""Builds a (not yet started) runtime from settings (``None``: from the environment)."""
+
+Stage = Literal["start", "stop", "close"]
+"""When a lifecycle hook runs: ``start``, after the pipeline is built; ``stop``, when shutdown
+begins, before the last flush (stop producing); ``close``, after the pipeline stopped and before
+the store closes (last writes)."""
+
 _RECENT_EPISODES = 10_000
 
 
-def _baseline_policy(agent: str, session_id: str | None) -> Policy:
+def baseline_policy(agent: str, session_id: str | None) -> Policy:
+    """The resolver of a runtime nobody wired: every agent runs as written (version 0).
+
+    Example:
+        >>> baseline_policy("support", None).version
+        0
+    """
     return Policy.baseline(agent)
 
 
@@ -90,9 +106,8 @@ class Runtime:
         )
         self.pipeline_stats = PipelineStats()
         self.store = TraceStore(self.settings.store_path)
-        # Until replaced, resolution goes through the policy router (created on first use).
-        self.policy_resolver: PolicyResolver = self._resolve_with_router
-        self._policy_router: PolicyRouter | None = None
+        # The services replace it with the policy router's; tests and hosts may set their own.
+        self.policy_resolver: PolicyResolver = baseline_policy
         self.last_episode: Episode | None = None
         self._last_by_thread: dict[int, Episode] = {}
         self.host_provider = False
@@ -107,7 +122,32 @@ class Runtime:
         self._status_at = 0.0
         self._logged_errors: set[str] = set()
         self._recent: OrderedDict[str, SpanContext] = OrderedDict()
-        self._scheduler: TrainingScheduler | None = None
+        self._hooks: dict[Stage, list[tuple[str, Callable[[], None]]]] = {"start": [], "stop": [], "close": []}
+
+    def add_hook(self, stage: Stage, where: str, hook: Callable[[], None]) -> None:
+        """Run ``hook`` at ``stage`` of this runtime's life (see :data:`Stage`).
+
+        ``start`` hooks run after the pipeline is built, and their failures propagate out of
+        :meth:`start`; ``stop`` and ``close`` hooks are guarded (a failure is an internal error
+        reported as ``where``), so that shutdown always flushes and closes the store.
+
+        Example:
+            >>> rt = Runtime(Settings(store=":memory:"))
+            >>> rt.add_hook("close", "doc", lambda: print("closing"))
+            >>> rt.start().shutdown()
+            closing
+        """
+        self._hooks[stage].append((where, hook))
+
+    def _run_hooks(self, stage: Stage) -> None:
+        for where, hook in list(self._hooks[stage]):
+            if stage == "start":
+                hook()
+                continue
+            try:
+                hook()
+            except Exception as exc:
+                self.internal_error(where, exc)
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -140,30 +180,8 @@ class Runtime:
             self._started = True
             self._closed = False
             _register_process_hooks()
-        self._start_training_schedules()
+        self._run_hooks("start")
         return self
-
-    def _start_training_schedules(self) -> None:
-        # Agents decorated with train_online(schedule=...) before this runtime existed.
-        from agentgym_runtime.trainers.scheduler import registered_training
-
-        if registered_training():
-            self.scheduler.start()
-
-    @property
-    def scheduler(self) -> TrainingScheduler:
-        """The background retraining scheduler (created on first use)."""
-        with self._lock:
-            if self._scheduler is None:
-                from agentgym_runtime.trainers.scheduler import TrainingScheduler
-
-                self._scheduler = TrainingScheduler(self)
-            return self._scheduler
-
-    @property
-    def has_scheduler(self) -> bool:
-        """Whether the scheduler was created (without creating it)."""
-        return self._scheduler is not None
 
     @property
     def started(self) -> bool:
@@ -195,12 +213,7 @@ class Runtime:
             if not self._started or self._closed:
                 return
             self._closed = True
-            scheduler, self._scheduler = self._scheduler, None
-            if scheduler is not None:
-                try:
-                    scheduler.shutdown()  # kills running jobs; their runs are marked failed first
-                except Exception as exc:
-                    self.internal_error("training scheduler shutdown", exc)
+            self._run_hooks("stop")
             try:
                 self.flush(timeout_s)
             finally:
@@ -209,8 +222,7 @@ class Runtime:
                 if self._batch is not None:
                     self._batch.shutdown()  # type: ignore[no-untyped-call]
                 self.publish_status(force=True)
-                if self._policy_router is not None:
-                    self._policy_router.registry.close()  # last policy mirror, then never reopen the store
+                self._run_hooks("close")
                 self.store.close()
                 self._started = False
                 self._tracer = None
@@ -261,9 +273,8 @@ class Runtime:
         path = self.settings.status_path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(payload, indent=2, default=str))
-            os.replace(tmp, path)
+            # Rewritten at every flush and only ever read by `agentgym status`: not worth an fsync.
+            atomic_write_json(path, payload, durable=False)
         except OSError:
             logger.debug("agentgym: cannot write %s", path, exc_info=True)
 
@@ -275,35 +286,6 @@ class Runtime:
             self.internal_error("policy resolution", exc)
             return Policy.baseline(agent)
         return policy if isinstance(policy, Policy) else Policy.baseline(agent)
-
-    @property
-    def router(self) -> PolicyRouter:
-        """The policy router of this runtime (created on first use; it becomes ``policy_resolver``)."""
-        router = self._policy_router
-        if router is None:
-            with self._lock:
-                if self._policy_router is None:
-                    from agentgym_runtime.policy.registry import PolicyRegistry
-                    from agentgym_runtime.policy.router import PolicyRouter
-
-                    registry = PolicyRegistry(
-                        self.settings.policies_dir,
-                        store=self.store if self.settings.enabled else None,
-                        on_error=self.internal_error,
-                    )
-                    self._policy_router = PolicyRouter(registry, self)
-                    if self.policy_resolver == self._resolve_with_router:
-                        self.policy_resolver = self._policy_router.resolve
-                router = self._policy_router
-        return router
-
-    @property
-    def policies(self) -> PolicyRegistry:
-        """The policy registry of this runtime (``<home>/policies``, mirrored into the store)."""
-        return self.router.registry
-
-    def _resolve_with_router(self, agent: str, session_id: str | None) -> Policy:
-        return self.router.resolve(agent, session_id)
 
     # --- episode bookkeeping -------------------------------------------------------------
     def remember_episode(self, episode: Episode, span_context: SpanContext | None) -> None:
@@ -338,6 +320,18 @@ class Runtime:
 _default: Runtime | None = None
 _default_lock = threading.Lock()
 _hooks_registered = False
+_factory: RuntimeFactory = Runtime
+
+
+def set_runtime_factory(factory: RuntimeFactory | None) -> None:
+    """Build default runtimes with ``factory`` from now on (``None``: a plain :class:`Runtime`).
+
+    :mod:`agentgym_runtime.services` installs itself here when it is imported, so that the
+    default runtime gets its policy router and training scheduler wired before it starts,
+    while this module never imports the services (dependency inversion).
+    """
+    global _factory
+    _factory = factory or Runtime
 
 
 def get_runtime() -> Runtime:
@@ -347,7 +341,7 @@ def get_runtime() -> Runtime:
         with _default_lock:
             runtime = _default
             if runtime is None:
-                runtime = Runtime().start()
+                runtime = _factory(None).start()
                 _set_default(runtime)
     return runtime
 
@@ -368,7 +362,7 @@ def replace_runtime(settings: Settings) -> Runtime:
         old = _default
         if old is not None:
             old.shutdown()
-        runtime = Runtime(settings)
+        runtime = _factory(settings)
         if settings.enabled:
             runtime.start()
         _set_default(runtime)

@@ -11,8 +11,8 @@ sandbox decides per tool whether the call is replayed, runs live, or goes to a f
 (:class:`ToolSandbox`, the one training replays use).
 
 Outside a replay the cost at each execution point is one ``ContextVar.get``. Nothing heavy
-is imported here: the adapters are imported (to hook the frameworks already loaded) only
-when a sandbox is activated.
+is imported here, and nothing above the recording core: the adapters plug their framework
+hooks in (:func:`set_framework_hooks`) when they are loaded.
 
 Example:
     >>> class EchoSandbox:
@@ -208,41 +208,36 @@ def use_sandbox(sandbox: SandboxT, *, hook_frameworks: bool = True) -> Iterator[
         >>> with use_sandbox(object(), hook_frameworks=False) as box:  # doctest: +SKIP
         ...     run_the_agent()
     """
-    hooked = _hook_frameworks() if hook_frameworks else []
+    release = _hook_frameworks() if hook_frameworks else None
     token = current_sandbox.set(sandbox)
     try:
         yield sandbox
     finally:
         current_sandbox.reset(token)
-        for adapter, opted_out in reversed(hooked):
-            adapter.uninstrument()
-            # Releasing our own reference is not the user opting out of automatic instrumentation.
-            type(adapter)._auto_opt_out = opted_out
+        if release is not None:
+            release()
 
 
-def _hook_frameworks() -> list[tuple[Any, bool]]:
-    """Instrument the adapter of every agent framework already imported; (adapter, its opt-out) each.
+FrameworkHooks = Callable[[], Callable[[], None]]
+"""Hooks the tool execution of every agent framework already imported; returns their release."""
 
-    Unlike :func:`~agentgym_runtime.adapters.auto_instrument` this ignores an earlier explicit
-    ``uninstrument``: while a sandbox is active no framework tool may reach the real one.
+_framework_hooks: FrameworkHooks | None = None
+
+
+def set_framework_hooks(hooks: FrameworkHooks | None) -> None:
+    """Install what ``use_sandbox(hook_frameworks=True)`` calls to hook the frameworks' tools.
+
+    :mod:`agentgym_runtime.adapters` installs its own when it is loaded; the recording core
+    never imports the adapters.
     """
-    import sys
+    global _framework_hooks
+    _framework_hooks = hooks
 
-    from agentgym_runtime.adapters import FRAMEWORKS, load_adapter
-    from agentgym_runtime.errors import MissingExtraError
 
-    hooked: list[tuple[Any, bool]] = []
-    for framework, (_, extra, prefixes) in FRAMEWORKS.items():
-        if extra is None or not any(prefix in sys.modules for prefix in prefixes):
-            continue
-        try:
-            adapter = load_adapter(framework)
-        except MissingExtraError:
-            continue  # e.g. only part of a framework's packages is installed
-        opted_out = type(adapter)._auto_opt_out
-        adapter.instrument()
-        hooked.append((adapter, opted_out))
-    return hooked
+def _hook_frameworks() -> Callable[[], None]:
+    if _framework_hooks is None:
+        return lambda: None  # no adapter loaded: no framework tool is instrumented to reach
+    return _framework_hooks()
 
 
 @contextmanager

@@ -1,0 +1,287 @@
+"""The one wiring module: builds the runtime's services and hands each its narrow collaborators.
+
+A :class:`Services` is one configuration of agentgym-runtime, put together:
+
+* the recording :class:`~agentgym_runtime.recording.runtime.Runtime` (settings, the span
+  pipeline into the DuckDB store, the tracer, the error sink ``internal_error``, ``flush``);
+* the :class:`~agentgym_runtime.policy.registry.PolicyRegistry` on ``<home>/policies`` and the
+  :class:`~agentgym_runtime.policy.router.PolicyRouter`, which becomes the runtime's
+  ``policy_resolver``;
+* the :class:`~agentgym_runtime.trainers.scheduler.TrainingScheduler`, started when an agent
+  registered a training schedule.
+
+Each service gets what it uses (the store, ``flush``, the error sink, the registry), never the
+runtime, and none of them imports this module: it is the only place that knows them all. The
+layers above (``api``, ``decorator``, ``tools``, ``adapters``, ``cli``, ``demo``) reach the
+services of the process through :func:`current`. The recording core builds its default runtime
+through a factory hook that this module installs when imported, so the router and the scheduler
+are wired before the runtime starts, while the recording core never imports them.
+
+Example:
+    >>> import agentgym_runtime as agentgym
+    >>> from agentgym_runtime import services
+    >>> _ = agentgym.configure(store=":memory:", service_name="doc")
+    >>> services.current().settings.service_name
+    'doc'
+    >>> services.current().router.resolve("support", None).version
+    0
+    >>> agentgym.shutdown()
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from agentgym_runtime.config import Settings
+from agentgym_runtime.recording.runtime import (
+    PolicyResolver,
+    Runtime,
+    baseline_policy,
+    get_runtime,
+    peek_runtime,
+    replace_runtime,
+    set_runtime_factory,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry import trace
+
+    from agentgym_runtime.collectors.store import TraceStore
+    from agentgym_runtime.policy.registry import PolicyRegistry
+    from agentgym_runtime.policy.router import PolicyRouter
+    from agentgym_runtime.recording.policy import Policy
+    from agentgym_runtime.trainers.scheduler import TrainingConfig, TrainingScheduler
+
+
+class Services:
+    """One configuration of agentgym-runtime: the recording runtime and the services around it.
+
+    The policy router (with its registry) and the training scheduler are built on first use, so
+    a process that only records never loads them. What :func:`agentgym_runtime.configure`
+    returns.
+
+    Args:
+        runtime: The recording runtime to wire (started or not).
+
+    Example:
+        >>> from agentgym_runtime.config import Settings
+        >>> svc = Services(Runtime(Settings(store=":memory:")).start())
+        >>> svc.runtime.resolve_policy("bot", None).version  # resolved by the router now
+        0
+        >>> svc.has_scheduler
+        False
+        >>> svc.shutdown()
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._lock = threading.RLock()
+        self._router: PolicyRouter | None = None
+        self._scheduler: TrainingScheduler | None = None
+        if runtime.policy_resolver is baseline_policy:  # a resolver set by the host stays
+            runtime.policy_resolver = self._resolve
+        runtime.add_hook("start", "training schedules", self._start_schedules)
+        # Stop the jobs first (their runs are marked failed), then flush; the registry's last
+        # mirror into the store goes after the pipeline stopped and before the store closes.
+        runtime.add_hook("stop", "training scheduler shutdown", self._stop_scheduler)
+        runtime.add_hook("close", "policy registry close", self._close_registry)
+        if runtime.started:
+            self._start_schedules()
+
+    # --- the services -------------------------------------------------------------------------
+    @property
+    def router(self) -> PolicyRouter:
+        """The policy router (created on first use, with the registry on ``<home>/policies``)."""
+        router = self._router
+        if router is None:
+            with self._lock:
+                if self._router is None:
+                    from agentgym_runtime.policy.registry import PolicyRegistry
+                    from agentgym_runtime.policy.router import PolicyRouter
+
+                    runtime = self.runtime
+                    registry = PolicyRegistry(
+                        runtime.settings.policies_dir,
+                        store=runtime.store if runtime.settings.enabled else None,
+                        on_error=runtime.internal_error,
+                    )
+                    self._router = PolicyRouter(
+                        registry, store=runtime.store, flush=runtime.flush, on_error=runtime.internal_error
+                    )
+                router = self._router
+        return router
+
+    @property
+    def policies(self) -> PolicyRegistry:
+        """The policy registry (``<home>/policies``, mirrored into the store)."""
+        return self.router.registry
+
+    @property
+    def scheduler(self) -> TrainingScheduler:
+        """The background retraining scheduler (created on first use)."""
+        with self._lock:
+            if self._scheduler is None:
+                from agentgym_runtime.trainers.scheduler import TrainingScheduler
+
+                runtime = self.runtime
+                self._scheduler = TrainingScheduler(
+                    runtime.settings,
+                    store=runtime.store,
+                    registry=self.policies,
+                    on_error=runtime.internal_error,
+                    flush=runtime.flush,
+                    router=self.router,
+                )
+            return self._scheduler
+
+    @property
+    def has_scheduler(self) -> bool:
+        """Whether the scheduler was created (without creating it)."""
+        return self._scheduler is not None
+
+    def training_registered(self, agent: str, config: TrainingConfig | None) -> None:
+        """Follow a ``train_online(schedule=...)`` registration (``config``) or removal (``None``)."""
+        if config is not None:
+            if self.runtime.started:
+                self.scheduler.add_agent(config)
+        elif self.has_scheduler:
+            self.scheduler.remove_agent(agent)
+
+    def _resolve(self, agent: str, session_id: str | None) -> Policy:
+        return self.router.resolve(agent, session_id)
+
+    def _start_schedules(self) -> None:
+        from agentgym_runtime.trainers.scheduler import registered_training, set_registration_listener
+
+        # Registrations made from now on reach this configuration's scheduler.
+        set_registration_listener(_follow_registrations)
+        if registered_training():  # agents decorated before this runtime started
+            self.scheduler.start()
+
+    def _stop_scheduler(self) -> None:
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown()  # kills running jobs; their runs are marked failed first
+
+    def _close_registry(self) -> None:
+        if self._router is not None:
+            self._router.registry.close()  # the last policy mirror; the store is never reopened
+
+    # --- the recording runtime, for callers of configure() ---------------------------------------
+    @property
+    def settings(self) -> Settings:
+        """The settings in use."""
+        return self.runtime.settings
+
+    @property
+    def store(self) -> TraceStore:
+        """The DuckDB trace store."""
+        return self.runtime.store
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        """The tracer for agentgym's own spans."""
+        return self.runtime.tracer
+
+    @property
+    def started(self) -> bool:
+        """Whether the recording pipeline is running."""
+        return self.runtime.started
+
+    @property
+    def host_provider(self) -> bool:
+        """Whether spans go to the host application's own tracer provider."""
+        return self.runtime.host_provider
+
+    @property
+    def policy_resolver(self) -> PolicyResolver:
+        """``(agent, session_id) -> Policy`` pinned when an episode starts (the router by default).
+
+        Set it to route policies yourself (tests, or a host with its own rollout system).
+        """
+        return self.runtime.policy_resolver
+
+    @policy_resolver.setter
+    def policy_resolver(self, resolver: PolicyResolver) -> None:
+        self.runtime.policy_resolver = resolver
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the recording pipeline (see :meth:`Runtime.stats`)."""
+        return self.runtime.stats()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Write everything recorded so far; ``False`` if some of it could not be written yet."""
+        return self.runtime.flush(timeout_s)
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """Log (once per place) and count a failure inside the middleware."""
+        self.runtime.internal_error(where, exc)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop the scheduler, flush, stop the pipeline and close the store; safe to call twice."""
+        self.runtime.shutdown(timeout_s)
+
+
+_current: Services | None = None
+_current_lock = threading.RLock()
+
+
+def _services_for(runtime: Runtime) -> Services:
+    global _current
+    with _current_lock:
+        if _current is None or _current.runtime is not runtime:
+            # Also adopts a default runtime the recording core built before this module loaded.
+            _current = Services(runtime)
+        return _current
+
+
+def _build(settings: Settings | None) -> Runtime:
+    runtime = Runtime(settings)
+    _services_for(runtime)
+    return runtime
+
+
+def _follow_registrations(agent: str, config: TrainingConfig | None) -> None:
+    services = peek()
+    if services is not None:
+        services.training_registered(agent, config)
+
+
+def current() -> Services:
+    """The services of this process's default runtime (created from ``AGENTGYM_*`` on first use).
+
+    Example:
+        >>> from agentgym_runtime import services
+        >>> services.current().runtime.started
+        True
+    """
+    return _services_for(get_runtime())
+
+
+def peek() -> Services | None:
+    """The current services if a default runtime exists (never creates one).
+
+    Example:
+        >>> from agentgym_runtime import services
+        >>> isinstance(services.peek(), Services | None)
+        True
+    """
+    runtime = peek_runtime()
+    return None if runtime is None else _services_for(runtime)
+
+
+def configure(settings: Settings) -> Services:
+    """Shut down the current configuration and start one with ``settings``.
+
+    Example:
+        >>> from agentgym_runtime import services
+        >>> services.configure(Settings(store=":memory:")).settings.store_path
+        ':memory:'
+        >>> services.current().shutdown()
+    """
+    return _services_for(replace_runtime(settings))
+
+
+set_runtime_factory(_build)
