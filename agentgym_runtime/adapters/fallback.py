@@ -171,7 +171,7 @@ def fallback_policy(policy: Policy, error: BaseException) -> Policy | None:
     if scope is None or (scope.policy.agent, scope.policy.version) != (policy.agent, policy.version):
         return None  # outside an episode, or a policy the router did not pin (seeded agents)
     try:
-        incumbent = fallback_to_incumbent(error)
+        incumbent = fallback_to_incumbent(error, get_runtime().router)
     except Exception as exc:
         get_runtime().internal_error("policy fallback", exc)
         return None

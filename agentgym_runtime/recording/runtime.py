@@ -291,7 +291,12 @@ class Runtime:
                         store=self.store if self.settings.enabled else None,
                         on_error=self.internal_error,
                     )
-                    self._policy_router = PolicyRouter(registry, self)
+                    self._policy_router = PolicyRouter(
+                        registry,
+                        store=self.store,
+                        flush=self.flush,
+                        on_error=self.internal_error,
+                    )
                     if self.policy_resolver == self._resolve_with_router:
                         self.policy_resolver = self._policy_router.resolve
                 router = self._policy_router
