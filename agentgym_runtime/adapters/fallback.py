@@ -50,6 +50,7 @@ from collections.abc import (
 )
 from typing import TypeVar
 
+from agentgym_runtime import services
 from agentgym_runtime.policy.router import fallback_to_incumbent
 from agentgym_runtime.recording.context import AgentScope, Episode, current_agent_var, current_episode_var
 from agentgym_runtime.recording.policy import Policy
@@ -171,7 +172,7 @@ def fallback_policy(policy: Policy, error: BaseException) -> Policy | None:
     if scope is None or (scope.policy.agent, scope.policy.version) != (policy.agent, policy.version):
         return None  # outside an episode, or a policy the router did not pin (seeded agents)
     try:
-        incumbent = fallback_to_incumbent(error)
+        incumbent = fallback_to_incumbent(error, services.current().router)
     except Exception as exc:
         get_runtime().internal_error("policy fallback", exc)
         return None

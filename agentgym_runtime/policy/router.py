@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -60,7 +60,7 @@ from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.semconv import EpisodeStatus
 
 if TYPE_CHECKING:
-    from agentgym_runtime.recording.runtime import Runtime
+    from agentgym_runtime.collectors.store import TraceStore
 
 logger = logging.getLogger("agentgym_runtime.policy")
 
@@ -142,8 +142,11 @@ class PolicyRouter:
 
     Args:
         registry: Where the versions and pointers live.
-        runtime: The runtime whose store the gate reads and where internal errors go.
         config: Refresh interval, gate settings, background evaluation, fallback thresholds.
+        store: The trace store the gate reads both arms' numbers from (``None``: no gate).
+        flush: Called before the gate reads the store, so episodes that ended are counted.
+        on_error: Where failures of the background gate go (``where``, the exception); they
+            are logged when ``None``.
 
     Example:
         >>> import tempfile
@@ -153,10 +156,18 @@ class PolicyRouter:
     """
 
     def __init__(
-        self, registry: PolicyRegistry, runtime: Runtime | None = None, config: RouterConfig | None = None
+        self,
+        registry: PolicyRegistry,
+        config: RouterConfig | None = None,
+        *,
+        store: TraceStore | None = None,
+        flush: Callable[[], bool] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.runtime = runtime
+        self.store = store
+        self._flush = flush
+        self._on_error = on_error
         self.config = config or RouterConfig()
         self.gate = Gate(self.config.gate)
         self.refused: dict[tuple[str, int], str] = {}
@@ -334,12 +345,12 @@ class PolicyRouter:
         """One version's episodes, tool calls, errors and rewards since ``since`` (from the store).
 
         Raises:
-            PolicyError: The router has no runtime (no store to read).
+            PolicyError: The router has no trace store to read.
         """
-        if self.runtime is None:
-            raise PolicyError("the gate needs a runtime with a trace store")
+        if self.store is None:
+            raise PolicyError("the gate needs a trace store")
         start = datetime.fromtimestamp(since or 0.0, tz=UTC)
-        rows = self.runtime.store.query(
+        rows = self.store.query(
             "SELECT count(*), coalesce(sum(tool_calls), 0), coalesce(sum(tool_calls - tool_failures), 0), "
             "count(*) FILTER (WHERE status = ?), count(reward), avg(reward), var_samp(reward) "
             "FROM episodes WHERE agent = ? AND policy_version = ? AND started_at >= ?",
@@ -362,14 +373,15 @@ class PolicyRouter:
 
         Raises:
             PolicyNotFoundError: Unknown agent.
-            PolicyError: The router has no runtime.
+            PolicyError: The router has no trace store.
         """
         state = self.registry.state(agent)
         if state.canary is None:
             return GateDecision("hold", f"{agent!r} has no canary", {"live": state.live})
-        if self.runtime is None:
-            raise PolicyError("the gate needs a runtime with a trace store")
-        self.runtime.flush()
+        if self.store is None:
+            raise PolicyError("the gate needs a trace store")
+        if self._flush is not None:
+            self._flush()
         self.registry.sync_store(agent)
         candidate = self.arm_stats(agent, state.canary, state.canary_since)
         incumbent = self.arm_stats(agent, state.live, state.canary_since)
@@ -451,9 +463,9 @@ class PolicyRouter:
             try:
                 self.evaluate(agent)
             except Exception as exc:
-                if self.runtime is not None:
+                if self._on_error is not None:
                     try:
-                        self.runtime.internal_error("policy gate", exc)
+                        self._on_error("policy gate", exc)
                     except Exception:
                         logger.exception("agentgym: policy gate failed")
                 else:
@@ -475,28 +487,27 @@ class PolicyRouter:
         }
 
 
-def fallback_to_incumbent(error: BaseException, runtime: Runtime | None = None) -> Policy | None:
+def fallback_to_incumbent(error: BaseException, router: PolicyRouter) -> Policy | None:
     """For adapters: the current call's LLM endpoint failed; pin the incumbent for the rest of the call.
 
     Reports the failure to the router (repeated failures roll the version back), re-pins the
     incumbent policy in the current context and marks the current span (and the episode's root
     span, when the failing agent is the episode's own) with ``agentgym.policy.fallback_from``.
-    The framework adapters call it through :mod:`agentgym_runtime.adapters.fallback`. Returns the
-    policy to retry with, or ``None`` outside an episode or when there is nothing to fall back to
-    (the failing version is the baseline).
+    The framework adapters call it through :mod:`agentgym_runtime.adapters.fallback`, passing
+    the router of the current services. Returns the policy to retry with, or ``None`` outside an
+    episode or when there is nothing to fall back to (the failing version is the baseline).
 
     Example:
-        >>> fallback_to_incumbent(ConnectionError("down")) is None  # outside an episode
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> router = PolicyRouter(PolicyRegistry(Path(tempfile.mkdtemp())))
+        >>> fallback_to_incumbent(ConnectionError("down"), router) is None  # outside an episode
         True
     """
     scope = current_agent_var.get()
     if scope is None or scope.policy_version == 0:
         return None
-    if runtime is None:
-        from agentgym_runtime.recording.runtime import get_runtime
-
-        runtime = get_runtime()
-    incumbent = runtime.router.report_llm_failure(scope.name, scope.policy_version, error)
+    incumbent = router.report_llm_failure(scope.name, scope.policy_version, error)
     if incumbent.version == scope.policy_version:
         return None
     current_agent_var.set(AgentScope(scope.name, incumbent))

@@ -16,7 +16,7 @@ from agentgym_runtime.policy.gate import GateConfig, obrien_fleming_spending, se
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
 from agentgym_runtime.policy.router import PolicyRouter, RouterConfig, fallback_to_incumbent, sticky_bucket
 from agentgym_runtime.recording.capture import start_llm_call
-from agentgym_runtime.recording.runtime import Runtime
+from agentgym_runtime.recording.runtime import Runtime, get_runtime
 from agentgym_runtime.testing import Recorded
 from tests.policy.helpers import scripted_episode
 
@@ -143,7 +143,7 @@ def _support_agent(question: str, session_id: str) -> tuple[str, list[int]]:
             call.finish(output_messages=[{"role": "assistant", "content": text}])
         except ConnectionError as exc:
             call.fail(exc)
-            fallback = fallback_to_incumbent(exc)
+            fallback = fallback_to_incumbent(exc, get_runtime().router)
             assert fallback is not None
             assert agentgym.current_policy() == fallback
             seen.append(fallback.version)
