@@ -144,11 +144,20 @@ class Runtime:
         return self
 
     def _start_training_schedules(self) -> None:
-        # Agents decorated with train_online(schedule=...) before this runtime existed.
-        from agentgym_runtime.trainers.scheduler import registered_training
+        # Agents decorated with train_online(schedule=...) before this runtime existed; later
+        # registrations reach this runtime's scheduler through the listener.
+        from agentgym_runtime.trainers.scheduler import registered_training, set_registration_listener
 
+        set_registration_listener(self._training_registered)
         if registered_training():
             self.scheduler.start()
+
+    def _training_registered(self, agent: str, config: Any) -> None:
+        if config is not None:
+            if self.started:
+                self.scheduler.add_agent(config)
+        elif self.has_scheduler:
+            self.scheduler.remove_agent(agent)
 
     @property
     def scheduler(self) -> TrainingScheduler:
@@ -157,7 +166,14 @@ class Runtime:
             if self._scheduler is None:
                 from agentgym_runtime.trainers.scheduler import TrainingScheduler
 
-                self._scheduler = TrainingScheduler(self)
+                self._scheduler = TrainingScheduler(
+                    self.settings,
+                    store=self.store,
+                    registry=self.policies,
+                    on_error=self.internal_error,
+                    flush=self.flush,
+                    router=self.router,
+                )
             return self._scheduler
 
     @property
