@@ -129,7 +129,7 @@ def _options(
             entrypoint=entrypoint,
             scenario=scenario_name if isinstance(scenario_name, str) else None,
         )
-        training_options = config.model_dump()
+        training_options = {"config": config}  # handed on as built, never dumped and rebuilt
     return AgentOptions(
         name=agent_name,
         scenario=scenario,
@@ -275,9 +275,9 @@ def train_online(
             training=training,
         )
         if options.training:
-            from agentgym_runtime.trainers.scheduler import TrainingConfig, register_training
+            from agentgym_runtime.trainers.scheduler import register_training
 
-            register_training(TrainingConfig(**options.training))
+            register_training(options.training["config"])
         if (inspect.isroutine(obj) or isinstance(obj, functools.partial)) and framework in (None, "callable"):
             return _wrap_function(obj, options)
         adapter = adapter_for(obj, framework)

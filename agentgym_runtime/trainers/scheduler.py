@@ -1,8 +1,8 @@
 """Background retraining inside the serving process: schedule, snapshot, run a job, register.
 
 ``@agentgym.train_online(schedule="6h", min_new_episodes=50, trainer="demos", gpu="auto")``
-registers a :class:`TrainingConfig`; the runtime's :class:`TrainingScheduler` (created
-lazily as ``runtime.scheduler``) runs it on an APScheduler ``BackgroundScheduler``
+registers a :class:`TrainingConfig`; the deployment's :class:`TrainingScheduler` (built by the
+wiring with the store, the policy registry, an error sink and a flush) runs it on an APScheduler ``BackgroundScheduler``
 thread, so the agent's own threads never wait on training. Each run:
 
 1. inserts a ``training_runs`` row (``queued``) and takes the agent's lock
@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -51,7 +50,9 @@ from agentgym_runtime.trainers.base import TRAINERS, TrainingJobSpec, TrainingRe
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
-    from agentgym_runtime.recording.runtime import Runtime
+    from agentgym_runtime.config import Settings
+    from agentgym_runtime.policy.registry import PolicyRegistry
+    from agentgym_runtime.policy.router import PolicyRouter
     from agentgym_runtime.trainers.backends import Backend, JobHandle
 
 logger = logging.getLogger("agentgym_runtime.trainers")
@@ -245,10 +246,33 @@ def _quiet_overlap_warnings() -> None:
         logger.addFilter(_OVERLAP_FILTER)
 
 
-def register_training(config: TrainingConfig) -> None:
-    """Remember ``config`` for this process and hand it to the running runtime's scheduler.
+#: Called with ``(agent, config)`` on registration and ``(agent, None)`` on removal; the wiring
+#: (services) sets it so a running scheduler follows registrations made after it started.
+RegistrationListener = Callable[[str, "TrainingConfig | None"], None]
+_listener: RegistrationListener | None = None
 
-    A runtime configured later picks registered configs up when it starts.
+
+def set_registration_listener(listener: RegistrationListener | None) -> RegistrationListener | None:
+    """Install the hook that forwards (un)registrations to the running scheduler; returns the previous one.
+
+    Example:
+        >>> seen = []
+        >>> previous = set_registration_listener(lambda agent, config: seen.append((agent, config is None)))
+        >>> register_training(TrainingConfig(agent="doc-agent")); unregister_training("doc-agent")
+        >>> seen
+        [('doc-agent', False), ('doc-agent', True)]
+        >>> _ = set_registration_listener(previous)
+    """
+    global _listener
+    with _registered_lock:
+        previous, _listener = _listener, listener
+    return previous
+
+
+def register_training(config: TrainingConfig) -> None:
+    """Remember ``config`` for this process and hand it to the running scheduler (through the listener).
+
+    A scheduler started later picks registered configs up when it starts.
 
     Example:
         >>> register_training(TrainingConfig(agent="doc-agent"))
@@ -258,22 +282,18 @@ def register_training(config: TrainingConfig) -> None:
     """
     with _registered_lock:
         _registered[config.agent] = config
-    from agentgym_runtime.recording.runtime import peek_runtime
-
-    runtime = peek_runtime()
-    if runtime is not None and runtime.started:
-        runtime.scheduler.add_agent(config)
+        listener = _listener
+    if listener is not None:
+        listener(config.agent, config)
 
 
 def unregister_training(agent: str) -> None:
-    """Forget ``agent``'s training config (and remove its scheduled job from the running runtime)."""
+    """Forget ``agent``'s training config (and remove its scheduled job from the running scheduler)."""
     with _registered_lock:
         _registered.pop(agent, None)
-    from agentgym_runtime.recording.runtime import peek_runtime
-
-    runtime = peek_runtime()
-    if runtime is not None and runtime.has_scheduler:
-        runtime.scheduler.remove_agent(agent)
+        listener = _listener
+    if listener is not None:
+        listener(agent, None)
 
 
 def registered_training() -> dict[str, TrainingConfig]:
@@ -473,30 +493,52 @@ def list_runs(store: TraceStore, agent: str | None = None, limit: int = 50) -> l
 
 
 class TrainingScheduler:
-    """Runs training for the agents of one runtime, on schedule or on request.
+    """Runs training for the agents of one deployment, on schedule or on request.
 
     Args:
-        runtime: The serving runtime (its store holds ``training_runs``; its home the snapshots).
+        settings: The runtime's settings (its home holds snapshots, job outputs, locks, requests).
+        store: The trace store (episodes to train on; ``training_runs`` rows).
+        registry: Where candidates are registered and canaries started.
+        on_error: The runtime's error sink (``where, exc``): logged once and counted.
+        flush: Writes recorded spans to the store before a snapshot (``False``: not all written).
+        router: The policy router serving the agents, if any (told about new canaries).
         backend_factory: ``config -> Backend``; default: a :class:`LocalBackend` with the
             config's ``python``.
         poll_interval_s: How often a running job's progress and deadline are checked.
 
     Example:
-        >>> import agentgym_runtime as agentgym
-        >>> rt = agentgym.configure(store=":memory:")
-        >>> rt.scheduler.add_agent(TrainingConfig(agent="support", schedule="6h"))
-        >>> rt.scheduler.jobs()
+        >>> import tempfile
+        >>> from agentgym_runtime.collectors.store import TraceStore
+        >>> from agentgym_runtime.config import Settings
+        >>> from agentgym_runtime.policy.registry import PolicyRegistry
+        >>> settings = Settings(home=tempfile.mkdtemp(), store=":memory:")
+        >>> scheduler = TrainingScheduler(
+        ...     settings, store=TraceStore(":memory:"), registry=PolicyRegistry(settings.policies_dir),
+        ...     on_error=lambda where, exc: None, flush=lambda: True)
+        >>> scheduler.add_agent(TrainingConfig(agent="support", schedule="6h"))
+        >>> scheduler.jobs()
         ['train:support']
-        >>> agentgym.shutdown()
+        >>> scheduler.shutdown()
     """
 
     def __init__(
         self,
-        runtime: Runtime,
+        settings: Settings,
+        *,
+        store: TraceStore,
+        registry: PolicyRegistry,
+        on_error: Callable[[str, BaseException], None],
+        flush: Callable[[], bool],
+        router: PolicyRouter | None = None,
         backend_factory: Callable[[TrainingConfig], Backend] | None = None,
         poll_interval_s: float = 0.1,
     ) -> None:
-        self.runtime = runtime
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.router = router
+        self._on_error = on_error
+        self._flush = flush
         self.backend_factory = backend_factory or _local_backend
         self.poll_interval_s = poll_interval_s
         self.configs: dict[str, TrainingConfig] = {}
@@ -509,7 +551,7 @@ class TrainingScheduler:
     @property
     def home(self) -> Path:
         """The runtime's home directory (snapshots, job outputs, locks)."""
-        return Path(self.runtime.settings.home)
+        return Path(self.settings.home)
 
     def add_agent(self, config: TrainingConfig) -> None:
         """Use ``config`` for its agent; with a ``schedule``, start the background job for it."""
@@ -610,7 +652,7 @@ class TrainingScheduler:
             self._run_request(claimed)
         except Exception as exc:
             try:
-                self.runtime.internal_error("training request", exc)
+                self._on_error("training request", exc)
             except Exception:
                 logger.exception("agentgym: training request %s failed", claimed)
 
@@ -692,7 +734,7 @@ class TrainingScheduler:
             self.run_now(agent)
         except Exception as exc:  # a failing run must never stop the scheduler thread
             try:
-                self.runtime.internal_error("scheduled training run", exc)
+                self._on_error("scheduled training run", exc)
             except Exception:
                 logger.exception("agentgym: scheduled training of %s failed", agent)
 
@@ -726,7 +768,7 @@ class TrainingScheduler:
         if trainer is not None and trainer != config.trainer:
             config = training_config(agent, **{**config.model_dump(exclude={"agent"}), "trainer": trainer})
         run = TrainingRun(run_id=new_run_id(), agent=agent, trainer=config.trainer)
-        store = self.runtime.store
+        store = self.store
         self._insert(store, run)
         lock = TrainLock(self.home / "locks" / f"train-{_safe(agent)}.lock")
         if not lock.acquire(run.run_id):
@@ -747,7 +789,7 @@ class TrainingScheduler:
             try:
                 self._update(store, run, ended=True)
             finally:
-                self.runtime.internal_error("training run", exc)
+                self._on_error("training run", exc)
         finally:
             with self._lock:
                 self._active.pop(agent, None)
@@ -775,7 +817,7 @@ class TrainingScheduler:
             return
         since = last_success_until(store, agent)
         until = datetime.now(UTC)
-        self.runtime.flush()  # episodes that ended before `until` reach the store first
+        self._flush()  # episodes that ended before `until` reach the store first
         new = count_new_episodes(store, agent, since, until)
         needed = 1 if force else config.min_new_episodes
         window = f"since the last successful run ({since.isoformat()})" if since else "recorded so far"
@@ -802,7 +844,7 @@ class TrainingScheduler:
         )
         entrypoint, scenario = latest[0] if latest else (None, None)
         base = self._served_policy(agent)
-        base_adapter = resolve_adapter_path(base, self.runtime.settings.home) if base.version else None
+        base_adapter = resolve_adapter_path(base, self.settings.home) if base.version else None
         spec = TrainingJobSpec(
             run_id=run.run_id,
             agent=agent,
@@ -903,30 +945,24 @@ class TrainingScheduler:
                 run.error = f"the job exited 0 but {RESULT_NAME} is missing or invalid: {exc}"
             else:
                 run.metrics = dict(result.metrics)
-                run.candidate_version = _register_candidate(self.runtime, spec, result, run)
+                run.candidate_version = _register_candidate(self.registry, spec, result, run)
                 run.status = RunStatus.SUCCEEDED
-                if run.candidate_version is None:
-                    run.reason = (
-                        f"candidate not registered (no policy registry in this installation); "
-                        f"its result is {output_dir / RESULT_NAME}"
-                    )
-                else:
-                    run.reason = _heldout_drop(run.metrics, config.max_heldout_drop)
-                    if run.reason is None:
-                        self._start_canary(config, run)
+                run.reason = _heldout_drop(run.metrics, config.max_heldout_drop)
+                if run.reason is None:
+                    self._start_canary(config, run)
         self._update(store, run, ended=True)
 
     def _served_policy(self, agent: str) -> Policy:
         """The policy every non-canary episode of ``agent`` gets now: the pinned one, else the live one."""
-        state = self.runtime.policies.read_state(agent) if agent in self.runtime.policies.agents() else None
+        state = self.registry.read_state(agent) if agent in self.registry.agents() else None
         if state is None:
             return Policy.baseline(agent)
-        return self.runtime.policies.load(agent, state.pinned if state.pinned is not None else state.live)
+        return self.registry.load(agent, state.pinned if state.pinned is not None else state.live)
 
     def _canary_version(self, agent: str) -> int | None:
-        if agent not in self.runtime.policies.agents():
+        if agent not in self.registry.agents():
             return None
-        state = self.runtime.policies.read_state(agent)
+        state = self.registry.read_state(agent)
         return None if state is None else state.canary
 
     def _start_canary(self, config: TrainingConfig, run: TrainingRun) -> None:
@@ -934,7 +970,7 @@ class TrainingScheduler:
         if config.canary_share is None or run.candidate_version is None:
             return
         try:
-            self.runtime.policies.start_canary(
+            self.registry.start_canary(
                 config.agent,
                 run.candidate_version,
                 config.canary_share,
@@ -943,7 +979,7 @@ class TrainingScheduler:
             )
         except Exception as exc:  # the candidate stays registered; a person can canary it by hand
             run.reason = f"candidate registered, canary not started: {exc}"
-            self.runtime.internal_error("start canary", exc)
+            self._on_error("start canary", exc)
 
     # --- training_runs rows -----------------------------------------------------------------
     def _insert(self, store: TraceStore, run: TrainingRun) -> None:
@@ -1029,35 +1065,11 @@ def _heldout_drop(metrics: Mapping[str, Any], tolerance: float | None) -> str | 
 
 
 def _register_candidate(
-    runtime: Runtime, spec: TrainingJobSpec, result: TrainingResult, run: TrainingRun
-) -> int | None:
-    """Hand the job's candidate to the policy registry; its version, or ``None`` without a registry.
-
-    The one place where training meets the registry. It uses, in order: the runtime's own
-    registry (``runtime.policies``), the public ``agentgym.register_policy``, or a
-    :class:`~agentgym_runtime.policy.registry.PolicyRegistry` on ``<home>/policies`` (the
-    filesystem is the registry's source of truth, shared by every process).
-    """
-    register: Callable[..., Any] | None = None
-    runtime_registry = getattr(runtime, "policies", None) or getattr(runtime, "registry", None)
-    if runtime_registry is not None and callable(getattr(runtime_registry, "register", None)):
-        register = functools.partial(
-            runtime_registry.register, actor="training", reason=f"training run {run.run_id} ({spec.trainer})"
-        )
-    if register is None:
-        import agentgym_runtime
-
-        register = getattr(agentgym_runtime, "register_policy", None)
-    if register is None:
-        try:
-            from agentgym_runtime.policy.registry import PolicyRegistry
-        except ImportError:
-            return None
-        register = PolicyRegistry(
-            runtime.settings.policies_dir, store=runtime.store, on_error=runtime.internal_error
-        ).register
+    registry: PolicyRegistry, spec: TrainingJobSpec, result: TrainingResult, run: TrainingRun
+) -> int:
+    """Hand the job's candidate to the policy registry; returns its version."""
     adapter_dir = Path(spec.output_dir) / result.adapter if result.adapter else None
-    policy = register(
+    policy = registry.register(
         spec.agent,
         system_prompt=result.system_prompt,
         tool_descriptions=dict(result.tool_descriptions),
@@ -1073,5 +1085,7 @@ def _register_candidate(
         metrics=dict(result.metrics),
         parent_version=spec.base_policy_version,
         adapter_dir=adapter_dir,
+        actor="training",
+        reason=f"training run {run.run_id} ({spec.trainer})",
     )
     return int(policy.version)
