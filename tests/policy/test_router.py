@@ -11,12 +11,13 @@ import time
 import pytest
 
 import agentgym_runtime as agentgym
+from agentgym_runtime import services
 from agentgym_runtime.policy.apply import apply_to_messages
 from agentgym_runtime.policy.gate import GateConfig, obrien_fleming_spending, sequential_boundaries
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
 from agentgym_runtime.policy.router import PolicyRouter, RouterConfig, fallback_to_incumbent, sticky_bucket
 from agentgym_runtime.recording.capture import start_llm_call
-from agentgym_runtime.recording.runtime import Runtime, get_runtime
+from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from tests.policy.helpers import scripted_episode
 
@@ -143,7 +144,7 @@ def _support_agent(question: str, session_id: str) -> tuple[str, list[int]]:
             call.finish(output_messages=[{"role": "assistant", "content": text}])
         except ConnectionError as exc:
             call.fail(exc)
-            fallback = fallback_to_incumbent(exc, get_runtime().router)
+            fallback = fallback_to_incumbent(exc, services.current().router)
             assert fallback is not None
             assert agentgym.current_policy() == fallback
             seen.append(fallback.version)
