@@ -37,10 +37,12 @@ if TYPE_CHECKING:
         feedback,
         flush,
         last_episode,
+        llm_call,
         load_policy,
         policies,
         promote,
         register_policy,
+        reliability,
         rollback,
         shutdown,
         stats,
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
         PolicyNotFoundError,
     )
     from agentgym_runtime.policy.trained import TrainedPolicy
-    from agentgym_runtime.recording.context import Episode, current_policy
+    from agentgym_runtime.recording.context import Episode, RequestedToolCall, current_policy
     from agentgym_runtime.recording.policy import Policy
     from agentgym_runtime.semconv import ToolOutcome
     from agentgym_runtime.tools import Tool, Toolbox, tool
@@ -77,6 +79,9 @@ _EXPORTS: dict[str, str] = {
     "feedback": "agentgym_runtime.api",
     "flush": "agentgym_runtime.api",
     "last_episode": "agentgym_runtime.api",
+    "llm_call": "agentgym_runtime.api",
+    "reliability": "agentgym_runtime.api",
+    "RequestedToolCall": "agentgym_runtime.recording.context",
     "load_policy": "agentgym_runtime.api",
     "policies": "agentgym_runtime.api",
     "promote": "agentgym_runtime.api",
@@ -117,6 +122,7 @@ __all__ = [
     "PolicyConflictError",
     "PolicyError",
     "PolicyNotFoundError",
+    "RequestedToolCall",
     "Settings",
     "StoreUnavailableError",
     "Tool",
@@ -134,10 +140,12 @@ __all__ = [
     "feedback",
     "flush",
     "last_episode",
+    "llm_call",
     "load_policy",
     "policies",
     "promote",
     "register_policy",
+    "reliability",
     "rollback",
     "shutdown",
     "stats",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,10 +27,12 @@ from opentelemetry.trace import Link, SpanKind
 import agentgym_runtime.adapters  # noqa: F401
 from agentgym_runtime import semconv, services
 from agentgym_runtime.collectors.export import ExportResult, export_store
+from agentgym_runtime.collectors.reliability import reliability_rows
 from agentgym_runtime.config import Settings
 from agentgym_runtime.errors import ConfigurationError, EpisodeNotFoundError, StoreUnavailableError
 from agentgym_runtime.policy.registry import PolicyInfo, PolicyState
 from agentgym_runtime.policy.trained import TrainedPolicy
+from agentgym_runtime.recording.capture import LlmCall, ToolDefinition, start_llm_call
 from agentgym_runtime.recording.context import Episode, current_episode_var, current_policy, last_episode_var
 from agentgym_runtime.recording.episodes import _UNNAMED, AgentOptions, AgentRun
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
@@ -106,6 +108,93 @@ def episode(
         run.exit(error=exc, cancelled=isinstance(exc, GeneratorExit | KeyboardInterrupt))
         raise
     run.exit()
+
+
+@contextmanager
+def llm_call(
+    *,
+    model: str | None,
+    provider: str | None = None,
+    input_messages: Any = None,
+    system_instructions: Any = None,
+    tools: Sequence[ToolDefinition] | None = None,
+) -> Iterator[LlmCall]:
+    """Record one LLM call of a hand-written agent loop, and the tool calls the model requested.
+
+    Opens the ``chat {model}`` span; inside the block, call ``finish(output_messages=...,
+    requested=[RequestedToolCall.from_raw(name, call_id, raw_arguments), ...], input_tokens=...,
+    output_tokens=...)`` once the model answered. The requested calls are then matched with the
+    tool executions that follow (``@agentgym.tool`` / ``Toolbox.call``): one the agent never
+    runs counts as ``not_executed``, malformed arguments as ``invalid_arguments``. Pass the
+    ``tools`` offered to the model (``Toolbox.definitions()``) so that training replays know them.
+    An exception leaving the block marks the call failed and propagates unchanged; a block left
+    without ``finish`` records the call with no answer.
+
+    Args:
+        model: The model asked.
+        provider: Who serves it (``gen_ai.provider.name``), e.g. ``"openai"``.
+        input_messages: The messages sent (recorded when content capture is on).
+        system_instructions: The system prompt sent, if separate from the messages.
+        tools: The tool definitions offered (``{"name", "description", "parameters"}`` each).
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> with agentgym.episode(agent="doc") as ep:
+        ...     with agentgym.llm_call(model="m", input_messages=[{"role": "user", "content": "hi"}]) as call:
+        ...         call.finish(requested=[agentgym.RequestedToolCall.from_raw("lookup", "c1", '{"id": 1}')])
+        >>> ep.llm_calls, ep.outcomes
+        (1, {'not_executed': 1})
+    """
+    call = start_llm_call(
+        model=model,
+        provider=provider,
+        input_messages=input_messages,
+        system_instructions=system_instructions,
+        tools=tools,
+        runtime=services.current().runtime,
+    )
+    try:
+        yield call
+    except BaseException as exc:
+        call.fail(exc)  # a no-op once finished
+        raise
+    call.finish()  # a no-op once finished
+
+
+def reliability(agent: str | None = None, *, by: str = "tool") -> list[dict[str, Any]]:
+    """Tool reliability as data: one row per agent and tool (or policy version, or day); flushes first.
+
+    Each row holds ``agent``, ``key`` (the tool name, policy version or day), ``calls``,
+    ``successes``, the count of each failure outcome (``unknown_tool``, ``invalid_arguments``,
+    ``tool_error``, ``error_result``, ``not_executed``) and ``reliability`` (successes / calls).
+    ``agentgym reliability`` prints the same numbers.
+
+    Args:
+        agent: Only this agent (default: every agent).
+        by: ``"tool"``, ``"policy"`` or ``"day"``.
+
+    Raises:
+        ConfigurationError: ``by`` is none of those (the message lists them).
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> @agentgym.tool
+        ... def lookup(order_id: int) -> str:
+        ...     return "shipped"
+        >>> with agentgym.episode(agent="support"):
+        ...     lookup(order_id=7)
+        'shipped'
+        >>> [(r["key"], r["calls"], r["reliability"]) for r in agentgym.reliability("support")]
+        [('lookup', 1, 1.0)]
+        >>> agentgym.shutdown()
+    """
+    current = services.current()
+    current.flush()
+    rows = reliability_rows(current.store, agent, by)
+    for row in rows:
+        row["reliability"] = row["successes"] / row["calls"] if row["calls"] else None
+    return rows
 
 
 def current_episode() -> Episode | None:
@@ -446,10 +535,12 @@ __all__ = [
     "feedback",
     "flush",
     "last_episode",
+    "llm_call",
     "load_policy",
     "policies",
     "promote",
     "register_policy",
+    "reliability",
     "rollback",
     "shutdown",
     "stats",

@@ -116,6 +116,12 @@ def _options(
         raise ConfigurationError(f"metadata must be a mapping, got {type(metadata).__name__}")
     if scenario is not None and not isinstance(scenario, str) and not isinstance(scenario, RewardSource):
         raise ConfigurationError("scenario must be a scenario name or an object with a reward(episode, output) method")
+    if isinstance(scenario, str):
+        from agentgym_runtime.scenarios.registry import list_scenarios
+
+        known = list_scenarios()
+        if scenario not in known:
+            raise ConfigurationError(f"unknown scenario {scenario!r}; choose one of: {', '.join(known)}")
     agent_name = name or _default_name(target)
     entrypoint = _entrypoint(target) if inspect.isroutine(target) else _entrypoint(type(target))
     training_options: dict[str, Any] = {}
@@ -210,7 +216,8 @@ def train_online(
     Args:
         target: A function that runs the agent, or the agent object itself.
         name: The agent's name in the store (default: the function's name or agent's ``name``).
-        scenario: A scenario name, or an object whose ``reward(episode, output)`` rewards runs.
+        scenario: A scenario name (one of ``agentgym scenarios list``), or an object whose
+            ``reward(episode, output)`` rewards runs.
         reward: ``reward(episode)`` or ``reward(episode, output)`` → float; default: tool reliability.
         framework: Force an adapter (``"langchain"``, ``"autogen"``, ``"crewai"``, ``"callable"``).
         session_id: Default session id of the episodes (used for sticky canary routing).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_core import EVENT_LOGGER_NAME, FunctionCall
@@ -21,7 +20,6 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from rich.console import Console
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
 
 ORDERS = {1001: "shipped", 1002: "processing", 1003: "delivered"}
 
@@ -89,9 +87,12 @@ def main() -> None:
     )
     agent = agentgym.train_online(assistant, name="autogen-support")
     asyncio.run(serve(agent, console))
-    agentgym.flush()
-    rows: list[dict[str, Any]] = reliability_rows(runtime.store, "autogen-support", "tool")
-    console.print(render_reliability(rows, "tool"))
+    by = "tool"
+    for row in agentgym.reliability("autogen-support", by=by):
+        console.print(
+            f"tool reliability by {by}: {row['agent']} {row['key']}: {row['successes']}/{row['calls']} ok "
+            f"({row['reliability']:.0%})"
+        )
     console.print(f"traces: {runtime.settings.store_path}")
     agentgym.shutdown()
 

@@ -27,8 +27,6 @@ from crewai.tools import tool
 from rich.console import Console
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
-from agentgym_runtime.recording.policy import Policy
 
 ORDERS = {1001: "shipped", 1002: "processing"}
 
@@ -128,13 +126,14 @@ def main() -> None:
         console.print(f"{question!r} -> {result.raw!r}: outcomes {episode.outcomes}")
 
     # A trained policy for the researcher: served for its LLM calls only, the agent is unchanged.
-    improved = Policy(
+    improved = agentgym.Policy(
         agent="researcher",
         version=1,
         system_prompt="You look orders up. Order ids are integers: pass them as numbers.",
         tool_descriptions={"get_order_status": "Current status of an order; order_id is an integer."},
     )
-    runtime.policy_resolver = lambda agent, session_id: improved if agent == "researcher" else Policy.baseline(agent)
+    baseline = agentgym.Policy.baseline
+    runtime.policy_resolver = lambda agent, session_id: improved if agent == "researcher" else baseline(agent)
     crew, researcher_llm = build_crew([step("get_order_status", '{"order_id": 1002}'), final("processing")])
     agentgym.train_online(crew, name="support-crew").kickoff(inputs={"question": "Where is 1002?"})
     assert "pass them as numbers" in researcher_llm.seen_system_prompts[0]
@@ -142,9 +141,12 @@ def main() -> None:
         "policy v1 reached the researcher's LLM calls:", "pass them as numbers" in researcher_llm.seen_system_prompts[0]
     )
 
-    agentgym.flush()
     for by in ("tool", "policy"):
-        console.print(render_reliability(reliability_rows(runtime.store, None, by), by))
+        for row in agentgym.reliability(by=by):
+            console.print(
+                f"tool reliability by {by}: {row['agent']} {row['key']}: {row['successes']}/{row['calls']} ok "
+                f"({row['reliability']:.0%})"
+            )
     agentgym.shutdown()
 
 

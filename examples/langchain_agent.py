@@ -25,8 +25,6 @@ from pydantic import Field
 from rich.console import Console
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
-from agentgym_runtime.recording.policy import Policy
 
 ORDERS = {1001: "shipped", 1002: "processing", 1003: "delivered"}
 
@@ -109,7 +107,7 @@ def main() -> None:
         console.print(f"[bold]{question}[/bold] -> {answer[:70]}  [dim]({episode.outcomes})[/dim]")
 
     # A trained policy pinned for the next call: applied to what the model receives, per call.
-    runtime.policy_resolver = lambda name, session: Policy(
+    runtime.policy_resolver = lambda name, session: agentgym.Policy(
         agent=name,
         version=1,
         system_prompt="Check the order status before anything else.",
@@ -120,10 +118,12 @@ def main() -> None:
     assert episode is not None
     console.print(f"policy v{episode.policy_version}: {episode.outcomes}")
 
-    agentgym.flush()
-    rows: list[dict[str, Any]] = reliability_rows(runtime.store, "langchain-support", "tool")
-    console.print(render_reliability(rows, "tool"))
-    console.print(render_reliability(reliability_rows(runtime.store, "langchain-support", "policy"), "policy"))
+    for by in ("tool", "policy"):
+        for row in agentgym.reliability("langchain-support", by=by):
+            console.print(
+                f"tool reliability by {by}: {row['agent']} {row['key']}: {row['successes']}/{row['calls']} ok "
+                f"({row['reliability']:.0%})"
+            )
     console.print(f"traces: {runtime.settings.store_path}")
     agentgym.shutdown()
 

@@ -8,14 +8,11 @@ Run it with ``.venv/bin/python examples/plain_python_agent.py``.
 from __future__ import annotations
 
 import tempfile
-from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.cli.store_commands import reliability_rows, render_reliability
-from agentgym_runtime.recording.capture import start_llm_call
-from agentgym_runtime.recording.context import RequestedToolCall
 
 ORDERS = {1001: "shipped", 1002: "processing", 1003: "delivered"}
 
@@ -59,19 +56,34 @@ SCRIPT: dict[str, list[tuple[str, str]]] = {
 def scripted_model(question: str) -> list[tuple[str, str, str]]:
     """Stand-in for an LLM call: records a chat span, returns ``(call_id, tool, raw JSON arguments)``."""
     calls = [(f"call_{i}", name, arguments) for i, (name, arguments) in enumerate(SCRIPT[question])]
-    llm = start_llm_call(
+    with agentgym.llm_call(
         model="scripted-model",
         provider="example",
         input_messages=[{"role": "user", "content": question}],
         tools=TOOLS.definitions(),
-    )
-    llm.finish(
-        output_messages=[{"role": "assistant", "tool_calls": [{"id": c, "name": n} for c, n, _ in calls]}],
-        requested=[RequestedToolCall.from_raw(name, call_id, arguments) for call_id, name, arguments in calls],
-        input_tokens=len(question.split()),
-        output_tokens=8,
-    )
+    ) as llm:
+        llm.finish(
+            output_messages=[{"role": "assistant", "tool_calls": [{"id": c, "name": n} for c, n, _ in calls]}],
+            requested=[
+                agentgym.RequestedToolCall.from_raw(name, call_id, arguments) for call_id, name, arguments in calls
+            ],
+            input_tokens=len(question.split()),
+            output_tokens=8,
+        )
     return calls
+
+
+def reliability_table(agent: str) -> Table:
+    """What was recorded, as a table: ``agentgym.reliability`` returns the numbers as data."""
+    table = Table(title="tool reliability by tool")
+    headers = ("agent", "tool", "calls", "ok", "unknown tool", "invalid args", "tool error", "error result")
+    for header in (*headers, "not executed", "reliability"):
+        table.add_column(header, justify="left" if header in ("agent", "tool") else "right")
+    for row in agentgym.reliability(agent, by="tool"):
+        counts = ("calls", "successes", "unknown_tool", "invalid_arguments", "tool_error", "error_result")
+        cells = [str(row[key]) for key in (*counts, "not_executed")]
+        table.add_row(row["agent"], str(row["key"]), *cells, f"{row['reliability']:.1%}")
+    return table
 
 
 @agentgym.train_online(name="plain-support")
@@ -94,9 +106,7 @@ def main() -> None:
         episode = agentgym.last_episode()
         assert episode is not None
         console.print(f"[bold]{question}[/bold] -> {answer}  [dim]({episode.outcomes})[/dim]")
-    agentgym.flush()
-    rows: list[dict[str, Any]] = reliability_rows(runtime.store, "plain-support", "tool")
-    console.print(render_reliability(rows, "tool"))
+    console.print(reliability_table("plain-support"))
     console.print(f"traces: {runtime.settings.store_path}")
     agentgym.shutdown()
 

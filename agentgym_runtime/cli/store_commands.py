@@ -19,6 +19,8 @@ from agentgym_runtime.cli.common import (
     reading_store,
     settings_for,
 )
+from agentgym_runtime.collectors.reliability import GROUPS as _BY
+from agentgym_runtime.collectors.reliability import reliability_rows
 from agentgym_runtime.errors import ConfigurationError
 
 
@@ -122,33 +124,6 @@ def traces(
                     (call["arguments"] or "")[:120],
                 )
             console.print(table)
-
-
-_BY = {
-    "tool": ("tool_name", "tool"),
-    "policy": ("policy_version", "policy version"),
-    "day": ("CAST(started_at AS DATE)", "day"),
-}
-
-
-def reliability_rows(reader: Any, agent: str | None, by: str) -> list[dict[str, Any]]:
-    """Tool reliability per agent and ``by`` (``tool``, ``policy`` or ``day``)."""
-    if by not in _BY:
-        raise ConfigurationError(f"--by must be one of: {', '.join(_BY)}; got {by!r}")
-    column, _ = _BY[by]
-    where, params = ("WHERE agent = ?", [agent]) if agent else ("", [])
-    rows: list[dict[str, Any]] = reader.query_dicts(
-        f"SELECT agent, {column} AS key, count(*) AS calls, "
-        "count(*) FILTER (WHERE outcome = 'ok') AS successes, "
-        "count(*) FILTER (WHERE outcome = 'unknown_tool') AS unknown_tool, "
-        "count(*) FILTER (WHERE outcome = 'invalid_arguments') AS invalid_arguments, "
-        "count(*) FILTER (WHERE outcome = 'tool_error') AS tool_error, "
-        "count(*) FILTER (WHERE outcome = 'error_result') AS error_result, "
-        "count(*) FILTER (WHERE outcome = 'not_executed') AS not_executed "
-        f"FROM tool_calls {where} GROUP BY ALL ORDER BY agent, key",
-        params,
-    )
-    return rows
 
 
 def render_reliability(rows: list[dict[str, Any]], by: str) -> Table:
