@@ -254,8 +254,8 @@ def current() -> Services:
 
     Example:
         >>> from agentgym_runtime import services
-        >>> services.current().runtime.started
-        True
+        >>> services.current().policies.root.name
+        'policies'
     """
     return _services_for(get_runtime())
 
