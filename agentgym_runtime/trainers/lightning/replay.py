@@ -38,6 +38,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+# The replay drives the user's agent like the decorator does: loading the adapters plugs their
+# framework hooks into the sandbox, so framework tools answer from it even if the replayed entry
+# point never imported agentgym's adapters itself.
+import agentgym_runtime.adapters  # noqa: F401
 from agentgym_runtime.recording import rewards
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 from agentgym_runtime.recording.sandbox import NEUTRAL_OBSERVATION, ToolSandbox, current_sandbox, use_sandbox
