@@ -18,7 +18,7 @@ export OTEL_PYTHON_DISABLED_INSTRUMENTATIONS :=
 export AGENTOPS_API_KEY :=
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench clean lock
+.PHONY: install demo test lint typecheck unit bench clean lock check-extras
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ unit: $(STAMP)
 	$(PY) -m pytest
 
 test: lint typecheck unit
+
+# The built wheel in a fresh virtualenv per extra, newest releases from the index (not the lock), then
+# that framework's quickstart (examples/*.py). Needs the index; minutes per extra ([train] pulls
+# torch), so CI runs it as its own job rather than inside `make test`. EXTRAS="langchain crewai" limits it.
+check-extras: $(STAMP)
+	scripts/check_extras.sh $(EXTRAS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
