@@ -201,6 +201,8 @@ class Runtime:
                     scheduler.shutdown()  # kills running jobs; their runs are marked failed first
                 except Exception as exc:
                     self.internal_error("training scheduler shutdown", exc)
+            if self._policy_router is not None:
+                self._policy_router.close()  # background gate evaluations end before the store closes
             try:
                 self.flush(timeout_s)
             finally:
@@ -284,7 +286,7 @@ class Runtime:
             with self._lock:
                 if self._policy_router is None:
                     from agentgym_runtime.policy.registry import PolicyRegistry
-                    from agentgym_runtime.policy.router import PolicyRouter
+                    from agentgym_runtime.policy.router import PolicyRouter, RouterConfig
 
                     registry = PolicyRegistry(
                         self.settings.policies_dir,
@@ -293,6 +295,7 @@ class Runtime:
                     )
                     self._policy_router = PolicyRouter(
                         registry,
+                        RouterConfig.from_settings(self.settings),
                         store=self.store,
                         flush=self.flush,
                         on_error=self.internal_error,

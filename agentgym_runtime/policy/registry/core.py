@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentgym_runtime.policy")
 
+#: The actors whose events are automatic decisions (the gate; the router after endpoint failures).
+DECISION_ACTORS = frozenset({"gate", "router"})
+
 
 def default_actor() -> str:
     """``user@host:pid`` of this process (who registry changes are attributed to by default).
@@ -231,6 +234,25 @@ class PolicyRegistry:
     def events(self, agent: str) -> list[PolicyEvent]:
         """Every logged transition and decision of ``agent``, oldest first."""
         return self.files.events(agent)
+
+    def last_decision(self, agent: str) -> PolicyEvent | None:
+        """The gate's (or the router's fallback) latest decision about ``agent``, with its numbers.
+
+        Holds are logged too, so this says why a canary is still waiting: which minimum is not
+        reached yet, or the z statistic against the look's boundary and the alpha spent.
+
+        Example:
+            >>> import tempfile
+            >>> registry = PolicyRegistry(Path(tempfile.mkdtemp()))
+            >>> _ = registry.start_canary("bot", registry.register("bot").version, 0.5)
+            >>> registry.log_decision("bot", 1, "gate: hold (not enough tool calls yet)", {}, actor="gate")
+            >>> registry.last_decision("bot").reason
+            'gate: hold (not enough tool calls yet)'
+        """
+        for event in reversed(self.events(agent)):
+            if event.actor in DECISION_ACTORS:
+                return event
+        return None
 
     # --- changing ---------------------------------------------------------------------------
     def _transact(
