@@ -100,6 +100,8 @@ class PolicyFiles:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        except PolicyError:
+            raise  # untrusted: its own message says why
         except ValueError as exc:
             raise PolicyError(f"{path} is corrupt ({exc}); restore it or remove it to start over") from exc
         try:
