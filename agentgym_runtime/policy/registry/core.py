@@ -314,6 +314,12 @@ class PolicyRegistry:
             raise ConfigurationError(f"invalid agent name {agent!r}: {exc.errors()[0]['msg']}") from None
         if agent.startswith("."):
             raise ConfigurationError(f"invalid agent name {agent!r}: must not start with '.'")
+        named = llm.adapter if isinstance(llm, LLMConfig) else (llm or {}).get("adapter")
+        if named and adapter_dir is None:
+            raise ConfigurationError(
+                f"llm.adapter {named!r}: an artifact holds its adapter's files itself; pass adapter_dir= "
+                f"(the directory of the trained safetensors files) instead of a path"
+            )
         if "artifact_dir" in fields["metadata"]:
             raise ConfigurationError(
                 "metadata['artifact_dir'] is reserved: a registered artifact's adapter is resolved in its own directory"
