@@ -140,10 +140,28 @@ def adapter_base_model(adapter_dir: Path) -> str | None:
     return str(base) if base else None
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model references name the same model, in the forms trainers write them.
+
+    A hub id and a local copy of it (``Qwen/Qwen2.5-0.5B`` and ``/models/Qwen2.5-0.5B``), or two
+    spellings of one path, are the same; only a clearly different model is another one.
+
+    Example:
+        >>> same_model("Qwen/Qwen2.5-0.5B", "/models/Qwen2.5-0.5B/"), same_model("org/a", "org/b")
+        (True, False)
+    """
+    left, right = a.strip().rstrip("/"), b.strip().rstrip("/")
+    if left == right:
+        return True
+    if os.path.exists(left) and os.path.exists(right) and os.path.realpath(left) == os.path.realpath(right):
+        return True
+    return left.rsplit("/", 1)[-1] == right.rsplit("/", 1)[-1]
+
+
 def _check_base_model(policy: Policy, source: Path) -> None:
     trained_on = adapter_base_model(source)
     serving = (policy.llm.model if policy.llm is not None else None) or policy.metadata.get("base_model")
-    if trained_on is not None and isinstance(serving, str) and serving and serving != trained_on:
+    if trained_on is not None and isinstance(serving, str) and serving and not same_model(serving, trained_on):
         raise PolicyArtifactError(
             f"adapter {source} was trained on base model {trained_on!r} but {policy.ref} serves {serving!r}; "
             f"an adapter only works on its own base model (set llm.model to {trained_on!r} or retrain)"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 
 import pytest
 
+from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.artifact import MANIFEST, sha256_file
 from agentgym_runtime.policy.errors import PolicyArtifactError, UntrustedFileError
 from agentgym_runtime.policy.registry import PolicyRegistry
@@ -182,3 +184,11 @@ def test_secrets_in_metadata_and_endpoint_urls_are_never_stored(agentgym_runtime
     assert policy.llm is not None
     assert policy.llm.endpoint == "https://[REDACTED]@llm.example/v1?api_key=%5BREDACTED%5D&region=eu"
     assert policy.metadata["owner"] == "ml" and policy.metadata["api_key"] == "[REDACTED]"
+
+
+def test_registration_refuses_adapter_paths_instead_of_files(tmp_path: Path) -> None:
+    registry = PolicyRegistry(tmp_path / "policies")
+    for path in ("/etc", "../../..", "adapter"):
+        with pytest.raises(ConfigurationError, match=f"llm.adapter '{re.escape(path)}': an artifact holds"):
+            registry.register("bot", llm={"adapter": path})
+    assert registry.agents() == [] and not (tmp_path / "policies" / "bot" / "v1").exists()
