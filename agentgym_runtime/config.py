@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         auto_instrument: When an episode starts, instrument the adapters of the agent frameworks
             already imported, so decorated functions that run framework agents are captured.
         strict: Raise internal errors instead of logging them (for tests, never production).
+        canary_evaluate_every: The gate judges a canary every this many canary episodes, each
+            judgement one look of its group-sequential test; it promotes or rolls back by itself
+            (``None``: only ``agentgym policies evaluate`` judges).
+        canary_min_tool_calls: Tool calls each arm (canary and live) needs before the gate tests
+            reliability; until then every judgement holds and says how many are missing. The
+            sequence of looks ends (promote or roll back for good) at 4x this many canary calls.
+        canary_max_wait_s: How long a canary may stay undecided; a judgement after that rolls
+            it back, giving the reason it was held (``None``: wait forever).
     """
 
     model_config = SettingsConfigDict(
@@ -81,6 +89,9 @@ class Settings(BaseSettings):
     install_global_provider: bool = True
     auto_instrument: bool = True
     strict: bool = False
+    canary_evaluate_every: int | None = Field(default=20, ge=1)
+    canary_min_tool_calls: int = Field(default=200, ge=1)
+    canary_max_wait_s: float | None = Field(default=86_400.0, gt=0)
 
     @field_validator("home", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime.config import Settings
@@ -85,6 +86,7 @@ class Services:
         # Stop the jobs first (their runs are marked failed), then flush; the registry's last
         # mirror into the store goes after the pipeline stopped and before the store closes.
         runtime.add_hook("stop", "training scheduler shutdown", self._stop_scheduler)
+        runtime.add_hook("stop", "policy router close", self._stop_router)
         runtime.add_hook("close", "policy registry close", self._close_registry)
         if runtime.started:
             self._start_schedules()
@@ -98,7 +100,6 @@ class Services:
             with self._lock:
                 if self._router is None:
                     from agentgym_runtime.policy.registry import PolicyRegistry
-                    from agentgym_runtime.policy.router import PolicyRouter
 
                     runtime = self.runtime
                     registry = PolicyRegistry(
@@ -106,8 +107,12 @@ class Services:
                         store=runtime.store if runtime.settings.enabled else None,
                         on_error=runtime.internal_error,
                     )
-                    self._router = PolicyRouter(
-                        registry, store=runtime.store, flush=runtime.flush, on_error=runtime.internal_error
+                    self._router = build_router(
+                        registry,
+                        runtime.settings,
+                        store=runtime.store,
+                        flush=runtime.flush,
+                        on_error=runtime.internal_error,
                     )
                 router = self._router
         return router
@@ -164,6 +169,10 @@ class Services:
             scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.shutdown()  # kills running jobs; their runs are marked failed first
+
+    def _stop_router(self) -> None:
+        if self._router is not None:
+            self._router.close()  # background gate evaluations end before the store closes
 
     def _close_registry(self) -> None:
         if self._router is not None:
@@ -222,6 +231,32 @@ class Services:
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop the scheduler, flush, stop the pipeline and close the store; safe to call twice."""
         self.runtime.shutdown(timeout_s)
+
+
+def build_router(
+    registry: PolicyRegistry,
+    settings: Settings,
+    *,
+    store: TraceStore,
+    flush: Callable[[], bool] | None = None,
+    on_error: Callable[[str, BaseException], None] | None = None,
+) -> PolicyRouter:
+    """A policy router on ``registry`` with the gate settings of ``settings``.
+
+    The one place a router is built: the serving configuration's own (:attr:`Services.router`)
+    and the one ``agentgym policies evaluate`` runs over a read-only store.
+
+    Example:
+        >>> import tempfile
+        >>> from agentgym_runtime.collectors.store import TraceStore
+        >>> from agentgym_runtime.policy.registry import PolicyRegistry
+        >>> router = build_router(PolicyRegistry(tempfile.mkdtemp()), Settings(), store=TraceStore(":memory:"))
+        >>> router.resolve("bot", None).version
+        0
+    """
+    from agentgym_runtime.policy.router import PolicyRouter, RouterConfig
+
+    return PolicyRouter(registry, RouterConfig.from_settings(settings), store=store, flush=flush, on_error=on_error)
 
 
 _current: Services | None = None

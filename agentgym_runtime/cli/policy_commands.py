@@ -1,9 +1,11 @@
-"""``agentgym policies list | show | diff | promote | rollback | pin | unpin``.
+"""``agentgym policies list | show | diff | evaluate | promote | canary | rollback | pin | unpin``.
 
 These commands work on the policies directory (``<home>/policies``), which every process
 shares: a promotion made here reaches the serving processes within a second. The per-version
 metrics of ``show`` are read from the trace store (read-only, or a snapshot copy while a
-serving process holds it).
+serving process holds it). ``list`` and ``show`` give the gate's last decision about each agent
+and why; ``evaluate`` runs the gate once now (the serving process also runs it by itself every
+``AGENTGYM_CANARY_EVALUATE_EVERY`` canary episodes). Every reading command has ``--json``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from agentgym_runtime.cli.common import (
 )
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.errors import PolicyError
-from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState, PolicyStatus, default_actor
+from agentgym_runtime.policy.registry import PolicyEvent, PolicyRegistry, PolicyState, PolicyStatus, default_actor
 from agentgym_runtime.recording.policy import Policy
+
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 _STATUS_COLOURS = {
     PolicyStatus.LIVE: "green",
@@ -48,7 +52,9 @@ def register(app: typer.Typer) -> None:
     group.command("list")(list_policies)
     group.command("show")(show)
     group.command("diff")(diff)
+    group.command("evaluate")(evaluate)
     group.command("promote")(promote)
+    group.command("canary")(canary_command)
     group.command("rollback")(rollback)
     group.command("pin")(pin)
     group.command("unpin")(unpin)
@@ -75,6 +81,48 @@ def _short(text: str | None, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _echo_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _decision_json(event: PolicyEvent | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    details = event.details
+    sequential = details.get("sequential") if isinstance(details.get("sequential"), dict) else None
+    look = sequential.get("look") if sequential else None
+    return {
+        "version": event.version,
+        "action": details.get("decision", event.to_status),
+        "to_status": event.to_status,
+        "actor": event.actor,
+        "reason": event.reason,
+        "at": _when(event.occurred_at),
+        "z": details.get("reliability_z"),
+        "boundary_z": look.get("boundary_z") if isinstance(look, dict) else None,
+        "alpha_spent": look.get("alpha_spent") if isinstance(look, dict) else None,
+        "candidate_tool_calls": (details.get("candidate") or {}).get("tool_calls"),
+        "incumbent_tool_calls": (details.get("incumbent") or {}).get("tool_calls"),
+    }
+
+
+def _decision_line(event: PolicyEvent | None) -> str:
+    if event is None:
+        return "last decision: none yet"
+    return f"last decision ({_when(event.occurred_at)}, v{event.version} by {event.actor}): {event.reason}"
+
+
+def _state_json(state: PolicyState) -> dict[str, Any]:
+    return {
+        "live": state.live,
+        "canary": state.canary,
+        "canary_share": state.canary_share,
+        "canary_since": None if state.canary_since is None else _when(state.canary_since),
+        "pinned": state.pinned,
+        "sequence": state.sequence,
+    }
+
+
 def _pointer_note(state: PolicyState, version: int) -> str:
     notes = []
     if state.live == version:
@@ -89,19 +137,46 @@ def _pointer_note(state: PolicyState, version: int) -> str:
 def list_policies(
     agent: str | None = typer.Option(None, "--agent", "-a", help="Only this agent."),
     home: Path | None = HomeOption,
+    as_json: bool = JsonOption,
 ) -> None:
-    """List every agent's policy versions with their status."""
+    """List every agent's policy versions with their status and the gate's last decision."""
     registry = _registry(home)
     agents = [agent] if agent else registry.agents()
     if not agents:
+        if as_json:
+            _echo_json([])
+            return
         console.print(f"[dim]no policies registered under {registry.root}[/dim]")
         return
+    listing: list[dict[str, Any]] = []
     for name in agents:
         try:
             state = registry.state(name)
             infos = registry.policies(name)
+            last = registry.last_decision(name)
         except PolicyError as exc:
             raise _fail(exc) from None
+        if as_json:
+            listing.append(
+                {
+                    "agent": name,
+                    **_state_json(state),
+                    "last_decision": _decision_json(last),
+                    "versions": [
+                        {
+                            "version": info.version,
+                            "status": info.status.value,
+                            "serving": _pointer_note(state, info.version),
+                            "trainer": info.policy.trainer if info.policy else None,
+                            "parent": info.policy.parent_version if info.policy else None,
+                            "created": _when(info.created_at),
+                            "error": info.error,
+                        }
+                        for info in infos
+                    ],
+                }
+            )
+            continue
         table = Table(title=f"{name} · live v{state.live} · sequence {state.sequence}", title_justify="left")
         for header in ("version", "status", "serving", "trainer", "parent", "created", "system prompt"):
             table.add_column(header)
@@ -118,6 +193,9 @@ def list_policies(
                 _short(policy.system_prompt) if policy else f"[red]refused: {info.error}[/red]",
             )
         console.print(table)
+        console.print(_decision_line(last), markup=False)
+    if as_json:
+        _echo_json(listing)
 
 
 def _store_metrics(home: Path | None, store: str | None, agent: str) -> list[dict[str, Any]] | None:
@@ -140,15 +218,31 @@ def show(
     version: str = typer.Argument("live", help="A version (3, v3), 'live' or 'canary'."),
     home: Path | None = HomeOption,
     store: str | None = StoreOption,
+    as_json: bool = JsonOption,
 ) -> None:
-    """Show one version's policy and the metrics of every version from the trace store."""
+    """Show one version's policy, the gate's last decision and the metrics of every version."""
     registry = _registry(home)
     try:
         number = registry.resolve_ref(agent, version)
         policy = registry.load(agent, number)
         state = registry.state(agent)
+        last = registry.last_decision(agent)
     except (PolicyError, ConfigurationError) as exc:
         raise _fail(exc) from None
+    if as_json:
+        _echo_json(
+            {
+                "agent": agent,
+                "version": number,
+                "status": state.status_of(number).value,
+                **{f"pointers_{k}": v for k, v in _state_json(state).items()},
+                "policy": policy.model_dump(mode="json"),
+                "artifact": str(registry.artifact_path(agent, number)) if number else None,
+                "last_decision": _decision_json(last),
+                "metrics": _store_metrics(home, store, agent),
+            }
+        )
+        return
     details = Table(title=f"{policy.ref} · {state.status_of(number).value}", show_header=False, title_justify="left")
     details.add_column("field", style="bold")
     details.add_column("value", overflow="fold")
@@ -163,6 +257,7 @@ def show(
     details.add_row("metadata", json.dumps(policy.metadata, default=str) if policy.metadata else "—")
     if number:
         details.add_row("artifact", str(registry.artifact_path(agent, number)))
+    details.add_row("last decision", _decision_line(last).removeprefix("last decision "))
     console.print(details)
     rows = _store_metrics(home, store, agent)
     if rows is None:
@@ -219,6 +314,7 @@ def diff(
     old: str = typer.Argument(..., help="A version (3, v3), 'live' or 'canary'."),
     new: str = typer.Argument(..., help="Another version."),
     home: Path | None = HomeOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Show what differs between two versions."""
     registry = _registry(home)
@@ -228,6 +324,10 @@ def diff(
     except (PolicyError, ConfigurationError) as exc:
         raise _fail(exc) from None
     left, right = _fields(a), _fields(b)
+    if as_json:
+        keys = [k for k in sorted(set(left) | set(right)) if left.get(k, "") != right.get(k, "")]
+        _echo_json({"old": a.version, "new": b.version, "changed": {k: [left.get(k), right.get(k)] for k in keys}})
+        return
     table = Table(title=f"{agent}: v{a.version} → v{b.version}", title_justify="left")
     table.add_column("field", style="bold")
     table.add_column(f"v{a.version}", overflow="fold")
@@ -262,6 +362,53 @@ def promote(
             console.print(f"[green]{agent}@v{state.live}[/green] is live")
     except (PolicyError, ConfigurationError) as exc:
         raise _fail(exc) from None
+
+
+def evaluate(
+    agent: str = typer.Argument(..., help="The agent whose canary to judge."),
+    home: Path | None = HomeOption,
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run the gate on the agent's canary now: promote, roll back or hold, and say why.
+
+    The decision is logged like the serving process's own (one look of the same sequential
+    test), so a serving process sees a promotion or rollback made here within a second.
+    """
+    from agentgym_runtime.services import build_router
+
+    settings = settings_for(home, store)
+    registry = _registry(home)
+    try:
+        registry.state(agent)  # unknown agents fail here, listing the known ones
+        with reading_store(settings) as reader:
+            router = build_router(registry, settings, store=reader)
+            decision = router.evaluate(agent)
+    except (PolicyError, ConfigurationError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _echo_json({"agent": agent, "action": decision.action, "reason": decision.reason, "numbers": decision.numbers})
+        return
+    colour = {"promote": "green", "rollback": "red"}.get(decision.action, "yellow")
+    console.print(f"[{colour}]{decision.action}[/{colour}] {agent}: ", end="")
+    console.print(decision.reason, markup=False)
+
+
+def canary_command(
+    agent: str = typer.Argument(..., help="The agent."),
+    version: str = typer.Argument(..., help="The version to canary (3 or v3)."),
+    share: float = typer.Option(0.1, "--share", help="Share of sessions (0-1) it serves."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (logged with the transition)."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Serve a version to a share of sessions; the serving process's gate then promotes or rolls it back."""
+    registry = _registry(home)
+    try:
+        expected = registry.state(agent).sequence
+        state = registry.start_canary(agent, version, share, reason=reason or "cli canary", expected_sequence=expected)
+    except (PolicyError, ConfigurationError) as exc:
+        raise _fail(exc) from None
+    console.print(f"[yellow]{agent}@v{state.canary}[/yellow] is the canary for {share * 100:.0f}% of sessions")
 
 
 def rollback(

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentgym_runtime.policy import statistics
 from agentgym_runtime.scenarios.base import Scenario, Task
 from agentgym_runtime.scenarios.registry import get_scenario
 
@@ -285,20 +285,16 @@ def _langchain_tool(tool: Any, structured_tool: Any) -> Any:
 def two_proportion_z(success_a: int, total_a: int, success_b: int, total_b: int) -> tuple[float, float]:
     """One-sided two-proportion z-test that B's rate exceeds A's: ``(z, p)``.
 
+    The demo reads "did the promoted version (B) improve on the baseline (A)", so its arguments
+    come baseline first; :func:`agentgym_runtime.policy.statistics.two_proportion_z` (the one
+    implementation) tests its *first* proportion being higher, hence the swap.
+
     Example:
         >>> z, p = two_proportion_z(60, 100, 95, 100)
         >>> round(z, 2), p < 1e-6
         (5.93, True)
     """
-    if not total_a or not total_b:
-        return 0.0, 1.0
-    pa, pb = success_a / total_a, success_b / total_b
-    pooled = (success_a + success_b) / (total_a + total_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / total_a + 1 / total_b))
-    if se == 0:
-        return 0.0, 1.0 if pb <= pa else 0.0
-    z = (pb - pa) / se
-    return z, 0.5 * math.erfc(z / math.sqrt(2))
+    return statistics.two_proportion_z(success_b, total_b, success_a, total_a)
 
 
 # --- the demo ----------------------------------------------------------------------------------------

@@ -47,3 +47,15 @@ class PolicyArtifactError(PolicyError, ValueError):
         >>> str(PolicyArtifactError("sha256 mismatch for policy.json"))
         'sha256 mismatch for policy.json'
     """
+
+
+class UntrustedFileError(PolicyArtifactError):
+    """A file of the policies directory is not trusted: a symlink, owned by another user, or world-writable.
+
+    The pointers, events and artifacts decide what code the service runs with, so only files
+    that the service's own user owns and that nobody else may write are read.
+
+    Example:
+        >>> issubclass(UntrustedFileError, PolicyArtifactError)
+        True
+    """

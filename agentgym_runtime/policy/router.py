@@ -61,6 +61,7 @@ from agentgym_runtime.semconv import EpisodeStatus
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
+    from agentgym_runtime.config import Settings
 
 logger = logging.getLogger("agentgym_runtime.policy")
 
@@ -87,6 +88,9 @@ class RouterConfig:
             gate (``None``: only when called, each call a single fixed-sample test).
         fallback_failures: LLM failures of one version within ``fallback_window_s`` that roll it back.
         fallback_window_s: The window for ``fallback_failures``.
+        max_canary_wait_s: How long a canary may stay undecided: an evaluation that would hold a
+            canary older than this rolls it back instead, with the hold's reason (which minimum
+            was not reached, or z against the boundary). ``None``: it may wait forever.
 
     Example:
         >>> RouterConfig().refresh_interval_s
@@ -98,6 +102,27 @@ class RouterConfig:
     evaluate_every: int | None = None
     fallback_failures: int = 3
     fallback_window_s: float = 60.0
+    max_canary_wait_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouterConfig:
+        """The serving configuration: the gate judges every canary as its episodes arrive.
+
+        ``canary_evaluate_every``, ``canary_min_tool_calls`` and ``canary_max_wait_s`` of
+        :class:`~agentgym_runtime.config.Settings` (``AGENTGYM_CANARY_*``) set
+        :attr:`evaluate_every`, the gate's ``min_tool_calls`` and :attr:`max_canary_wait_s`.
+
+        Example:
+            >>> from agentgym_runtime.config import Settings
+            >>> config = RouterConfig.from_settings(Settings(canary_min_tool_calls=50))
+            >>> config.evaluate_every, config.gate.min_tool_calls, config.max_canary_wait_s
+            (20, 50, 86400.0)
+        """
+        return cls(
+            gate=GateConfig(min_tool_calls=settings.canary_min_tool_calls),
+            evaluate_every=settings.canary_evaluate_every,
+            max_canary_wait_s=settings.canary_max_wait_s,
+        )
 
 
 @dataclass(slots=True)
@@ -177,6 +202,8 @@ class PolicyRouter:
         self._failures: dict[tuple[str, int], deque[float]] = {}
         self._canary_pins = 0
         self._evaluating: set[str] = set()
+        self._gate_threads: list[threading.Thread] = []
+        self._closed = False
         registry.add_listener(self.invalidate)
 
     def set_config(self, config: RouterConfig) -> None:
@@ -212,7 +239,7 @@ class PolicyRouter:
         if not chosen:
             return entry.live
         every = self.config.evaluate_every
-        if every is not None:
+        if every is not None and self.store is not None:
             self._canary_pins += 1
             if self._canary_pins % every == 0:
                 self._evaluate_in_background(agent)
@@ -387,7 +414,11 @@ class PolicyRouter:
         incumbent = self.arm_stats(agent, state.live, state.canary_since)
         looks = self.looks(agent, state) if self.config.evaluate_every is not None else None
         decision = self.gate.decide(candidate, incumbent, looks)
+        decision = self._timed_out(state, decision)
         details: dict[str, Any] = {**decision.numbers, "decision": decision.action}
+        with self._lock:  # listed before the change is applied: whoever sees the change sees the decision
+            index = len(self.decisions)
+            self.decisions.append((agent, decision))
         try:
             if decision.action == "promote":
                 self.registry.promote(
@@ -413,9 +444,25 @@ class PolicyRouter:
                 )
         except PolicyConflictError as exc:
             decision = GateDecision("hold", f"superseded by a concurrent change: {exc}", decision.numbers)
+            with self._lock:
+                self.decisions[index] = (agent, decision)
         logger.info("agentgym: gate on %s@v%d: %s — %s", agent, state.canary, decision.action, decision.reason)
-        self.decisions.append((agent, decision))
         return decision
+
+    def _timed_out(self, state: PolicyState, decision: GateDecision) -> GateDecision:
+        limit = self.config.max_canary_wait_s
+        if decision.action != "hold" or limit is None or state.canary_since is None:
+            return decision
+        waited = time.time() - state.canary_since
+        if waited <= limit:
+            return decision
+        numbers = {**decision.numbers, "waited_s": waited, "max_canary_wait_s": limit}
+        return GateDecision(
+            "rollback",
+            f"canary undecided after {waited:.0f}s (limit {limit:g}s): {decision.reason}",
+            numbers,
+            decision.look,
+        )
 
     def looks(self, agent: str, state: PolicyState | None = None) -> list[Look]:
         """The gate's looks so far at ``agent``'s current canary, oldest first.
@@ -455,13 +502,14 @@ class PolicyRouter:
 
     def _evaluate_in_background(self, agent: str) -> None:
         with self._lock:
-            if agent in self._evaluating:
+            if agent in self._evaluating or self._closed:
                 return
             self._evaluating.add(agent)
 
         def run() -> None:
             try:
-                self.evaluate(agent)
+                if not self._closed:  # the store closes at shutdown: never reopen it from here
+                    self.evaluate(agent)
             except Exception as exc:
                 if self._on_error is not None:
                     try:
@@ -474,7 +522,20 @@ class PolicyRouter:
                 with self._lock:
                     self._evaluating.discard(agent)
 
-        threading.Thread(target=run, name=f"agentgym-gate-{agent}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"agentgym-gate-{agent}", daemon=True)
+        with self._lock:
+            self._gate_threads = [t for t in self._gate_threads if t.is_alive()]
+            self._gate_threads.append(thread)
+        thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Start no more background evaluations and wait for those running (before the store closes)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._gate_threads)
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> dict[str, Any]:
         """Refused artifacts, recent LLM failures per version, decisions taken."""

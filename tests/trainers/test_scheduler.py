@@ -509,10 +509,13 @@ def test_the_job_derives_from_the_served_policy_and_waits_while_a_canary_is_deci
     agentgym_runtime: Runtime, recorded: Recorded, tmp_path: Path
 ) -> None:
     registry = agentgym_runtime.policies
-    adapter = tmp_path / "lora"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    registry.register("support", llm={"adapter": str(adapter)}, trainer="manual")
+    trained = tmp_path / "lora"
+    trained.mkdir()
+    (trained / "adapter_config.json").write_text("{}")
+    (trained / "adapter_model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    # An artifact holds its adapter (issue 18): the served adapter is the artifact's copy.
+    registry.register("support", adapter_dir=trained, trainer="manual")
+    adapter = registry.artifact_path("support", 1) / "adapter"
     registry.promote("support", 1, actor="test")
     serve(4)
     first = agentgym_runtime.scheduler.run_now("support", config=config("SpecEchoTrainer"))
