@@ -373,11 +373,11 @@ def test_shutdown_stops_a_running_job_and_records_it(agentgym_runtime: Runtime) 
     agentgym_runtime.shutdown()
     thread.join(timeout=30)
 
-    assert runs[0].status == "failed"
+    assert runs[0].status == "cancelled"  # issue 16: a run stopped by shutdown is cancelled, not failed
     assert runs[0].reason == "cancelled: the service is shutting down"
     store = agentgym_runtime.store
     assert store.query("SELECT status, reason FROM training_runs WHERE run_id = ?", [run_id]) == [
-        ("failed", "cancelled: the service is shutting down")
+        ("cancelled", "cancelled: the service is shutting down")
     ]
     store.close()
 
@@ -434,6 +434,8 @@ def test_cli_train_hands_the_run_to_the_service_holding_the_store(agentgym_runti
 
     serve(4)
     scheduler = agentgym_runtime.scheduler
+    # A request may name code to import only as the service itself configured it (issue 18).
+    scheduler.add_agent(config("PromptTrainer"))
     scheduler.serve_requests(interval_s=0.2)
     assert scheduler.serves_requests()
     assert agentgym.flush()
