@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -129,6 +130,13 @@ def load_trainer(spec: TrainingJobSpec) -> Trainer:
         raise TrainerUnavailable(f"trainer {spec.trainer!r} cannot run here: {exc}") from exc
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
+        if missing and importlib.util.find_spec(missing.partition(".")[0]) is not None:
+            # The package is installed but an import inside it fails: report that, not a missing extra.
+            raise TrainerUnavailable(
+                f"trainer {spec.trainer!r} cannot run here: importing {module_name!r} failed with "
+                f"{type(exc).__name__}: {exc} (the package {missing.partition('.')[0]!r} is installed; "
+                "an import inside it is broken)"
+            ) from exc
         hint = (
             "pip install 'agentgym-runtime[train]'"
             if module_name.startswith("agentgym_runtime.")

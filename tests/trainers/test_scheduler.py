@@ -65,6 +65,11 @@ def config(trainer_class: str, **overrides: Any) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def answer(question: str) -> str:
+    """An agent a training job can import again (module level; a closure is refused for replaying trainers)."""
+    return question
+
+
 def run_row(runtime: Runtime, run_id: str) -> dict[str, Any]:
     rows = runtime.store.query_dicts("SELECT * FROM training_runs WHERE run_id = ?", [run_id])
     assert len(rows) == 1
@@ -279,9 +284,6 @@ def test_one_run_per_agent_and_stale_lock_is_taken_over(agentgym_runtime: Runtim
 def test_decorator_validates_training_options_and_schedules_the_agent(
     agentgym_runtime: Runtime, no_registered_training: None
 ) -> None:
-    def answer(question: str) -> str:
-        return question
-
     cases = [
         ({"schedule": "every day"}, "schedule 'every day' is neither a duration"),
         ({"schedule": "61 * * * *"}, "schedule '61 \\* \\* \\* \\*' is not a valid cron string"),

@@ -29,6 +29,8 @@ GPU_MODES: tuple[str, ...] = ("auto", "cpu", "local")
 #: How ``gpu=`` maps onto the job's device: ``local`` insists on this machine's CUDA.
 _DEVICE: dict[str, Literal["cpu", "cuda", "auto"]] = {"auto": "auto", "cpu": "cpu", "local": "cuda"}
 _GPU_ONLY_TRAINERS = frozenset({"verl"})
+#: Trainers that score candidates by replaying episodes through the agent's own entrypoint.
+REPLAYING_TRAINERS = frozenset({"demos", "apo", "verl"})
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -179,6 +181,10 @@ def training_config(agent: str, **options: Any) -> TrainingConfig:
     schedule = options.get("schedule")
     if schedule is not None:
         parse_schedule(schedule)
+    if trainer == "verl" and "trainer_class" not in trainer_options:
+        _check_verl_options(trainer_options)
+    if trainer in REPLAYING_TRAINERS and "trainer_class" not in trainer_options and not trainer_options.get("replay"):
+        _check_replayable(agent, options.get("entrypoint"))
     try:
         return TrainingConfig(agent=agent, **{**options, "trainer_options": dict(trainer_options)})
     except ValidationError as exc:
@@ -186,6 +192,50 @@ def training_config(agent: str, **options: Any) -> TrainingConfig:
             f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise ConfigurationError(f"invalid training options for agent {agent!r}: {problems}") from None
+
+
+def _check_verl_options(trainer_options: Mapping[str, Any]) -> None:
+    """Validate the VERL job's options now, with a message saying what to pass (not a raw pydantic error)."""
+    from agentgym_runtime.trainers.verl import VERLConfig, verl_options
+
+    try:
+        VERLConfig.model_validate(verl_options(dict(trainer_options)))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].lower()}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(
+            f"trainer 'verl' needs its options ({problems}): pass at least the model, e.g. "
+            "`agentgym train --trainer verl --option model_path=/path/to/model` or "
+            "train_online(trainer='verl', trainer_options={'model_path': '/path/to/model'})"
+        ) from None
+
+
+def _check_replayable(agent: str, entrypoint: Any) -> None:
+    """Refuse an entrypoint a training job cannot import again (a lambda, a closure, code from stdin).
+
+    Example:
+        >>> _check_replayable("a", "app:<lambda>")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        agentgym_runtime.errors.ConfigurationError: agent 'a' cannot be replayed by a training job: ...
+    """
+    if not isinstance(entrypoint, str):
+        return
+    module, _, qualname = entrypoint.partition(":")
+    if "<lambda>" in qualname:
+        why = "it is a lambda"
+    elif "<locals>" in qualname:
+        why = "it is defined inside another function"
+    elif module == "__main__":
+        why = "it was defined in code with no file (stdin, -c or an interactive session)"
+    else:
+        return
+    raise ConfigurationError(
+        f"agent {agent!r} cannot be replayed by a training job: {why} ({entrypoint}), so the job cannot import "
+        "it again. Define it at module level in a file, or name a function that runs it: "
+        "train_online(..., trainer_options={'replay': 'module:function'})"
+    )
 
 
 # --- process-wide registration (survives runtime reconfiguration) -------------------------

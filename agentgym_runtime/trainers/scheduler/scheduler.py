@@ -268,6 +268,11 @@ class TrainingScheduler:
         try:
             request = read_request_file(claimed, configured=configured)
             agent = request.agent
+            known = self.known_agents()
+            if agent not in known:
+                raise ConfigurationError(
+                    f"unknown agent {agent!r}; known agents: {', '.join(sorted(known)) or 'none yet'}"
+                )
             overrides = dict(request.overrides)
             since = _parse_since(overrides.pop("since", None))
             config = self.config_for(agent)
@@ -424,6 +429,11 @@ class TrainingScheduler:
             atomic_write_json(path, {"updated_at": time.time(), "agents": self.status()}, durable=False)
         except Exception as exc:
             self._on_error("training status", exc)
+
+    def known_agents(self) -> set[str]:
+        """Agents this scheduler can train: those with recorded episodes, or configured for training."""
+        rows = self.store.query("SELECT DISTINCT agent FROM episodes WHERE agent IS NOT NULL")
+        return {str(row[0]) for row in rows} | set(self._known_configs())
 
     def _known_configs(self) -> dict[str, TrainingConfig]:
         return {**registered_training(), **self.configs}
