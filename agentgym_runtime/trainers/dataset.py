@@ -27,7 +27,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentgym_runtime import semconv
 from agentgym_runtime.collectors.schema import SCHEMA_VERSION
 from agentgym_runtime.errors import AgentGymError
+from agentgym_runtime.recording.files import atomic_write_text
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
@@ -202,9 +202,7 @@ def write_snapshot(
     for table in SNAPSHOT_TABLES:
         path = target / f"{table}.parquet"
         manifest.files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-    tmp = target / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    os.replace(tmp, target / MANIFEST_NAME)
+    atomic_write_text(target / MANIFEST_NAME, manifest.model_dump_json(indent=2), mode=0o644)
     return manifest
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
+from agentgym_runtime.recording.files import atomic_write_text
 from agentgym_runtime.trainers.base import TRAINERS, Trainer, TrainerUnavailable, TrainingJobSpec
 
 EXIT_OK = 0
@@ -206,9 +207,7 @@ def read_progress(path: str | Path) -> tuple[float, str] | None:
 
 
 def _write_json(path: Path, payload: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(payload)
-    os.replace(tmp, path)
+    atomic_write_text(path, payload, mode=0o644)
 
 
 def _fail(output_dir: Path | None, kind: str, exc: BaseException, code: int) -> int:
