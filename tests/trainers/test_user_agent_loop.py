@@ -5,7 +5,9 @@ model that makes realistic mistakes unless its policy shows a demonstration of t
 kind. Its episodes are recorded by a real ``python support_app.py`` process (``__main__``), and
 the scheduler trains on them as the schedule does: the job imports the script again by its path,
 the tools reach the trainer from the ``execute_tool`` spans, and the replays see the candidate as
-``agentgym.current_policy()``. The candidate goes to canary at the configured share.
+``agentgym.current_policy()``. The candidate goes to canary at the configured share, and the
+next calls that get it see its demonstrations. (The gate's automatic promotion or rollback of
+the canary is helper ``policy``'s part of issue 19; this test stops at the canary until it lands.)
 """
 
 from __future__ import annotations
@@ -71,5 +73,21 @@ def test_a_script_agent_is_trained_from_its_episodes_and_canaried(tmp_path: Path
         candidate = runtime.policies.load("my-support", 1)
         kinds = {("cancel" if "cancel" in str(d.input) else "status") for d in candidate.demonstrations}
         assert kinds == {"cancel", "status"}
+    finally:
+        agentgym.shutdown()
+
+    # The next calls: the canary's share of them gets v1, whose demonstrations the agent sees.
+    _run_app(home, rounds=6)
+    runtime = agentgym.configure(home=home)
+    try:
+        rows = runtime.store.query(
+            "SELECT policy_version, count(*), avg(tool_reliability) FROM episodes "
+            "WHERE agent = 'my-support' AND input LIKE '%hard%' AND started_at > ("
+            "  SELECT max(started_at) FROM training_runs WHERE agent = 'my-support') GROUP BY 1 ORDER BY 1"
+        )
+        by_version = {version: (count, reliability) for version, count, reliability in rows}
+        assert sum(count for count, _ in by_version.values()) == 12
+        assert by_version[1][0] > 0 and by_version[1][1] == 1.0  # the candidate's calls: no mistakes
+        assert by_version.get(0, (0, 0.0))[1] == 0.0  # the incumbent's: the same mistakes as before
     finally:
         agentgym.shutdown()
