@@ -214,3 +214,53 @@ def test_entrypoints_a_job_cannot_import_again_are_refused_with_the_fix() -> Non
         training_config("bot", entrypoint="__main__:agent")
     named = training_config("bot", entrypoint="app:<lambda>", trainer_options={"replay": "app:run"})
     assert named.trainer_options == {"replay": "app:run"}
+
+
+def test_train_online_refuses_a_lambda_naming_the_option() -> None:
+    import agentgym_runtime as agentgym
+
+    with pytest.raises(ConfigurationError, match=r"it is a lambda .*trainer_options=\{'replay': 'module:function'\}"):
+        agentgym.train_online(name="lambda-bot", trainer="demos")(lambda question: question)
+
+
+def test_an_import_error_inside_agent_lightning_is_reported_as_itself(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib
+
+    from agentgym_runtime.errors import MissingExtraError
+    from agentgym_runtime.trainers import lightning
+    from agentgym_runtime.trainers.base import TrainerUnavailable, TrainingJobSpec
+    from agentgym_runtime.trainers.job import load_trainer
+
+    real = importlib.import_module
+
+    def broken(name: str, *args: Any) -> Any:
+        if name == "agentlightning":
+            raise ImportError("cannot import name 'Thing' from 'litellm'", name="litellm")
+        return real(name, *args)
+
+    monkeypatch.setattr(lightning.importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="cannot import name 'Thing' from 'litellm'") as raised:
+        lightning.import_agentlightning()
+    assert not isinstance(raised.value, MissingExtraError)
+    monkeypatch.undo()
+
+    package = tmp_path / "brokentrainer"
+    package.mkdir()
+    (package / "__init__.py").write_text("from json import no_such_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = TrainingJobSpec(
+        run_id="r",
+        agent="a",
+        trainer="mine",
+        snapshot_dir=str(tmp_path),
+        output_dir=str(tmp_path),
+        options={"trainer_class": "brokentrainer:Trainer"},
+    )
+    with pytest.raises(TrainerUnavailable) as unavailable:
+        load_trainer(spec)
+    message = str(unavailable.value)
+    assert "ImportError: cannot import name 'no_such_name' from 'json'" in message
+    assert "the package 'json' is installed; an import inside it is broken" in message
+    assert "pip install" not in message

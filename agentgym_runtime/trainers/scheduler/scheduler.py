@@ -348,7 +348,15 @@ class TrainingScheduler:
     def _scheduled_run(self, agent: str) -> None:
         try:
             if self.hold(agent) is None:
-                self.run_now(agent)
+                run = self.run_now(agent)
+                if run.status == RunStatus.FAILED:  # the serving process says so, not only `agentgym runs`
+                    logger.warning(
+                        "agentgym: scheduled training of %r failed (run %s): %s: %s",
+                        agent,
+                        run.run_id,
+                        run.reason,
+                        run.error,
+                    )
             self.publish_status()
         except Exception as exc:  # a failing run must never stop the scheduler thread
             try:
