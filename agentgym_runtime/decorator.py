@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -37,6 +39,9 @@ T = TypeVar("T")
 def _entrypoint(fn: Callable[..., Any]) -> str | None:
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
+    if module == "__main__":  # `python app.py`: a training job imports the script again by its path
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        module = os.path.abspath(script) if script else module
     return f"{module}:{qualname}" if module and qualname else None
 
 

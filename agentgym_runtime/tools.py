@@ -26,8 +26,10 @@ import json
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from agentgym_runtime import semconv
 from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError, UnknownToolError
 from agentgym_runtime.recording.capture import ToolCall, record_tool_failure, start_tool_call
 from agentgym_runtime.recording.runtime import get_runtime
@@ -290,7 +292,13 @@ class Tool(Generic[P, R]):
         if not runtime.settings.enabled:
             return None
         try:
-            return start_tool_call(self.name, call_id=call_id, arguments=arguments, runtime=runtime)
+            call = start_tool_call(self.name, call_id=call_id, arguments=arguments, runtime=runtime)
+            # The tool's definition, where the trainer's dataset reads the tools an agent offers
+            # (a plain agent records no chat span listing them).
+            trace.get_current_span().set_attribute(
+                semconv.GEN_AI_TOOL_DEFINITIONS, runtime.serializer.to_json([self.definition()])
+            )
+            return call
         except Exception as exc:
             runtime.internal_error("tool start", exc)
             return None
@@ -343,6 +351,16 @@ def _guard(action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         action(*args, **kwargs)
     except Exception as exc:
         get_runtime().internal_error("tool recording", exc)
+
+
+def _loose_arguments(arguments: Mapping[str, Any] | str | None) -> Any:
+    """A model's raw arguments as the sandbox takes them (JSON text parsed when it parses)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return arguments
+    return {} if arguments is None else dict(arguments)
 
 
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -470,6 +488,8 @@ class Toolbox:
             UnknownToolError: No tool has that name (recorded as ``unknown_tool``).
             ToolArgumentsError: The arguments do not parse or validate (``invalid_arguments``).
         """
+        if current_sandbox.get() is not None:  # a training replay: the sandbox judges every call, known or not
+            return sandboxed_result(name, _loose_arguments(arguments))
         found, parsed = self._resolve(name, arguments, call_id)
         return found.call_with(parsed, call_id=call_id)
 

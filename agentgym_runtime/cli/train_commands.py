@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ def train(
     min_episodes: int | None = typer.Option(None, "--min-episodes", help="New episodes needed (default 20)."),
     timeout: float | None = typer.Option(None, "--timeout", help="Kill the job after this many seconds."),
     option: list[str] = typer.Option([], "--option", "-o", help="Trainer option KEY=VALUE (JSON value); repeatable."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Retrain on the episodes ended since this ISO date/time (e.g. 2026-12-05T10:00), "
+        "whatever earlier runs used.",
+    ),
     pickup_timeout: float = typer.Option(
         20.0, "--pickup-timeout", help="When a service holds the store: how long to wait for it to take the request."
     ),
@@ -64,6 +70,7 @@ def train(
             overrides[key] = value
     try:
         trainer_options = _parse_options(option)
+        since_at = _parse_since(since)
         runtime = configure(home=settings.home, store=settings.store)
     except ConfigurationError as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -78,13 +85,21 @@ def train(
             shutdown()
             if trainer_options:
                 overrides["trainer_options"] = trainer_options
+            if since is not None:
+                overrides["since"] = since_at.isoformat() if since_at is not None else since
             try:
-                training_config(agent, **overrides)  # refuse bad options here, not in the service
+                # Refuse bad options here, not in the service.
+                training_config(agent, **{k: v for k, v in overrides.items() if k != "since"})
             except ConfigurationError as config_exc:
                 err_console.print(f"[red]{config_exc}[/red]")
                 raise typer.Exit(2) from None
             _train_through_service(settings.home, agent, now, overrides, pickup_timeout)
             return
+        known = runtime.scheduler.known_agents()
+        if agent not in known:  # before any run row is written
+            choices = ", ".join(sorted(known)) or "none yet (record episodes first)"
+            err_console.print(f"[red]unknown agent {agent!r}; known agents: {choices}[/red]")
+            raise typer.Exit(2)
         base = runtime.scheduler.config_for(agent).model_dump(exclude={"agent"})
         base.update(overrides)
         if trainer_options:
@@ -108,7 +123,7 @@ def train(
             def progress(fraction: float, message: str) -> None:
                 bar.update(task, completed=fraction, description=message)
 
-            run = runtime.scheduler.run_now(agent, config=config, force=now, progress=progress)
+            run = runtime.scheduler.run_now(agent, config=config, force=now, since=since_at, progress=progress)
             if run.status == "succeeded":
                 bar.update(task, completed=1.0, description="done")
     finally:
@@ -116,6 +131,18 @@ def train(
     _print_run(run.status, run.run_id, run.reason, run.error, run.candidate_version, run.metrics, run.log_tail)
     if run.status == "failed":
         raise typer.Exit(1)
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"--since must be an ISO 8601 date/time like 2026-12-05T10:00, got {value!r}"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _train_through_service(

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentgym_runtime.demo.glue import grpo_guide, grpo_prompt, grpo_reward
+from agentgym_runtime.demo.render import render_state, render_summary
 from agentgym_runtime.policy import statistics
 from agentgym_runtime.scenarios.base import Scenario, Task
 from agentgym_runtime.scenarios.registry import get_scenario
@@ -109,152 +110,6 @@ class DemoState:
     runs: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-# --- GRPO glue: recorded episodes → the demo model's prompts and rewards ---------------------------------
-def _scenario_task(recorded: Any) -> tuple[Scenario, Task] | None:
-    """The scenario task a recorded episode served (its input carries the task id)."""
-    value = getattr(recorded, "input", None)
-    task_id = value.get("task_id") if isinstance(value, dict) else None
-    if not isinstance(task_id, str) or ":" not in task_id:
-        return None
-    scenario = get_scenario(task_id.split(":", 1)[0])
-    return scenario, scenario.task_by_id(task_id)
-
-
-@dataclass(frozen=True)
-class _GrpoStep:
-    """One step of a recorded episode as the demo model sees it."""
-
-    prompt: str  # delexicalised, as the model reads it
-    slots: dict[str, str]  # slot token -> value, to read the model's completion back
-    kind: str  # "call": the first tool call; "answer": the final answer after the call that worked
-    guide: str | None  # the completion the trace shows to have worked, if any
-
-
-def _grpo_steps(recorded: Any) -> list[_GrpoStep]:
-    """The first-call step and, when a call worked, the answer step of a recorded episode."""
-    key = getattr(recorded, "episode_id", None)
-    cached = _STEPS.get(key) if key is not None else None
-    if cached is not None:
-        return cached
-    from agentgym_runtime.demo.model.format import (
-        Step,
-        delexicalize,
-        render_answer,
-        render_call,
-        render_observation,
-        render_prompt,
-    )
-
-    found = _scenario_task(recorded)
-    if found is None:
-        return []
-    scenario, task = found
-    tools = scenario.tools(scenario.new_world(task.world_seed))
-    calls = list(getattr(recorded, "tool_calls", []))
-    worked = next((c for c in calls if c.outcome == "ok" and c.name), None) or _cut_short_call(calls, tools)
-    call = render_call(worked.name, worked.arguments) if worked and isinstance(worked.arguments, dict) else None
-    # The model reads numbers, names, emails and paths as placeholders (see models.format.delexicalize) and
-    # writes a space after "next:".
-    first, first_slots = delexicalize(render_prompt(task, tools))
-    steps = [
-        _GrpoStep(
-            first, first_slots, "call", None if call is None else " " + delexicalize(call, first_slots, grow=False)[0]
-        )
-    ]
-    if call is not None and worked is not None:
-        raw = render_prompt(task, tools, [Step(call, render_observation(worked.result))])
-        answer_prompt, slots = delexicalize(raw)
-        output = getattr(recorded, "output", None)
-        answer = str(output) if output is not None and task.check_answer(str(output)) else None
-        guide = None if answer is None else " " + delexicalize(render_answer(answer), slots, grow=False)[0]
-        steps.append(_GrpoStep(answer_prompt, slots, "answer", guide))
-    if key is not None:
-        _STEPS[key] = steps
-    return steps
-
-
-_STEPS: dict[Any, list[_GrpoStep]] = {}
-
-
-@dataclass(frozen=True)
-class _Call:
-    name: str
-    arguments: dict[str, Any]
-    result: Any
-
-
-def _cut_short_call(calls: list[Any], tools: list[Any]) -> _Call | None:
-    """The first call if its JSON was cut short but what it meant runs: the call to guide towards.
-
-    An unparsable call ends a LangChain agent's turn, so such an episode never shows a recovery.
-    The trace still records the call's name and its arguments as the model wrote them; when they
-    are a complete object that passes the tool's schema and runs on a fresh world, the model had
-    the right call and only failed to finish the message's JSON. (Calls whose arguments the
-    schema rejects, a wrong type or a missing argument, stay unguided.)
-    """
-    from agentgym_runtime.demo.model.format import ParsedCompletion, execute_call
-    from agentgym_runtime.semconv import ToolOutcome
-
-    first = calls[0] if calls else None
-    if first is None or first.outcome != ToolOutcome.INVALID_ARGUMENTS.value or not isinstance(first.arguments, dict):
-        return None
-    outcome, result, _ = execute_call(ParsedCompletion("tool_call", first.name, dict(first.arguments)), tools)
-    return _Call(first.name, dict(first.arguments), result) if outcome == ToolOutcome.OK.value else None
-
-
-def _grpo_step(recorded: Any, prompt: str | None) -> _GrpoStep | None:
-    steps = _grpo_steps(recorded)
-    if prompt is None:
-        return steps[0] if steps else None
-    return next((step for step in steps if step.prompt == prompt), None)
-
-
-def grpo_prompt(recorded: Any) -> list[str]:
-    """GRPO prompts of a recorded episode: its first tool call and, if a call worked, its answer.
-
-    The first tool call is where the demo model's systematic mistakes sit; the answer step is
-    trained too so that fixing the calls does not cost task success.
-    """
-    return [step.prompt for step in _grpo_steps(recorded)]
-
-
-def grpo_reward(recorded: Any, completion: str, prompt: str | None = None) -> float:
-    """GRPO reward of a completion of one of a recorded episode's prompts, in [0, 1].
-
-    First call: 1 for the right call, partial credit for a call that runs, 0 for an unknown tool
-    or arguments that do not parse (see ``models.format.score_completion``). Answer: 1 when it
-    holds the task's answer, 0.1 for another answer, 0 for anything else.
-    """
-    from agentgym_runtime.demo.model.format import parse_completion, relexicalize, score_completion
-
-    found = _scenario_task(recorded)
-    step = _grpo_step(recorded, prompt)
-    if found is None or step is None:
-        return 0.0
-    scenario, task = found
-    if step.kind == "call":
-        return float(score_completion(task, completion, scenario=scenario).reward)
-    parsed = parse_completion(relexicalize(completion, step.slots))
-    if parsed.kind != "answer" or parsed.answer is None:
-        return 0.0
-    return 1.0 if task.check_answer(parsed.answer) else 0.1
-
-
-def grpo_guide(recorded: Any, prompt: str | None = None) -> list[str]:
-    """What worked in a recorded episode, as a completion of one of its GRPO prompts.
-
-    In production the agent often recovers: its first call fails (say, the order id sent as
-    ``"#1234"``), the tool's error comes back, and the next call succeeds. That successful call,
-    read from the trace, is what the first step should have been. A call whose JSON was cut short
-    ends the agent's turn, with no recovery to read; when the arguments the trace holds for it
-    pass the tool's schema and run, that call, written out whole, is the guide. For the answer
-    step, the episode's final answer when it was right. GRPO uses them as guides for groups where
-    the policy does not find them itself (see :mod:`agentgym_runtime.trainers.grpo`).
-    """
-    step = _grpo_step(recorded, prompt)
-    return [] if step is None or step.guide is None else [step.guide]
 
 
 def _langchain_tool(tool: Any, structured_tool: Any) -> Any:
@@ -351,9 +206,9 @@ class Demo:
         scenario = get_scenario(self.config.scenario)
         trainer_options = {
             "model_path": str(demo_model.path),
-            "prompt": "agentgym_runtime.demo.loop:grpo_prompt",
-            "reward": "agentgym_runtime.demo.loop:grpo_reward",
-            "guide": "agentgym_runtime.demo.loop:grpo_guide",
+            "prompt": "agentgym_runtime.demo.glue:grpo_prompt",
+            "reward": "agentgym_runtime.demo.glue:grpo_reward",
+            "guide": "agentgym_runtime.demo.glue:grpo_guide",
             "steps": self.config.grpo_steps,
             # Many small groups: a group is where a recorded recovery can guide the policy, and
             # the model's mistakes are systematic, so four samples show whether it still makes them.
@@ -580,84 +435,14 @@ class Demo:
         return summary
 
 
-def render_state(state: DemoState, config: DemoConfig) -> Any:
-    """A Rich renderable of the live state."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    elapsed = time.monotonic() - state.started
-    header = Text.assemble(
-        ("agentgym demo", "bold"),
-        f" · {config.scenario} · {elapsed:5.0f}s · served {state.served} episodes · ",
-        (state.phase, "cyan"),
-    )
-    versions = Table(title="tool reliability per policy version (live traffic)", title_justify="left")
-    for column in ("version", "role", "episodes", "tool calls", "reliability", "LLM calls/episode"):
-        versions.add_column(column, justify="right" if column != "role" else "left")
-    with state.lock:
-        for version, tally in sorted(state.by_version.items()):
-            role = "live" if version == state.live_version else "canary" if version == state.canary_version else ""
-            share = tally.reliability()
-            colour = "green" if share is not None and share >= 0.95 else "yellow" if share and share >= 0.8 else "red"
-            versions.add_row(
-                f"v{version}",
-                role,
-                str(tally.episodes),
-                str(tally.tool_calls),
-                f"[{colour}]{'—' if share is None else f'{share:.1%}'}[/{colour}]",
-                f"{tally.llm_calls / tally.episodes:.2f}" if tally.episodes else "—",
-            )
-        runs = Table(title="training runs", title_justify="left")
-        for column in ("run", "trainer", "status", "candidate", "note"):
-            runs.add_column(column)
-        for run in state.runs[-3:]:
-            runs.add_row(
-                str(run["run_id"])[:8],
-                str(run["trainer"]),
-                str(run["status"]),
-                "" if run["candidate_version"] is None else f"v{run['candidate_version']}",
-                str(run["reason"] or "")[:60],
-            )
-        decisions = Text("\n".join(state.decisions[-4:]) or "no policy decisions yet", style="dim")
-    return Group(header, versions, runs, decisions)
-
-
-def render_summary(summary: dict[str, Any]) -> Any:
-    """The before/after table against the success criteria."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"before / after on held-out tasks never served ({summary['scenario']})", title_justify="left")
-    for column in (
-        "version",
-        "held-out tool reliability",
-        "task success",
-        "LLM calls/episode",
-        "live episodes",
-        "live reliability",
-    ):
-        table.add_column(column, justify="right")
-    for row in summary["versions"]:
-        mark = " (promoted)" if row["version"] == summary.get("promoted_version") else ""
-        live = row["live_tool_reliability"]
-        table.add_row(
-            f"v{row['version']}{mark}",
-            f"{row['heldout_tool_reliability']:.1%}",
-            f"{row['heldout_task_success']:.1%}",
-            f"{row['heldout_llm_calls_per_episode']:.2f}",
-            str(row["episodes"]),
-            "—" if live is None else f"{live:.1%}",
-        )
-    parts: list[Any] = [table]
-    criteria = summary.get("success_criteria")
-    if criteria:
-        parts.append(Text(json.dumps(criteria, indent=2), style="bold"))
-    improvement = summary.get("improvement")
-    if improvement:
-        parts.append(Text(f"{improvement['test']}: z = {improvement['z']}, p = {improvement['p_value']:.2e}"))
-    if summary.get("promoted_version") is None:
-        parts.append(Text("no version was promoted within the time budget", style="yellow"))
-    parts.append(Text(f"traces: {summary.get('store')}  ·  Parquet export: {summary.get('export')}", style="dim"))
-    return Group(*parts)
+__all__ = [
+    "Demo",
+    "DemoConfig",
+    "DemoState",
+    "grpo_guide",
+    "grpo_prompt",
+    "grpo_reward",
+    "render_state",
+    "render_summary",
+    "two_proportion_z",
+]

@@ -27,7 +27,7 @@ import gc
 import hashlib
 import json
 import math
-import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentgym_runtime import semconv
 from agentgym_runtime.collectors.schema import SCHEMA_VERSION
 from agentgym_runtime.errors import AgentGymError
+from agentgym_runtime.recording.files import atomic_write_text
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
@@ -201,9 +202,7 @@ def write_snapshot(
     for table in SNAPSHOT_TABLES:
         path = target / f"{table}.parquet"
         manifest.files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-    tmp = target / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    os.replace(tmp, target / MANIFEST_NAME)
+    atomic_write_text(target / MANIFEST_NAME, manifest.model_dump_json(indent=2), mode=0o644)
     return manifest
 
 
@@ -317,6 +316,34 @@ def _tool_definitions(text: Any) -> list[dict[str, Any]]:
     return [d for d in value if isinstance(d, dict)] if isinstance(value, list) else []
 
 
+def _executed_tools(
+    calls: list[dict[str, Any]], agent_of: Mapping[str, str], parsed: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per agent, the definitions of the tools it ran (from ``execute_tool`` spans), by name.
+
+    A tool that does not exist (``unknown_tool``) is never one of them. The recorded definition
+    (``@agentgym.tool`` writes it) wins; a framework tool without one is known by name and
+    description, with no schema (any arguments object is accepted).
+    """
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for call in calls:
+        name = call["tool_name"]
+        if not name or call["tool_outcome"] == semconv.ToolOutcome.UNKNOWN_TOOL.value:
+            continue
+        known = found.setdefault(agent_of.get(call["episode_id"], ""), {})
+        text = call["definition"]
+        if text is not None:
+            definitions = parsed.get(text)
+            if definitions is None:
+                definitions = parsed[text] = _tool_definitions(text)
+            for definition in definitions:
+                if definition.get("name") == name:
+                    known[name] = definition
+        if name not in known:
+            known[name] = {"name": name, "description": str(call["description"] or ""), "parameters": None}
+    return found
+
+
 def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
     result = con.execute(sql)
     names = [d[0] for d in result.description or []]
@@ -372,7 +399,9 @@ def _read_tasks(base: Path) -> list[Task]:
         calls = _rows(
             con,
             "SELECT episode_id, tool_name, tool_call_id, tool_arguments, tool_result, tool_outcome, error_type, "
-            f"json_extract_string(attributes, '$.\"{semconv.TOOL_ERROR_MESSAGE}\"') AS error_message "
+            f"json_extract_string(attributes, '$.\"{semconv.TOOL_ERROR_MESSAGE}\"') AS error_message, "
+            f"json_extract_string(attributes, '$.\"{semconv.GEN_AI_TOOL_DEFINITIONS}\"') AS definition, "
+            f"json_extract_string(attributes, '$.\"{semconv.GEN_AI_TOOL_DESCRIPTION}\"') AS description "
             f"FROM read_parquet({spans_file}) WHERE operation = '{semconv.OP_EXECUTE_TOOL}' "
             "AND tool_outcome IS NOT NULL ORDER BY episode_id, start_unix_nano",
         )
@@ -402,6 +431,8 @@ def _read_tasks(base: Path) -> list[Task]:
             if chat["system"] not in parsed_system:
                 parsed_system[chat["system"]] = _loads(chat["system"])
             system[chat["episode_id"]] = parsed_system[chat["system"]]
+    agent_of = {row["episode_id"]: row["agent"] for row in episodes}
+    executed = _executed_tools(calls, agent_of, parsed_tools)
     tool_calls: dict[str, list[RecordedToolCall]] = {}
     for call in calls:
         tool_calls.setdefault(call["episode_id"], []).append(
@@ -428,7 +459,9 @@ def _read_tasks(base: Path) -> list[Task]:
             policy_version=row["policy_version"],
             input=_loads(row["input"]),
             output=_loads(row["output"]),
-            tools=list(tools.get(row["episode_id"], {}).values()),
+            # What the model was offered; else (a plain agent records no chat span listing its tools)
+            # every tool the agent really ran anywhere in the snapshot.
+            tools=list((tools.get(row["episode_id"]) or executed.get(row["agent"], {})).values()),
             system_instructions=system.get(row["episode_id"]),
             tool_calls=tool_calls.get(row["episode_id"], []),
             reward=row["reward"],

@@ -315,6 +315,8 @@ class DemosTrainer:
                 "heldout_tasks": len(heldout),
                 "embedder": getattr(embed, "name", type(embed).__name__),
                 "scored_by": scored_by,
+                # So a run whose replays all raised says why (the scheduler fails it with this).
+                **(getattr(replay_agent, "replay_metrics", dict)() if scored_by == "replay" else {}),
             },
         )
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
+from agentgym_runtime.recording.files import atomic_write_text
 from agentgym_runtime.trainers.base import TRAINERS, Trainer, TrainerUnavailable, TrainingJobSpec
 
 EXIT_OK = 0
@@ -129,6 +131,13 @@ def load_trainer(spec: TrainingJobSpec) -> Trainer:
         raise TrainerUnavailable(f"trainer {spec.trainer!r} cannot run here: {exc}") from exc
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
+        if missing and importlib.util.find_spec(missing.partition(".")[0]) is not None:
+            # The package is installed but an import inside it fails: report that, not a missing extra.
+            raise TrainerUnavailable(
+                f"trainer {spec.trainer!r} cannot run here: importing {module_name!r} failed with "
+                f"{type(exc).__name__}: {exc} (the package {missing.partition('.')[0]!r} is installed; "
+                "an import inside it is broken)"
+            ) from exc
         hint = (
             "pip install 'agentgym-runtime[train]'"
             if module_name.startswith("agentgym_runtime.")
@@ -198,9 +207,7 @@ def read_progress(path: str | Path) -> tuple[float, str] | None:
 
 
 def _write_json(path: Path, payload: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(payload)
-    os.replace(tmp, path)
+    atomic_write_text(path, payload, mode=0o644)
 
 
 def _fail(output_dir: Path | None, kind: str, exc: BaseException, code: int) -> int:

@@ -95,3 +95,26 @@ class SpecEchoTrainer:
             system_prompt="echo",
             metrics={"base_policy_version": spec.base_policy_version, "base_adapter": spec.base_adapter},
         )
+
+
+class ZeroScoreTrainer:
+    """Every replay raised: held-out reward 0 before and after, the way a broken replay reports it."""
+
+    name: ClassVar[str] = "fake-zero"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        return TrainingResult(
+            trainer="fake-zero",
+            demonstrations=[],
+            metrics={
+                "heldout_reward_before": 0.0,
+                "heldout_reward_after": 0.0,
+                "set_scores": {"k0": 0.0, "k1": 0.0},
+                "replays": 6,
+                "replay_errors": 6,
+                "replay_error": "AttributeError: module '__main__' has no attribute 'support'",
+            },
+        )

@@ -65,6 +65,11 @@ def config(trainer_class: str, **overrides: Any) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def answer(question: str) -> str:
+    """An agent a training job can import again (module level; a closure is refused for replaying trainers)."""
+    return question
+
+
 def run_row(runtime: Runtime, run_id: str) -> dict[str, Any]:
     rows = runtime.store.query_dicts("SELECT * FROM training_runs WHERE run_id = ?", [run_id])
     assert len(rows) == 1
@@ -279,9 +284,6 @@ def test_one_run_per_agent_and_stale_lock_is_taken_over(agentgym_runtime: Runtim
 def test_decorator_validates_training_options_and_schedules_the_agent(
     agentgym_runtime: Runtime, no_registered_training: None
 ) -> None:
-    def answer(question: str) -> str:
-        return question
-
     cases = [
         ({"schedule": "every day"}, "schedule 'every day' is neither a duration"),
         ({"schedule": "61 * * * *"}, "schedule '61 \\* \\* \\* \\*' is not a valid cron string"),
@@ -373,11 +375,11 @@ def test_shutdown_stops_a_running_job_and_records_it(agentgym_runtime: Runtime) 
     agentgym_runtime.shutdown()
     thread.join(timeout=30)
 
-    assert runs[0].status == "failed"
+    assert runs[0].status == "cancelled"  # issue 16: a run stopped by shutdown is cancelled, not failed
     assert runs[0].reason == "cancelled: the service is shutting down"
     store = agentgym_runtime.store
     assert store.query("SELECT status, reason FROM training_runs WHERE run_id = ?", [run_id]) == [
-        ("failed", "cancelled: the service is shutting down")
+        ("cancelled", "cancelled: the service is shutting down")
     ]
     store.close()
 
@@ -434,6 +436,8 @@ def test_cli_train_hands_the_run_to_the_service_holding_the_store(agentgym_runti
 
     serve(4)
     scheduler = agentgym_runtime.scheduler
+    # A request may name code to import only as the service itself configured it (issue 18).
+    scheduler.add_agent(config("PromptTrainer"))
     scheduler.serve_requests(interval_s=0.2)
     assert scheduler.serves_requests()
     assert agentgym.flush()

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from types import ModuleType
 
@@ -31,4 +32,7 @@ def import_agentlightning() -> ModuleType:
     try:
         return importlib.import_module("agentlightning")
     except ImportError as exc:
-        raise MissingExtraError("training", "train", "agentlightning") from exc
+        if exc.name == "agentlightning" or importlib.util.find_spec("agentlightning") is None:
+            raise MissingExtraError("training", "train", "agentlightning") from exc
+        # Installed, but something it imports is broken: that ImportError is the real cause.
+        raise

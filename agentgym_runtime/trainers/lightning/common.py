@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agentgym_runtime.trainers.base import TrainerUnavailable, TrainingJobSpec
@@ -63,7 +65,10 @@ def option_int(options: Mapping[str, Any], name: str, default: int) -> int:
 
 
 def import_object(path: str) -> Any:
-    """Import ``module:qualname``.
+    """Import ``module:qualname``, or ``/path/to/script.py:qualname`` (an agent run as ``python script.py``).
+
+    A script is imported again under its own name (``__main__`` code under ``if __name__ ==
+    "__main__":`` does not run), with its directory on ``sys.path`` as ``python script.py`` has it.
 
     Raises:
         ValueError: Not of the form ``module:qualname``.
@@ -72,13 +77,41 @@ def import_object(path: str) -> Any:
         >>> import_object("json:dumps")([1])
         '[1]'
     """
-    module_name, _, qualname = path.partition(":")
+    module_name, _, qualname = path.rpartition(":")
     if not module_name or not qualname:
         raise ValueError(f"{path!r} must be 'module:qualname'")
-    target: Any = importlib.import_module(module_name)
+    target: Any = import_script(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
     for part in qualname.split("."):
         target = getattr(target, part)
     return target
+
+
+def import_script(path: str) -> ModuleType:
+    """Import the Python file at ``path`` as a module (once per process).
+
+    Raises:
+        ValueError: No such file.
+    """
+    script = Path(path)
+    if not script.is_file():
+        raise ValueError(f"the agent's script {path} does not exist here (the job imports it again to replay it)")
+    name = f"agentgym_script_{abs(hash(str(script.resolve())))}_{script.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = str(script.parent.resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(name, script)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {path} as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def require_modules(trainer: str, modules: Mapping[str, str]) -> None:

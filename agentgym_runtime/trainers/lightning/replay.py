@@ -32,10 +32,10 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 # The replay drives the user's agent like the decorator does: loading the adapters plugs their
@@ -149,12 +149,18 @@ def load_replay_function(path: str) -> EpisodeFn:
     """
     import inspect
 
-    module_name, _, qualname = path.partition(":")
+    from agentgym_runtime.trainers.lightning.common import import_object
+
+    module_name, _, qualname = path.rpartition(":")
     if not module_name or not qualname:
         raise ValueError(f"replay function {path!r} must be 'module:qualname'")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
+    try:
+        target: Any = import_object(path)
+    except AttributeError as exc:
+        raise ValueError(
+            f"replay function {path!r}: {exc}; name a module-level function with "
+            "trainer_options={'replay': 'module:function'}"
+        ) from exc
     target = getattr(target, "__wrapped__", target)
     if not callable(target):
         raise ValueError(f"replay function {path!r} is not callable")
@@ -179,12 +185,36 @@ def _entrypoint_runner(fn: Callable[..., Any]) -> EpisodeFn:
     # ReplayAgent.replay activates the sandbox around every episode function; activating it here
     # too keeps the runner usable on its own.
     def run(task: Task, policy: Policy, sandbox: ToolSandbox) -> Any:
-        with use_sandbox(sandbox):
+        with use_sandbox(sandbox), candidate_policy(policy):
             if isinstance(task.input, dict):
                 return fn(**task.input)
             return fn(task.input)
 
     return run
+
+
+@contextmanager
+def candidate_policy(policy: Policy) -> Iterator[Policy]:
+    """Within the block, the candidate is the agent's policy.
+
+    ``agentgym.current_policy()`` returns it (plain agents) and the router pins it for the
+    agent's calls (framework agents, through the adapters).
+
+    Example:
+        >>> from agentgym_runtime.recording.context import current_agent_var
+        >>> with candidate_policy(Policy(agent="bot", version=3)):
+        ...     current_agent_var.get().policy.version
+        3
+    """
+    from agentgym_runtime.policy.router import seeded
+    from agentgym_runtime.recording.context import AgentScope, current_agent_var
+
+    token = current_agent_var.set(AgentScope(name=policy.agent, policy=policy))
+    try:
+        with seeded(policy):
+            yield policy
+    finally:
+        current_agent_var.reset(token)
 
 
 def feedback_score(task: Task) -> float | None:
@@ -235,6 +265,11 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
         self.fake_tools = dict(fake_tools or {})
         self.weights = weights
         self.base_resources: dict[str, Any] = {}
+        #: Replays run and replays that raised (with the first error), for the trainer's metrics:
+        #: a run whose replays all fail must say why, not report a score of 0.
+        self.replays = 0
+        self.replay_errors = 0
+        self.first_replay_error: str | None = None
 
     def replay(self, task: Task, policy: Policy) -> tuple[float, ToolSandbox, Any]:
         """Run one task under ``policy``; returns (reward, sandbox, output). Usable without a trainer.
@@ -244,8 +279,15 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
         tools do.
         """
         sandbox = ToolSandbox.for_task(task, live=self.live_tools, fakes=self.fake_tools)
-        with use_sandbox(sandbox):
-            output = self.run_episode(task, policy, sandbox)
+        self.replays += 1
+        try:
+            with use_sandbox(sandbox):
+                output = self.run_episode(task, policy, sandbox)
+        except Exception as exc:
+            self.replay_errors += 1
+            if self.first_replay_error is None:
+                self.first_replay_error = f"{type(exc).__name__}: {exc}"
+            raise
         scenario = self.scenario_reward(task, output) if self.scenario_reward is not None else None
         reward = rewards.combine(
             tool_reliability=sandbox.reliability,
@@ -254,6 +296,13 @@ class ReplayAgent(LitAgent):  # type: ignore[misc]
             weights=self.weights,
         )
         return (0.0 if reward is None else float(reward)), sandbox, output
+
+    def replay_metrics(self) -> dict[str, Any]:
+        """``replays``, ``replay_errors`` and the first ``replay_error``, for a trainer's metrics."""
+        metrics: dict[str, Any] = {"replays": self.replays, "replay_errors": self.replay_errors}
+        if self.first_replay_error is not None:
+            metrics["replay_error"] = self.first_replay_error
+        return metrics
 
     def rollout(self, task: Any, resources: Any, rollout: Any) -> float:
         """Agent Lightning entry point: the task (a ``Task`` as JSON) replayed under the resources."""

@@ -21,10 +21,10 @@ thread, so the agent's own threads never wait on training. Each run:
    trainer, marks the run ``failed`` with the error and the job's log tail. The lock is
    released in every case, so the next scheduled run goes ahead.
 
-Example:
-    >>> config = TrainingConfig(agent="support", schedule="6h", min_new_episodes=50)
-    >>> parse_schedule(config.schedule), parse_schedule("0 3 * * *")
-    (('interval', 21600.0), ('cron', '0 3 * * *'))
+A failed run backs the schedule off exponentially, and repeated failures pause the agent's
+training with the cause recorded (:meth:`TrainingScheduler.hold`); a run stopped by the
+service's shutdown is ``cancelled``, not ``failed``; a job whose replays all scored 0 is a
+failed run (:func:`learned_nothing`), never a candidate, and leaves its episodes for the next.
 """
 
 from __future__ import annotations
@@ -32,21 +32,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime.errors import ConfigurationError
+from agentgym_runtime.recording.files import atomic_write_json
 from agentgym_runtime.recording.policy import Policy, resolve_adapter_path
-from agentgym_runtime.trainers.base import TRAINERS, TrainingJobSpec, TrainingResult
+from agentgym_runtime.trainers.base import TrainingJobSpec, TrainingResult
+from agentgym_runtime.trainers.scheduler.config import (
+    _DEVICE,
+    TrainingConfig,
+    _trigger,
+    registered_training,
+    training_config,
+)
+from agentgym_runtime.trainers.scheduler.lock import TrainLock
+from agentgym_runtime.trainers.scheduler.requests import REQUESTS_DIR, read_request_file, write_status
+from agentgym_runtime.trainers.scheduler.runs import (
+    RunStatus,
+    TrainingRun,
+    consecutive_failures,
+    insert_run,
+    last_success_until,
+    new_run_id,
+    safe_name,
+    update_run,
+)
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
@@ -57,174 +72,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentgym_runtime.trainers")
 
-GpuMode = Literal["auto", "cpu", "local"]
-GPU_MODES: tuple[str, ...] = ("auto", "cpu", "local")
-#: How ``gpu=`` maps onto the job's device: ``local`` insists on this machine's CUDA.
-_DEVICE: dict[str, Literal["cpu", "cuda", "auto"]] = {"auto": "auto", "cpu": "cpu", "local": "cuda"}
-_GPU_ONLY_TRAINERS = frozenset({"verl"})
-_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
 ProgressCallback = Callable[[float, str], None]
-
-
-class RunStatus:
-    """Values of ``training_runs.status``."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-def parse_schedule(schedule: str) -> tuple[Literal["interval", "cron"], float | str]:
-    """Read ``"30m"``/``"6h"``/``"1d"`` as an interval in seconds, or a 5-field cron string.
-
-    Raises:
-        ConfigurationError: Neither form (the message shows both).
-
-    Example:
-        >>> parse_schedule("90s")
-        ('interval', 90.0)
-    """
-    if not isinstance(schedule, str) or not schedule.strip():
-        raise ConfigurationError(f"schedule must be a duration like '6h' or a cron string, got {schedule!r}")
-    match = _INTERVAL.match(schedule)
-    if match:
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-        if seconds <= 0:
-            raise ConfigurationError(f"schedule {schedule!r} must be a positive duration")
-        return "interval", seconds
-    fields = schedule.split()
-    if len(fields) != 5:
-        raise ConfigurationError(
-            f"schedule {schedule!r} is neither a duration ('30m', '6h', '1d') nor a 5-field cron string "
-            "('minute hour day month weekday', e.g. '0 3 * * *')"
-        )
-    from apscheduler.triggers.cron import CronTrigger
-
-    try:
-        CronTrigger.from_crontab(schedule, timezone=UTC)
-    except ValueError as exc:
-        raise ConfigurationError(f"schedule {schedule!r} is not a valid cron string: {exc}") from None
-    return "cron", schedule.strip()
-
-
-def _trigger(schedule: str) -> Any:
-    kind, value = parse_schedule(schedule)
-    if kind == "interval":
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        return IntervalTrigger(seconds=float(value), timezone=UTC)
-    from apscheduler.triggers.cron import CronTrigger
-
-    return CronTrigger.from_crontab(str(value), timezone=UTC)
-
-
-class TrainingConfig(BaseModel):
-    """How (and whether on a schedule) one agent is retrained.
-
-    Attributes:
-        agent: The agent's name.
-        schedule: ``"6h"``-style interval or cron string; ``None``: only on request (``run_now``, CLI).
-        min_new_episodes: Episodes needed since the last successful run; fewer skips the run.
-        trainer: ``"demos"``, ``"apo"``, ``"grpo"``, ``"verl"`` or a registered extra trainer.
-        gpu: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` (hide GPUs), ``"local"`` (this
-            machine's GPU, required).
-        trainer_options: Passed to the trainer as ``TrainingJobSpec.options``.
-        timeout_s: The job is killed and the run failed after this long.
-        heldout_fraction: Share of sessions the trainer should hold out (``options["heldout_fraction"]``).
-        python: Interpreter for the job (default: the serving process's).
-        canary_share: Serve each new candidate to this share of episodes right away (sticky per
-            session); the router's gate then promotes or rolls it back. ``None``: stays a candidate.
-        max_heldout_drop: The offline gate before the canary: a candidate whose reward on the
-            snapshot's held-out split (``heldout_reward_before``/``_after`` in the trainer's metrics)
-            fell by more than this is registered but not canaried, with the reason recorded, so
-            live traffic never sees a version its own trainer measured worse (nor one that kept its
-            starting point: ``best_step`` 0). ``None``: no check.
-            The default tolerates the seeded evaluation's noise (about 0.02 on the demo).
-        entrypoint: ``module:qualname`` of the agent (filled from the decorator).
-        scenario: Scenario name (filled from the decorator).
-
-    Example:
-        >>> TrainingConfig(agent="support", gpu="cpu").trainer
-        'demos'
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    agent: str = Field(min_length=1)
-    schedule: str | None = None
-    min_new_episodes: int = Field(default=20, ge=1)
-    trainer: str = "demos"
-    gpu: GpuMode = "auto"
-    trainer_options: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(default=3600.0, gt=0)
-    heldout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    python: str | None = None
-    canary_share: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_heldout_drop: float | None = Field(default=0.02, ge=0.0)
-    entrypoint: str | None = None
-    scenario: str | None = None
-
-
-def training_config(agent: str, **options: Any) -> TrainingConfig:
-    """Build and validate a :class:`TrainingConfig`; every problem is a clear ``ConfigurationError``.
-
-    Raises:
-        ConfigurationError: A bad schedule, trainer, gpu mode, threshold or option (names it).
-
-    Example:
-        >>> training_config("support", schedule="6h", trainer="apo").schedule
-        '6h'
-        >>> training_config("support", gpu="tpu")  # doctest: +IGNORE_EXCEPTION_DETAIL
-        Traceback (most recent call last):
-        ConfigurationError: gpu must be one of 'auto', 'cpu', 'local', got 'tpu'
-    """
-    from agentgym_runtime.trainers.job import extra_trainers
-
-    gpu = options.get("gpu", "auto")
-    if gpu not in GPU_MODES:
-        raise ConfigurationError(f"gpu must be one of {', '.join(map(repr, GPU_MODES))}, got {gpu!r}")
-    minimum = options.get("min_new_episodes", 20)
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        raise ConfigurationError(f"min_new_episodes must be an integer >= 1, got {minimum!r}")
-    trainer_options = options.get("trainer_options") or {}
-    if not isinstance(trainer_options, Mapping):
-        raise ConfigurationError(f"trainer_options must be a mapping, got {type(trainer_options).__name__}")
-    try:
-        json.dumps(dict(trainer_options))
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"trainer_options must be JSON-serialisable (they go to the job): {exc}") from None
-    trainer_class = trainer_options.get("trainer_class")
-    if trainer_class is not None and (not isinstance(trainer_class, str) or ":" not in trainer_class):
-        raise ConfigurationError(f"trainer_class must be 'module:Class', got {trainer_class!r}")
-    trainer = options.get("trainer", "demos")
-    known = set(TRAINERS) | set(extra_trainers())
-    if not isinstance(trainer, str) or (trainer not in known and "trainer_class" not in trainer_options):
-        raise ConfigurationError(
-            f"unknown trainer {trainer!r}; choose one of: {', '.join(sorted(known))} "
-            "(or pass trainer_options={'trainer_class': 'module:Class'} for your own)"
-        )
-    if trainer in _GPU_ONLY_TRAINERS and gpu == "cpu":
-        raise ConfigurationError(f"trainer {trainer!r} needs a CUDA GPU; gpu='cpu' cannot work (use 'auto' or 'local')")
-    schedule = options.get("schedule")
-    if schedule is not None:
-        parse_schedule(schedule)
-    try:
-        return TrainingConfig(agent=agent, **{**options, "trainer_options": dict(trainer_options)})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigurationError(f"invalid training options for agent {agent!r}: {problems}") from None
-
-
-# --- process-wide registration (survives runtime reconfiguration) -------------------------
-
-_registered: dict[str, TrainingConfig] = {}
-_registered_lock = threading.Lock()
+_REQUESTS_JOB = "train-requests"
+#: ``<home>/training/status.json``: each scheduled agent's failure streak and hold (for ``agentgym status``).
+STATUS_NAME = "status.json"
 
 
 class _SkipOverlapFilter(logging.Filter):
@@ -244,252 +95,6 @@ def _quiet_overlap_warnings() -> None:
     logger = logging.getLogger("apscheduler.scheduler")
     if _OVERLAP_FILTER not in logger.filters:
         logger.addFilter(_OVERLAP_FILTER)
-
-
-#: Called with ``(agent, config)`` on registration and ``(agent, None)`` on removal; the wiring
-#: (services) sets it so a running scheduler follows registrations made after it started.
-RegistrationListener = Callable[[str, "TrainingConfig | None"], None]
-_listener: RegistrationListener | None = None
-
-
-def set_registration_listener(listener: RegistrationListener | None) -> RegistrationListener | None:
-    """Install the hook that forwards (un)registrations to the running scheduler; returns the previous one.
-
-    Example:
-        >>> seen = []
-        >>> previous = set_registration_listener(lambda agent, config: seen.append((agent, config is None)))
-        >>> register_training(TrainingConfig(agent="doc-agent")); unregister_training("doc-agent")
-        >>> seen
-        [('doc-agent', False), ('doc-agent', True)]
-        >>> _ = set_registration_listener(previous)
-    """
-    global _listener
-    with _registered_lock:
-        previous, _listener = _listener, listener
-    return previous
-
-
-def register_training(config: TrainingConfig) -> None:
-    """Remember ``config`` for this process and hand it to the running scheduler (through the listener).
-
-    A scheduler started later picks registered configs up when it starts.
-
-    Example:
-        >>> register_training(TrainingConfig(agent="doc-agent"))
-        >>> "doc-agent" in registered_training()
-        True
-        >>> unregister_training("doc-agent")
-    """
-    with _registered_lock:
-        _registered[config.agent] = config
-        listener = _listener
-    if listener is not None:
-        listener(config.agent, config)
-
-
-def unregister_training(agent: str) -> None:
-    """Forget ``agent``'s training config (and remove its scheduled job from the running scheduler)."""
-    with _registered_lock:
-        _registered.pop(agent, None)
-        listener = _listener
-    if listener is not None:
-        listener(agent, None)
-
-
-def registered_training() -> dict[str, TrainingConfig]:
-    """The training configs registered in this process, by agent."""
-    with _registered_lock:
-        return dict(_registered)
-
-
-# --- the per-agent lock ---------------------------------------------------------------------
-
-
-class TrainLock:
-    """``<home>/locks/train-<agent>.lock``: held (``fcntl.flock``) while a run of the agent is active.
-
-    The file holds the holder's pid, run id and start time. The OS drops a dead process's
-    lock, so a file with content whose lock is free is stale: it is taken over (and
-    :attr:`stale_holder` says whose it was). The file is truncated, never deleted, on release
-    (deleting a lock file races with a concurrent opener).
-
-    Example:
-        >>> import tempfile
-        >>> lock = TrainLock(Path(tempfile.mkdtemp()) / "train-a.lock")
-        >>> lock.acquire("r1"), TrainLock(lock.path).acquire("r2")
-        (True, False)
-        >>> lock.release()
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.stale_holder: dict[str, Any] | None = None
-        self._fd: int | None = None
-
-    def acquire(self, run_id: str) -> bool:
-        """Take the lock without waiting; ``False`` if another run holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        previous = _parse_holder(os.pread(fd, 4096, 0))
-        if previous is not None:
-            self.stale_holder = previous
-            logger.warning(
-                "agentgym: taking over the stale training lock %s of %s (no longer running)", self.path, previous
-            )
-        payload = json.dumps({"pid": os.getpid(), "run_id": run_id, "started_at": datetime.now(UTC).isoformat()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, payload.encode(), 0)
-        self._fd = fd
-        return True
-
-    def holder(self) -> dict[str, Any] | None:
-        """Who holds (or last held, if stale) the lock, from the file."""
-        try:
-            return _parse_holder(self.path.read_bytes())
-        except OSError:
-            return None
-
-    def release(self) -> None:
-        """Clear the file and drop the lock (no-op if not held)."""
-        import fcntl
-
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def _parse_holder(data: bytes) -> dict[str, Any] | None:
-    if not data.strip():
-        return None
-    try:
-        holder = json.loads(data.decode("utf-8", "replace"))
-    except ValueError:
-        return {"raw": data.decode("utf-8", "replace")[:200]}
-    return holder if isinstance(holder, dict) else {"raw": str(holder)[:200]}
-
-
-# --- requests from other processes (agentgym train while a service holds the store) ----------
-
-REQUESTS_DIR = "requests"
-_REQUESTS_JOB = "train-requests"
-
-
-def _write_json_file(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, default=str))
-    os.replace(tmp, path)
-
-
-def submit_request(
-    home: str | Path, agent: str, *, force: bool = False, overrides: Mapping[str, Any] | None = None
-) -> str:
-    """Ask the service that holds ``home``'s store to run one training of ``agent``; returns the request id.
-
-    The service's scheduler claims ``<home>/requests/<id>.request.json`` and reports in
-    ``<id>.status.json`` (see :func:`request_status`).
-
-    Example:
-        >>> import tempfile
-        >>> home = tempfile.mkdtemp()
-        >>> request_id = submit_request(home, "support", force=True, overrides={"trainer": "apo"})
-        >>> request_status(home, request_id) is None, withdraw_request(home, request_id)
-        (True, True)
-    """
-    directory = Path(home) / REQUESTS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    request_id = f"{new_run_id()}-{_safe(agent)}"
-    payload = {"agent": agent, "force": force, "overrides": dict(overrides or {}), "pid": os.getpid()}
-    _write_json_file(directory / f"{request_id}.request.json", payload)
-    return request_id
-
-
-def request_status(home: str | Path, request_id: str) -> dict[str, Any] | None:
-    """The service's report on a request: ``None`` until claimed, then ``{"state": "running"|"done", ...}``."""
-    try:
-        payload = json.loads((Path(home) / REQUESTS_DIR / f"{request_id}.status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def withdraw_request(home: str | Path, request_id: str) -> bool:
-    """Remove a request nobody claimed yet; ``False`` if a service already took it."""
-    try:
-        (Path(home) / REQUESTS_DIR / f"{request_id}.request.json").unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-# --- runs -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TrainingRun:
-    """The outcome of one training run (also written to ``training_runs``).
-
-    Example:
-        >>> TrainingRun(run_id="r1", agent="a", trainer="demos").status
-        'queued'
-    """
-
-    run_id: str
-    agent: str
-    trainer: str
-    status: str = RunStatus.QUEUED
-    reason: str | None = None
-    episodes: int | None = None
-    snapshot_path: str | None = None
-    output_dir: str | None = None
-    candidate_version: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    log_tail: str | None = None
-    exit_code: int | None = None
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
-
-
-def new_run_id() -> str:
-    """A sortable unique run id: ``<UTC time>-<random>``."""
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-
-def last_success_until(store: TraceStore, agent: str) -> datetime | None:
-    """The snapshot ``until`` of ``agent``'s last successful run (its ``started_at``), if any."""
-    rows = store.query(
-        "SELECT max(started_at) FROM training_runs WHERE agent = ? AND status = ?", [agent, RunStatus.SUCCEEDED]
-    )
-    return rows[0][0] if rows and rows[0][0] is not None else None
-
-
-def list_runs(store: TraceStore, agent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Rows of ``training_runs``, newest first.
-
-    Example:
-        >>> from agentgym_runtime.collectors.store import TraceStore
-        >>> list_runs(TraceStore(":memory:"))
-        []
-    """
-    where = " WHERE agent = ?" if agent is not None else ""
-    params: list[Any] = [agent] if agent is not None else []
-    return store.query_dicts(
-        f"SELECT * FROM training_runs{where} ORDER BY scheduled_at DESC, run_id DESC LIMIT {int(limit)}", params
-    )
 
 
 class TrainingScheduler:
@@ -659,31 +264,42 @@ class TrainingScheduler:
     def _run_request(self, claimed: Path) -> None:
         request_id = claimed.name.replace(".claimed.json", "")
         status_path = claimed.with_name(f"{request_id}.status.json")
+        configured = {agent: dict(config.trainer_options) for agent, config in self._known_configs().items()}
         try:
-            request = json.loads(claimed.read_text())
-            agent = str(request["agent"])
-            overrides = dict(request.get("overrides") or {})
-            base = self.config_for(agent).model_dump(exclude={"agent"})
-            options = {**base.get("trainer_options", {}), **dict(overrides.pop("trainer_options", None) or {})}
-            config = training_config(agent, **{**base, **overrides, "trainer_options": options})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _write_json_file(status_path, {"state": "done", "status": "rejected", "error": str(exc)})
+            request = read_request_file(claimed, configured=configured)
+            agent = request.agent
+            known = self.known_agents()
+            if agent not in known:
+                raise ConfigurationError(
+                    f"unknown agent {agent!r}; known agents: {', '.join(sorted(known)) or 'none yet'}"
+                )
+            overrides = dict(request.overrides)
+            since = _parse_since(overrides.pop("since", None))
+            config = self.config_for(agent)
+            options = {**config.trainer_options, **dict(overrides.pop("trainer_options", None) or {})}
+            if overrides or options != config.trainer_options:
+                config = training_config(
+                    agent, **{**config.model_dump(exclude={"agent"}), **overrides, "trainer_options": options}
+                )
+        except (OSError, ValueError, ConfigurationError) as exc:
+            logger.warning("agentgym: training request %s rejected: %s", request_id, exc)
+            write_status(status_path, {"state": "done", "status": "rejected", "error": str(exc)})
             return
         finally:
             claimed.unlink(missing_ok=True)
         last_write = 0.0
         state: dict[str, Any] = {"state": "running", "pid": os.getpid(), "fraction": 0.0, "message": "queued"}
-        _write_json_file(status_path, state)
+        write_status(status_path, state)
 
         def progress(fraction: float, message: str) -> None:
             nonlocal last_write
             state.update(fraction=fraction, message=message, run_id=self.active_runs().get(agent))
             if time.monotonic() - last_write >= 0.2:
                 last_write = time.monotonic()
-                _write_json_file(status_path, state)
+                write_status(status_path, state)
 
-        run = self.run_now(agent, config=config, force=bool(request.get("force")), progress=progress)
-        _write_json_file(
+        run = self.run_now(agent, config=config, force=request.force, since=since, progress=progress)
+        write_status(
             status_path,
             {
                 "state": "done",
@@ -731,12 +347,104 @@ class TrainingScheduler:
 
     def _scheduled_run(self, agent: str) -> None:
         try:
-            self.run_now(agent)
+            if self.hold(agent) is None:
+                run = self.run_now(agent)
+                if run.status == RunStatus.FAILED:  # the serving process says so, not only `agentgym runs`
+                    logger.warning(
+                        "agentgym: scheduled training of %r failed (run %s): %s: %s",
+                        agent,
+                        run.run_id,
+                        run.reason,
+                        run.error,
+                    )
+            self.publish_status()
         except Exception as exc:  # a failing run must never stop the scheduler thread
             try:
                 self._on_error("scheduled training run", exc)
             except Exception:
                 logger.exception("agentgym: scheduled training of %s failed", agent)
+
+    # --- failures: back off, then pause -------------------------------------------------------
+    def hold(self, agent: str, *, record: bool = True) -> str | None:
+        """Why the next *scheduled* run of ``agent`` must not start now (``None``: it may).
+
+        After a failed run the schedule backs off exponentially (``failure_backoff_s`` doubled per
+        consecutive failure, at most ``max_failure_backoff_s``); after ``max_consecutive_failures``
+        the agent's training is paused until a run succeeds (``agentgym train --agent A --now``
+        runs regardless). Entering the pause is recorded once, as a ``skipped`` run whose reason
+        names the cause, so ``agentgym runs`` and ``status`` show it. Cancelled and skipped runs
+        do not count; the streak is read from ``training_runs``, so it survives restarts.
+        """
+        config = self.config_for(agent)
+        streak, last = consecutive_failures(self.store, agent, limit=config.max_consecutive_failures)
+        if streak == 0 or last is None:
+            return None
+        cause = "; ".join(str(part) for part in (last.get("reason"), last.get("error")) if part)
+        if streak >= config.max_consecutive_failures:
+            reason = (
+                f"training paused after {streak} consecutive failed runs (last: {cause}); fix the cause, then run "
+                f"`agentgym train --agent {agent} --now` (a successful run resumes the schedule)"
+            )
+            if record and not self._pause_recorded(agent):
+                run = TrainingRun(run_id=new_run_id(), agent=agent, trainer=config.trainer)
+                insert_run(self.store, run)
+                run.status, run.reason = RunStatus.SKIPPED, reason
+                update_run(self.store, run, ended=True)
+                logger.warning("agentgym: %s", reason)
+            return reason
+        wait = min(config.failure_backoff_s * 2 ** (streak - 1), config.max_failure_backoff_s)
+        ended = last.get("ended_at")
+        if isinstance(ended, datetime):
+            retry_at = (ended if ended.tzinfo else ended.replace(tzinfo=UTC)).timestamp() + wait
+            if time.time() < retry_at:
+                left = retry_at - time.time()
+                return f"backing off after {streak} failed run(s) (last: {cause}); next try in {left:.0f}s"
+        return None
+
+    def _pause_recorded(self, agent: str) -> bool:
+        rows = self.store.query(
+            "SELECT status, reason FROM training_runs WHERE agent = ? ORDER BY scheduled_at DESC, run_id DESC LIMIT 1",
+            [agent],
+        )
+        return bool(rows) and rows[0][0] == RunStatus.SKIPPED and str(rows[0][1] or "").startswith("training paused")
+
+    def status(self) -> dict[str, Any]:
+        """Per scheduled agent: its failure streak and why it is held (``None``: runs as scheduled).
+
+        Example:
+            >>> scheduler.status()  # doctest: +SKIP
+            {'support': {'consecutive_failures': 0, 'held': None, 'next_run': '...'}}
+        """
+        report: dict[str, Any] = {}
+        for agent, config in self._known_configs().items():
+            streak, _ = consecutive_failures(self.store, agent, limit=config.max_consecutive_failures)
+            next_run = self.next_run_time(agent)
+            report[agent] = {
+                "consecutive_failures": streak,
+                "held": self.hold(agent, record=False),
+                "next_run": None if next_run is None else next_run.isoformat(),
+                "active_run": self.active_runs().get(agent),
+            }
+        return report
+
+    def publish_status(self) -> None:
+        """Write :meth:`status` to ``<home>/training/status.json`` for ``agentgym status``."""
+        if self.settings.store_path == ":memory:":
+            return
+        try:
+            path = self.home / "training" / STATUS_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"updated_at": time.time(), "agents": self.status()}, durable=False)
+        except Exception as exc:
+            self._on_error("training status", exc)
+
+    def known_agents(self) -> set[str]:
+        """Agents this scheduler can train: those with recorded episodes, or configured for training."""
+        rows = self.store.query("SELECT DISTINCT agent FROM episodes WHERE agent IS NOT NULL")
+        return {str(row[0]) for row in rows} | set(self._known_configs())
+
+    def _known_configs(self) -> dict[str, TrainingConfig]:
+        return {**registered_training(), **self.configs}
 
     # --- one run ----------------------------------------------------------------------------
     def config_for(self, agent: str) -> TrainingConfig:
@@ -751,6 +459,7 @@ class TrainingScheduler:
         force: bool = False,
         progress: ProgressCallback | None = None,
         config: TrainingConfig | None = None,
+        since: datetime | None = None,
     ) -> TrainingRun:
         """Run one training of ``agent`` now, in the calling thread, and return its outcome.
 
@@ -760,6 +469,8 @@ class TrainingScheduler:
             force: Run with any number (>= 1) of new episodes, ignoring ``min_new_episodes``.
             progress: Called with ``(fraction, message)`` as the job reports progress.
             config: Use this config instead of the agent's.
+            since: Train on the episodes ended since then (retrain on chosen episodes), instead of
+                those since the last successful run.
 
         Returns:
             The run (also recorded in ``training_runs``).
@@ -769,8 +480,8 @@ class TrainingScheduler:
             config = training_config(agent, **{**config.model_dump(exclude={"agent"}), "trainer": trainer})
         run = TrainingRun(run_id=new_run_id(), agent=agent, trainer=config.trainer)
         store = self.store
-        self._insert(store, run)
-        lock = TrainLock(self.home / "locks" / f"train-{_safe(agent)}.lock")
+        insert_run(store, run)
+        lock = TrainLock(self.home / "locks" / f"train-{safe_name(agent)}.lock")
         if not lock.acquire(run.run_id):
             holder = lock.holder() or {}
             run.status = RunStatus.SKIPPED
@@ -778,16 +489,16 @@ class TrainingScheduler:
                 f"another training run of {agent!r} is in progress (run {holder.get('run_id', '?')}, "
                 f"pid {holder.get('pid', '?')}, since {holder.get('started_at', '?')})"
             )
-            self._update(store, run, ended=True)
+            update_run(store, run, ended=True)
             return run
         try:
-            self._execute(store, run, config, force, progress)
+            self._execute(store, run, config, force, progress, since)
         except Exception as exc:
             run.status = RunStatus.FAILED
             run.reason = run.reason or "internal error in the training scheduler"
             run.error = f"{type(exc).__name__}: {exc}"
             try:
-                self._update(store, run, ended=True)
+                update_run(store, run, ended=True)
             finally:
                 self._on_error("training run", exc)
         finally:
@@ -803,6 +514,7 @@ class TrainingScheduler:
         config: TrainingConfig,
         force: bool,
         progress: ProgressCallback | None,
+        since: datetime | None = None,
     ) -> None:
         from agentgym_runtime.trainers.dataset import count_new_episodes, write_snapshot
 
@@ -813,32 +525,38 @@ class TrainingScheduler:
             # deciding on the last one; wait for its decision (promotion makes it the new base).
             run.status = RunStatus.SKIPPED
             run.reason = f"candidate v{canary} is still in canary; the next run waits for the gate's decision"
-            self._update(store, run, ended=True)
+            update_run(store, run, ended=True)
             return
-        since = last_success_until(store, agent)
+        chosen = since is not None
+        since = since if chosen else last_success_until(store, agent)
         until = datetime.now(UTC)
         self._flush()  # episodes that ended before `until` reach the store first
         new = count_new_episodes(store, agent, since, until)
         needed = 1 if force else config.min_new_episodes
-        window = f"since the last successful run ({since.isoformat()})" if since else "recorded so far"
+        if since is None:
+            window = "recorded so far"
+        elif chosen:
+            window = f"since {since.isoformat()}"
+        else:
+            window = f"since the last successful run ({since.isoformat()})"
         if new < needed:
             run.status = RunStatus.SKIPPED
             run.episodes = new
             run.reason = f"too few new episodes: {new} {window}, at least {needed} needed"
-            self._update(store, run, ended=True)
+            update_run(store, run, ended=True)
             return
         run.status = RunStatus.RUNNING
         run.episodes = new
-        self._update(store, run, started_at=until)
+        update_run(store, run, started_at=until)
         if progress is not None:
             progress(0.0, f"snapshot of {new} episodes")
-        snapshot_dir = self.home / "snapshots" / _safe(agent) / run.run_id
+        snapshot_dir = self.home / "snapshots" / safe_name(agent) / run.run_id
         manifest = write_snapshot(store, agent, snapshot_dir, run_id=run.run_id, since=since, until=until)
         run.episodes = manifest.counts["episodes"]
         run.snapshot_path = str(snapshot_dir)
-        output_dir = self.home / "training" / _safe(agent) / run.run_id
+        output_dir = self.home / "training" / safe_name(agent) / run.run_id
         run.output_dir = str(output_dir)
-        self._update(store, run)
+        update_run(store, run)
         latest = store.query(
             "SELECT entrypoint, scenario FROM episodes WHERE agent = ? ORDER BY ended_at DESC LIMIT 1", [agent]
         )
@@ -861,9 +579,9 @@ class TrainingScheduler:
         backend = self.backend_factory(config)
         with self._lock:
             if self._closing:
-                run.status = RunStatus.FAILED
+                run.status = RunStatus.CANCELLED
                 run.reason = "cancelled: the service is shutting down"
-                self._update(store, run, ended=True)
+                update_run(store, run, ended=True)
                 return
             handle = backend.submit(spec)
             self._active[agent] = handle
@@ -893,7 +611,7 @@ class TrainingScheduler:
                 if now - recorded_at >= 1.0 or code is not None:
                     recorded_at = now
                     run.metrics = {"progress": report[0], "progress_message": report[1]}
-                    self._update(store, run)
+                    update_run(store, run)
             if code is not None:
                 return code, False
             if time.monotonic() >= deadline:
@@ -926,6 +644,7 @@ class TrainingScheduler:
             run.reason = "timeout"
             run.error = f"the job ran longer than its timeout of {config.timeout_s:g}s and was killed"
         elif self._closing and code != EXIT_OK:
+            run.status = RunStatus.CANCELLED
             run.reason = "cancelled: the service is shutting down"
             run.error = f"the job was stopped (exit code {code})"
         elif code == EXIT_UNAVAILABLE:
@@ -945,12 +664,18 @@ class TrainingScheduler:
                 run.error = f"the job exited 0 but {RESULT_NAME} is missing or invalid: {exc}"
             else:
                 run.metrics = dict(result.metrics)
+                failure = learned_nothing(run.metrics)
+                if failure is not None:  # never a candidate; the episodes stay new for the next run
+                    run.reason = "nothing learnt"
+                    run.error = failure
+                    update_run(store, run, ended=True)
+                    return
                 run.candidate_version = _register_candidate(self.registry, spec, result, run)
                 run.status = RunStatus.SUCCEEDED
                 run.reason = _heldout_drop(run.metrics, config.max_heldout_drop)
                 if run.reason is None:
                     self._start_canary(config, run)
-        self._update(store, run, ended=True)
+        update_run(store, run, ended=True)
 
     def _served_policy(self, agent: str) -> Policy:
         """The policy every non-canary episode of ``agent`` gets now: the pinned one, else the live one."""
@@ -980,49 +705,6 @@ class TrainingScheduler:
         except Exception as exc:  # the candidate stays registered; a person can canary it by hand
             run.reason = f"candidate registered, canary not started: {exc}"
             self._on_error("start canary", exc)
-
-    # --- training_runs rows -----------------------------------------------------------------
-    def _insert(self, store: TraceStore, run: TrainingRun) -> None:
-        store.write(
-            lambda con: con.execute(
-                "INSERT INTO training_runs (run_id, agent, trainer, status, scheduled_at) VALUES (?, ?, ?, ?, ?)",
-                [run.run_id, run.agent, run.trainer, run.status, datetime.now(UTC)],
-            )
-        )
-
-    def _update(
-        self, store: TraceStore, run: TrainingRun, *, started_at: datetime | None = None, ended: bool = False
-    ) -> None:
-        assignments = [
-            "status = ?",
-            "reason = ?",
-            "episodes = ?",
-            "snapshot_path = ?",
-            "candidate_version = ?",
-            "metrics = ?",
-            "error = ?",
-            "log_tail = ?",
-        ]
-        params: list[Any] = [
-            run.status,
-            run.reason,
-            run.episodes,
-            run.snapshot_path,
-            run.candidate_version,
-            json.dumps(run.metrics, default=str) if run.metrics else None,
-            run.error,
-            run.log_tail,
-        ]
-        if started_at is not None:
-            assignments.append("started_at = ?")
-            params.append(started_at)
-        if ended:
-            assignments.append("ended_at = ?")
-            params.append(datetime.now(UTC))
-        params.append(run.run_id)
-        store.write(
-            lambda con: con.execute(f"UPDATE training_runs SET {', '.join(assignments)} WHERE run_id = ?", params)
-        )
 
 
 def _read_error(path: Path) -> str | None:
@@ -1089,3 +771,43 @@ def _register_candidate(
         reason=f"training run {run.run_id} ({spec.trainer})",
     )
     return int(policy.version)
+
+
+def learned_nothing(metrics: Mapping[str, Any]) -> str | None:
+    """Why a job's result must not become a candidate: every replay it scored got 0, or raised.
+
+    Example:
+        >>> learned_nothing({"heldout_reward_before": 0.0, "heldout_reward_after": 0.0, "set_scores": {"k0": 0.0}})
+        'every replay of the held-out episodes scored 0 (before 0.000, after 0.000): nothing was learnt'
+        >>> learned_nothing({"heldout_reward_before": 0.0, "heldout_reward_after": 0.0, "replay_errors": 4,
+        ...                  "replays": 4, "replay_error": "AttributeError: boom"})  # doctest: +ELLIPSIS
+        'every replay ... scored 0 (before 0.000, after 0.000): 4 of 4 replays raised, the first: AttributeError: boom'
+        >>> learned_nothing({"heldout_reward_before": 0.5, "heldout_reward_after": 0.75}) is None
+        True
+    """
+    before, after = metrics.get("heldout_reward_before", "?"), metrics.get("heldout_reward_after", "?")
+    scores = [before, after, *dict(metrics.get("set_scores") or {}).values()]
+    if not all(isinstance(score, int | float) for score in scores) or any(float(s) != 0.0 for s in scores):
+        return None
+    summary = f"every replay of the held-out episodes scored 0 (before {float(before):.3f}, after {float(after):.3f})"
+    errors = metrics.get("replay_errors")
+    if isinstance(errors, int) and errors > 0:
+        total, first = metrics.get("replays", "?"), metrics.get("replay_error")
+        return f"{summary}: {errors} of {total} replays raised, the first: {first}"
+    refused = metrics.get("replay_refused_tools")
+    if refused:
+        return f"{summary}: the sandbox refused the agent's tool calls ({refused}); were its tools recorded?"
+    return f"{summary}: nothing was learnt"
+
+
+def _parse_since(value: Any) -> datetime | None:
+    """A request's ``since`` (ISO 8601; naive means UTC)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"since must be an ISO 8601 date/time, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigurationError(f"since must be an ISO 8601 date/time, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,93 @@
+"""The demo's rendering: its live state and final summary as Rich renderables."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentgym_runtime.demo.loop import DemoConfig, DemoState
+
+
+def render_state(state: DemoState, config: DemoConfig) -> Any:
+    """A Rich renderable of the live state."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    elapsed = time.monotonic() - state.started
+    header = Text.assemble(
+        ("agentgym demo", "bold"),
+        f" · {config.scenario} · {elapsed:5.0f}s · served {state.served} episodes · ",
+        (state.phase, "cyan"),
+    )
+    versions = Table(title="tool reliability per policy version (live traffic)", title_justify="left")
+    for column in ("version", "role", "episodes", "tool calls", "reliability", "LLM calls/episode"):
+        versions.add_column(column, justify="right" if column != "role" else "left")
+    with state.lock:
+        for version, tally in sorted(state.by_version.items()):
+            role = "live" if version == state.live_version else "canary" if version == state.canary_version else ""
+            share = tally.reliability()
+            colour = "green" if share is not None and share >= 0.95 else "yellow" if share and share >= 0.8 else "red"
+            versions.add_row(
+                f"v{version}",
+                role,
+                str(tally.episodes),
+                str(tally.tool_calls),
+                f"[{colour}]{'—' if share is None else f'{share:.1%}'}[/{colour}]",
+                f"{tally.llm_calls / tally.episodes:.2f}" if tally.episodes else "—",
+            )
+        runs = Table(title="training runs", title_justify="left")
+        for column in ("run", "trainer", "status", "candidate", "note"):
+            runs.add_column(column)
+        for run in state.runs[-3:]:
+            runs.add_row(
+                str(run["run_id"])[:8],
+                str(run["trainer"]),
+                str(run["status"]),
+                "" if run["candidate_version"] is None else f"v{run['candidate_version']}",
+                str(run["reason"] or "")[:60],
+            )
+        decisions = Text("\n".join(state.decisions[-4:]) or "no policy decisions yet", style="dim")
+    return Group(header, versions, runs, decisions)
+
+
+def render_summary(summary: dict[str, Any]) -> Any:
+    """The before/after table against the success criteria."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"before / after on held-out tasks never served ({summary['scenario']})", title_justify="left")
+    for column in (
+        "version",
+        "held-out tool reliability",
+        "task success",
+        "LLM calls/episode",
+        "live episodes",
+        "live reliability",
+    ):
+        table.add_column(column, justify="right")
+    for row in summary["versions"]:
+        mark = " (promoted)" if row["version"] == summary.get("promoted_version") else ""
+        live = row["live_tool_reliability"]
+        table.add_row(
+            f"v{row['version']}{mark}",
+            f"{row['heldout_tool_reliability']:.1%}",
+            f"{row['heldout_task_success']:.1%}",
+            f"{row['heldout_llm_calls_per_episode']:.2f}",
+            str(row["episodes"]),
+            "—" if live is None else f"{live:.1%}",
+        )
+    parts: list[Any] = [table]
+    criteria = summary.get("success_criteria")
+    if criteria:
+        parts.append(Text(json.dumps(criteria, indent=2), style="bold"))
+    improvement = summary.get("improvement")
+    if improvement:
+        parts.append(Text(f"{improvement['test']}: z = {improvement['z']}, p = {improvement['p_value']:.2e}"))
+    if summary.get("promoted_version") is None:
+        parts.append(Text("no version was promoted within the time budget", style="yellow"))
+    parts.append(Text(f"traces: {summary.get('store')}  ·  Parquet export: {summary.get('export')}", style="dim"))
+    return Group(*parts)
