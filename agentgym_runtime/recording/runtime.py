@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import threading
@@ -36,10 +35,12 @@ from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
 from agentgym_runtime.collectors.processor import EpisodeSpanProcessor, resolve_provider, router_for
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
-from agentgym_runtime.config import Settings
+from agentgym_runtime.config import Settings, settings_from_environment
 from agentgym_runtime.policy.model import Policy
 from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var
+from agentgym_runtime.recording.files import atomic_write_json, ensure_private_dir
 from agentgym_runtime.recording.serialization import Serializer
+from agentgym_runtime.recording.signals import install_sigterm_exit
 
 if TYPE_CHECKING:
     from agentgym_runtime.policy.registry import PolicyRegistry
@@ -84,7 +85,7 @@ class Runtime:
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or settings_from_environment()
         self.serializer = Serializer(
             self.settings.max_attribute_bytes, self.settings.secret_pattern(), self.settings.redactor()
         )
@@ -140,6 +141,7 @@ class Runtime:
             self._started = True
             self._closed = False
             _register_process_hooks()
+            install_sigterm_exit(enabled=settings.handle_sigterm)  # SIGTERM flushes like any exit
         self._start_training_schedules()
         return self
 
@@ -260,10 +262,8 @@ class Runtime:
         }
         path = self.settings.status_path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(payload, indent=2, default=str))
-            os.replace(tmp, path)
+            ensure_private_dir(path.parent)
+            atomic_write_json(path, payload, durable=False)  # mode 0600: the home is private
         except OSError:
             logger.debug("agentgym: cannot write %s", path, exc_info=True)
 
