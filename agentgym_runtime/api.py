@@ -196,7 +196,7 @@ def feedback(
             score = float(value)
         except OverflowError:  # an int past float range (10**400): refused, never clamped silently
             raise ConfigurationError(
-                f"feedback value must fit a float (|value| < 1.8e308), got an integer of {value.bit_length()} bits"
+                f"feedback value must fit a float (|value| < 1.8e308), got an integer of {int(value).bit_length()} bits"
             ) from None
         if not math.isfinite(score):
             raise ConfigurationError(f"feedback value must be a finite number, got {value!r}")

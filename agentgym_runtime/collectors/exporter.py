@@ -85,8 +85,17 @@ def is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, environmental):
         return False
     if isinstance(exc, duckdb.Error):
-        return "database has been invalidated" not in str(exc)
-    return isinstance(exc, ValueError | TypeError | OverflowError | UnicodeError)
+        # Conservative: only errors that name a value. Others (e.g. "the Python interpreter is
+        # shutting down", raised for every row at exit) would otherwise quarantine good rows.
+        if isinstance(exc, duckdb.DataError | duckdb.IntegrityError):
+            return True
+        message = str(exc).lower()
+        return any(word in message for word in _VALUE_WORDS) and "shutting down" not in message
+    return isinstance(exc, UnicodeError | OverflowError | ValueError | TypeError)
+
+
+#: Words of DuckDB messages that blame a value (checked lower-case).
+_VALUE_WORDS = ("conversion", "encode", "surrogate", "utf-8", "utf8", "out of range", "invalid unicode")
 
 
 def _halves(batch: RowBatch) -> tuple[RowBatch, RowBatch]:
@@ -217,6 +226,11 @@ class DuckDBSpanExporter(SpanExporter):
             try:
                 self.store.write(functools.partial(_append, batch=batch, columnar=self._columnar))
             except Exception as exc:
+                if self._columnar and "shutting down" in str(exc):
+                    # At interpreter exit DuckDB refuses to scan Python objects (the Arrow table):
+                    # the appender still works, so the last flush goes through it.
+                    self._columnar = False
+                    continue
                 if not is_data_error(exc):
                     self._write_failed(exc)
                     return False

@@ -81,8 +81,10 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     directory = Path(path)
     if not directory.is_dir():
         directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
+        with contextlib.suppress(FileExistsError):  # another process won the race
             directory.mkdir(mode=0o700)
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory")
     return directory
 
 
