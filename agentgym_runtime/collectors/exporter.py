@@ -310,7 +310,7 @@ class DuckDBSpanExporter(SpanExporter):
             ensure_private_dir(directory)
             # ASCII JSON: a lone surrogate (a common reason) is kept as its \\uXXXX escape, readable back.
             text = json.dumps(payload, ensure_ascii=True, default=str, indent=1)
-            atomic_write_text(directory / name, text)
+            atomic_write_text(directory / name, text, durable=False)  # evidence, not state: no fsync stall
         except Exception as write_exc:
             self._log_once("quarantine-file", f"agentgym: cannot keep a quarantined row in {directory}: {write_exc!r}")
 
