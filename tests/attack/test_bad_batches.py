@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 from pathlib import Path
@@ -94,8 +95,8 @@ def test_bisection_keeps_every_good_row_of_a_mixed_batch(tmp_path: Path) -> None
     span.end()
     template = list(span_rows([span]).spans[0])
     at = SPAN_COLUMNS.index("span_id")
-    good = [tuple(template[:at] + [f"{i:016x}"] + template[at + 1 :]) for i in range(63)]
-    bad = tuple(template[:at] + ["bad" + LONE] + template[at + 1 :])
+    good = [(*template[:at], f"{i:016x}", *template[at + 1 :]) for i in range(63)]
+    bad = (*template[:at], "bad" + LONE, *template[at + 1 :])
     batch = RowBatch(spans=[*good[:40], bad, *good[40:]])
     exporter._pending.append(batch)
     exporter._pending_spans = len(batch.spans)
@@ -142,7 +143,7 @@ def test_full_disk_backlog_drains_batch_by_batch_as_space_is_freed(tmp_path: Pat
     assert report["final"] is True
     written = [episodes for _, episodes in report["steps"]]
     assert written[0] < 2001  # the first flush under the limit could not write everything
-    assert any(0 < b - a < 2001 - written[0] for a, b in zip(written, written[1:], strict=False)), written
+    assert any(0 < b - a < 2001 - written[0] for a, b in itertools.pairwise(written)), written
     assert report["stats"]["episodes_written"] == 2001
     assert report["stats"]["rows_quarantined"] == 0
     assert count(tmp_path / "traces.duckdb", "episodes") == 2001
