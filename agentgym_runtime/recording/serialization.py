@@ -40,11 +40,11 @@ _SECRET_VALUE = re.compile(
 #: the key (group 1) and an opening quote (group 2) stay, the value goes.
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)(\b(?:api[-_]?key|apikey|x-api-key|authorization|auth[-_]?token|access[-_]?token|refresh[-_]?token"
-    r"|token|password|passwd|pwd|secret|client[-_]?secret|credentials?|cookie)[\"']?\s*[:=]\s*)"
+    r"|token|password|passwd|pwd|secret|client[-_]?secret|credentials?|cookie)[\"']?(?:\s*[:=]\s*|\s+is\s+))"
     r"([\"']?)(?!\[REDACTED\])(?:bearer\s+|basic\s+)?[^\s\"',;&}]+"
 )
 #: Cheap substrings that must occur for either pattern to match (checked before the regexes).
-_SECRET_HINTS = ("earer", "EARER", "asic", "ASIC", "sk-", "xox", "://", "=", ":")
+_SECRET_HINTS = ("earer", "EARER", "asic", "ASIC", "sk-", "xox", "://", "=", ":", " is ")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SCALARS = frozenset({int, float, bool, type(None)})
 _MAX_DEPTH = 32
