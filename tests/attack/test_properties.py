@@ -7,6 +7,7 @@ exactly what the agent returned or raised, and after ``flush()`` the counts are 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +49,10 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 def _exact_after_flush(rt: Runtime, before: dict[str, Any], episodes: int) -> None:
     assert agentgym.flush()
     after = rt.stats()
-    assert after["episodes_written"] + after["rows_quarantined"] - before["episodes_written"] - before[
-        "rows_quarantined"
-    ] >= episodes
+    assert (
+        after["episodes_written"] + after["rows_quarantined"] - before["episodes_written"] - before["rows_quarantined"]
+        >= episodes
+    )
     assert after["spans_lost"] == 0
     assert after["pending_rows"] == 0
     assert after["internal_errors"] == before["internal_errors"]
@@ -125,17 +127,24 @@ def test_the_agents_exception_passes_unchanged(runtime: Runtime, message: str, a
 
 @FAST
 @given(
-    value=st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), TEXT),
+    value=st.one_of(st.integers(), st.floats(), st.booleans(), st.none(), TEXT, st.just(10**400), st.just(-(10**5000))),
     comment=st.none() | TEXT,
     label=st.none() | TEXT,
 )
 def test_feedback_stores_or_refuses_clearly(runtime: Runtime, value: Any, comment: Any, label: Any) -> None:
     with agentgym.episode(agent="prop-feedback") as ep:
         pass
-    try:
-        agentgym.feedback(ep, value, comment=comment, label=label)
-    except ConfigurationError as exc:
-        assert "feedback" in str(exc)
+    refused = (
+        (value is None and label is None)
+        or isinstance(value, str)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or (type(value) is int and abs(value) >= 2**1024)
+    )
+    if refused:
+        with pytest.raises(ConfigurationError, match="feedback"):
+            agentgym.feedback(ep, value, comment=comment, label=label)
+    else:
+        assert len(agentgym.feedback(ep, value, comment=comment, label=label)) == 32
     assert agentgym.flush()
     assert runtime.stats()["spans_lost"] == 0
 
