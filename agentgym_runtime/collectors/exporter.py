@@ -13,12 +13,14 @@ Episode and feedback rows, which are few, always use the appender.
 When the store cannot be written (read-only location, full disk, file locked by
 another process), rows are kept in a bounded retry buffer and written on the
 next attempt, so recording resumes by itself; only rows beyond the buffer's
-bound are dropped, and they are counted.
+bound are dropped, and they are counted. Each pending batch is its own transaction,
+oldest first, so a backlog drains batch by batch as space comes back. A batch that fails
+because of its *values* (see :func:`is_data_error`) is split in halves until the bad rows
+stand alone; those are quarantined (kept in ``quarantine/`` next to the store with their
+reason, and counted), and never block the rows after them.
 
 Example:
     >>> from agentgym_runtime.collectors.store import TraceStore
-from agentgym_runtime.errors import StoreUnavailableError
-from agentgym_runtime.recording.files import atomic_write_text, ensure_private_dir
     >>> exporter = DuckDBSpanExporter(TraceStore(":memory:"))
     >>> exporter.export([]).name
     'SUCCESS'
