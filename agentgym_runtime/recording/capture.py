@@ -35,7 +35,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from agentgym_runtime import semconv
 from agentgym_runtime.recording.context import Episode, RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.runtime import Runtime, get_runtime
-from agentgym_runtime.recording.serialization import safe_str
+from agentgym_runtime.recording.serialization import safe_str, scrub_surrogates
 from agentgym_runtime.recording.validation import validate_arguments
 from agentgym_runtime.semconv import ToolOutcome
 
@@ -171,6 +171,7 @@ def start_tool_call(
     so it is not counted again at reconciliation.
     """
     runtime = runtime or get_runtime()
+    name = scrub_surrogates(name)  # the model chooses the name of an unknown tool
     episode, attributes = _scope_attributes(runtime, framework)
     attributes[semconv.GEN_AI_OPERATION_NAME] = semconv.OP_EXECUTE_TOOL
     attributes[semconv.GEN_AI_TOOL_NAME] = name
