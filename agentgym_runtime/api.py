@@ -267,7 +267,12 @@ def feedback(
     elif isinstance(value, bool):
         score = 1.0 if value else 0.0
     elif isinstance(value, int | float):
-        score = float(value)
+        try:
+            score = float(value)
+        except OverflowError:  # an int past float range (10**400): refused, never clamped silently
+            raise ConfigurationError(
+                f"feedback value must fit a float (|value| < 1.8e308), got an integer of {int(value).bit_length()} bits"
+            ) from None
         if not math.isfinite(score):
             raise ConfigurationError(f"feedback value must be a finite number, got {value!r}")
     else:
@@ -287,9 +292,9 @@ def feedback(
     if score is not None:
         attributes[semconv.GEN_AI_EVALUATION_SCORE_VALUE] = score
     if label is not None:
-        attributes[semconv.GEN_AI_EVALUATION_SCORE_LABEL] = str(label)
+        attributes[semconv.GEN_AI_EVALUATION_SCORE_LABEL] = runtime.serializer.text(label)
     if comment is not None:
-        attributes[semconv.FEEDBACK_COMMENT] = runtime.serializer.redact_text(runtime.serializer.truncate(str(comment)))
+        attributes[semconv.FEEDBACK_COMMENT] = runtime.serializer.text(comment)
     links = [Link(link_context)] if link_context is not None else []
     # A root span of its own: feedback arrives later, outside whatever the caller is doing.
     span = runtime.tracer.start_span(

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
             sequence of looks ends (promote or roll back for good) at 4x this many canary calls.
         canary_max_wait_s: How long a canary may stay undecided; a judgement after that rolls
             it back, giving the reason it was held (``None``: wait forever).
+        handle_sigterm: When the host has no SIGTERM handler of its own, turn SIGTERM into a
+            normal exit (``SystemExit(143)``), so what was recorded is flushed like at any exit
+            (see ``SECURITY.md``); a handler the host installed is never replaced.
     """
 
     model_config = SettingsConfigDict(
@@ -92,6 +96,7 @@ class Settings(BaseSettings):
     canary_evaluate_every: int | None = Field(default=20, ge=1)
     canary_min_tool_calls: int = Field(default=200, ge=1)
     canary_max_wait_s: float | None = Field(default=86_400.0, gt=0)
+    handle_sigterm: bool = True
 
     @field_validator("home", mode="before")
     @classmethod
@@ -106,8 +111,8 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_redact(cls, value: Any) -> Any:
         if isinstance(value, str):
-            # Environment form: comma-separated patterns.
-            return [part.strip() for part in value.split(",") if part.strip()]
+            # Environment form: comma-separated patterns (checked below like a list).
+            value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list):
             for pattern in value:
                 try:
@@ -150,3 +155,62 @@ class Settings(BaseSettings):
     def redactor(self) -> Redactor | None:
         """The user's redaction callable, if ``redact`` is one."""
         return self.redact if callable(self.redact) else None
+
+
+_config_logger = logging.getLogger("agentgym_runtime")
+_reported_environment_errors: set[str] = set()
+
+
+def describe_settings_error(exc: Exception) -> str:
+    """One line naming each invalid setting of a pydantic ``ValidationError`` (or the error itself).
+
+    Example:
+        >>> from pydantic import ValidationError
+        >>> try:
+        ...     Settings(max_queue_size="abc")
+        ... except ValidationError as exc:
+        ...     print(describe_settings_error(exc))
+        max_queue_size (AGENTGYM_MAX_QUEUE_SIZE): Input should be a valid integer, unable to parse string as an integer
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return f"{type(exc).__name__}: {exc}"
+    parts = []
+    for error in errors(include_url=False):
+        loc = ".".join(str(p) for p in error.get("loc", ()) if not isinstance(p, int))
+        name = loc.split(".")[0] if loc else ""
+        label = f"{loc} (AGENTGYM_{name.upper()})" if name else "settings"
+        parts.append(f"{label}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def settings_from_environment() -> Settings:
+    """Settings from ``AGENTGYM_*``; when they are invalid, recording is switched off instead.
+
+    A bad environment (``AGENTGYM_MAX_QUEUE_SIZE=abc``, an empty ``AGENTGYM_HOME``, a
+    redaction pattern that does not compile) must never make the host's agent calls raise:
+    the runtime then records nothing, and says why once in the log. :func:`configure`, by
+    contrast, raises :class:`~agentgym_runtime.errors.ConfigurationError` naming the setting.
+
+    Example:
+        >>> import os
+        >>> os.environ["AGENTGYM_ENABLED"] = "maybe"
+        >>> settings_from_environment().enabled
+        False
+        >>> del os.environ["AGENTGYM_ENABLED"]
+    """
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except (ValidationError, ValueError, TypeError) as exc:
+        reason = describe_settings_error(exc)
+        if reason not in _reported_environment_errors:
+            _reported_environment_errors.add(reason)
+            _config_logger.error(
+                "agentgym: invalid AGENTGYM_* environment, recording is off (the agent is not affected): %s",
+                reason,
+            )
+        # ``model_construct`` skips validation and the environment: the defaults, switched off,
+        # in memory (an invalid home must not be created or written).
+        return Settings.model_construct(enabled=False, store=":memory:")

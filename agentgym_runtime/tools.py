@@ -34,6 +34,7 @@ from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError, Unkn
 from agentgym_runtime.recording.capture import ToolCall, record_tool_failure, start_tool_call
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.serialization import safe_str
 from agentgym_runtime.semconv import ToolOutcome
 
 P = ParamSpec("P")
@@ -242,6 +243,9 @@ class Tool(Generic[P, R]):
             model = self._model.model_validate(dict(arguments))
         except ValidationError as exc:
             raise ToolArgumentsError(self.name, _problems(exc)) from None
+        except (RecursionError, ValueError, TypeError) as exc:  # pathological values pydantic cannot walk
+            problem = {"argument": "(arguments)", "message": f"cannot validate: {safe_str(exc)}", "type": "value"}
+            raise ToolArgumentsError(self.name, [problem]) from None
         return {field: getattr(model, field) for field in self._fields}
 
     @staticmethod
@@ -308,7 +312,7 @@ class Tool(Generic[P, R]):
             return self.validate(arguments)
         except ToolArgumentsError as exc:
             if call is not None:
-                _guard(call.fail, ToolOutcome.INVALID_ARGUMENTS, message=str(exc))
+                _guard(call.fail, ToolOutcome.INVALID_ARGUMENTS, message=safe_str(exc))
             raise
 
     def _call(self, arguments: dict[str, Any], call_id: str | None) -> R:
@@ -459,6 +463,7 @@ class Toolbox:
         """The tool and its keyword arguments; a call that cannot run is recorded, then raised."""
 
         def refuse(outcome: ToolOutcome, error: Exception) -> Exception:
+            # Raw argument text is recorded through the serializer's text path (secrets masked).
             _guard(record_tool_failure, name, outcome, call_id=call_id, arguments=arguments, message=str(error))
             return error
 
@@ -477,6 +482,10 @@ class Toolbox:
                 parsed = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as exc:
                 raise bad_arguments(f"not valid JSON: {exc.msg} at char {exc.pos}", "json") from None
+            except RecursionError:  # a model can emit JSON nested deeper than the interpreter's stack
+                raise bad_arguments("JSON nested too deeply to parse", "json") from None
+            except ValueError as exc:  # e.g. an integer past sys.get_int_max_str_digits()
+                raise bad_arguments(f"not parseable JSON: {safe_str(exc)}", "json") from None
         if not isinstance(parsed, Mapping):
             raise bad_arguments(f"expected an object, got {type(parsed).__name__}", "type")
         return found, dict(parsed)

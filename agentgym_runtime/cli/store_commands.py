@@ -54,12 +54,16 @@ def status(home: Path | None = HomeOption, store: str | None = StoreOption) -> N
             "pending_rows",
             "spans_lost",
             "rows_dropped",
+            "rows_quarantined",
             "write_failures",
             "internal_errors",
         ):
             value = stats.get(key, 0)
             style = (
-                "red" if key in ("spans_lost", "rows_dropped", "write_failures", "internal_errors") and value else ""
+                "red"
+                if key in ("spans_lost", "rows_dropped", "rows_quarantined", "write_failures", "internal_errors")
+                and value
+                else ""
             )
             table.add_row(key.replace("_", " "), f"[{style}]{value}[/{style}]" if style else str(value))
         if stats.get("last_error"):

@@ -13,7 +13,11 @@ Episode and feedback rows, which are few, always use the appender.
 When the store cannot be written (read-only location, full disk, file locked by
 another process), rows are kept in a bounded retry buffer and written on the
 next attempt, so recording resumes by itself; only rows beyond the buffer's
-bound are dropped, and they are counted.
+bound are dropped, and they are counted. Each pending batch is its own transaction,
+oldest first, so a backlog drains batch by batch as space comes back. A batch that fails
+because of its *values* (see :func:`is_data_error`) is split in halves until the bad rows
+stand alone; those are quarantined (kept in ``quarantine/`` next to the store with their
+reason, and counted), and never block the rows after them.
 
 Example:
     >>> from agentgym_runtime.collectors.store import TraceStore
@@ -24,11 +28,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -38,11 +46,72 @@ from agentgym_runtime.collectors.rows import Row, RowBatch, SpanRecord, preload_
 from agentgym_runtime.collectors.schema import SPAN_COLUMNS
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
+from agentgym_runtime.errors import StoreUnavailableError
+from agentgym_runtime.recording.files import atomic_write_text, ensure_private_dir
 
 if TYPE_CHECKING:
     import duckdb
 
 logger = logging.getLogger("agentgym_runtime.exporter")
+
+#: Folder next to the store where rows that cannot be stored are kept, one JSON file per row.
+QUARANTINE_DIR = "quarantine"
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether a failed write was caused by the rows themselves (retrying cannot help).
+
+    Everything about the place (a full disk, a read-only file, a lock held by another process,
+    an invalidated connection, memory) is *not* a data error: those rows wait and are retried.
+    Only what DuckDB or the conversion reports about values (an unencodable string, a value out
+    of range, a constraint) is; a batch failing so is split until the bad rows stand alone.
+
+    Example:
+        >>> is_data_error(UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed"))
+        True
+        >>> is_data_error(OSError(28, "No space left on device"))
+        False
+    """
+    import duckdb
+
+    environmental = (
+        StoreUnavailableError,
+        OSError,
+        MemoryError,
+        duckdb.OperationalError,  # IO, out of memory, transaction conflicts
+        duckdb.FatalException,
+        duckdb.InternalException,
+        duckdb.PermissionException,
+        duckdb.InterruptException,
+    )
+    if isinstance(exc, environmental):
+        return False
+    if isinstance(exc, duckdb.Error):
+        # Conservative: only errors that name a value. Others (e.g. "the Python interpreter is
+        # shutting down", raised for every row at exit) would otherwise quarantine good rows.
+        if isinstance(exc, duckdb.DataError | duckdb.IntegrityError):
+            return True
+        message = str(exc).lower()
+        return any(word in message for word in _VALUE_WORDS) and "shutting down" not in message
+    return isinstance(exc, UnicodeError | OverflowError | ValueError | TypeError)
+
+
+#: Words of DuckDB messages that blame a value (checked lower-case).
+_VALUE_WORDS = ("conversion", "encode", "surrogate", "utf-8", "utf8", "out of range", "invalid unicode")
+
+
+def _halves(batch: RowBatch) -> tuple[RowBatch, RowBatch]:
+    """Split ``batch`` into two non-empty batches (its rows in order: spans, episodes, feedback)."""
+    items = (
+        [("spans", row) for row in batch.spans]
+        + [("episodes", row) for row in batch.episodes]
+        + [("feedback", row) for row in batch.feedback]
+    )
+    middle = len(items) // 2
+    parts = (RowBatch(), RowBatch())
+    for index, (table, row) in enumerate(items):
+        getattr(parts[0 if index < middle else 1], table).append(row)
+    return parts
 
 
 class DuckDBSpanExporter(SpanExporter):
@@ -82,6 +151,7 @@ class DuckDBSpanExporter(SpanExporter):
         self._next_attempt = 0.0
         self._logged: set[str] = set()
         self._shutdown = False
+        self._quarantined_files = 0
 
     def export(self, spans: Sequence[ReadableSpan | SpanRecord]) -> SpanExportResult:
         """Convert ``spans`` (or the records made of them as they ended) to rows and write them.
@@ -146,45 +216,112 @@ class DuckDBSpanExporter(SpanExporter):
         self.stats.set_pending(self._pending_spans)
 
     def _drain(self, *, force: bool) -> bool:
+        # One transaction per pending batch, oldest first: under a full disk each batch that fits
+        # in the space freed is written and leaves the buffer, so a backlog drains step by step.
         if not self._pending:
             return True
         if not force and time.monotonic() < self._next_attempt:
             return False
-        merged = RowBatch()
-        for batch in self._pending:
-            merged.extend(batch)
-        try:
-            self.store.write(lambda con: _append(con, merged, columnar=self._columnar))
-        except Exception as exc:
-            self._next_attempt = time.monotonic() + self._backoff_s
-            self.stats.add(write_failures=1)
-            self.stats.error(f"{type(exc).__name__}: {exc}")
-            self._log_once(
-                f"write:{type(exc).__name__}",
-                f"agentgym: cannot write to the trace store {self.store.path} ({exc}); "
-                f"keeping {self._pending_spans} spans to retry; the agent is not affected",
-            )
-            return False
-        self._pending.clear()
-        written = len(merged.spans)
-        self._pending_spans = 0
-        self.stats.set_pending(0)
-        self.stats.add(
-            spans_written=written,
-            episodes_written=len(merged.episodes),
-            feedback_written=len(merged.feedback),
-            write_batches=1,
-        )
-        self.stats.wrote()
-        if self._logged:
-            logger.warning("agentgym: writing to the trace store %s again", self.store.path)
-            self._logged.clear()
-        if self._on_write is not None:
+        wrote_any = False
+        while self._pending:
+            batch = self._pending[0]
             try:
-                self._on_write()
-            except Exception:
-                logger.debug("agentgym: on_write hook failed", exc_info=True)
+                self.store.write(functools.partial(_append, batch=batch, columnar=self._columnar))
+            except Exception as exc:
+                if self._columnar and "shutting down" in str(exc):
+                    # At interpreter exit DuckDB refuses to scan Python objects (the Arrow table):
+                    # the appender still works, so the last flush goes through it.
+                    self._columnar = False
+                    continue
+                if not is_data_error(exc):
+                    self._write_failed(exc)
+                    return False
+                # The rows themselves cannot be stored: split the batch until the bad rows stand
+                # alone, write the rest, set the bad ones aside. Never retried, never blocking.
+                self._pending.popleft()
+                if len(batch) <= 1:
+                    self._settle(batch)
+                    self._quarantine(batch, exc)
+                else:
+                    first, second = _halves(batch)
+                    self._pending.appendleft(second)
+                    self._pending.appendleft(first)
+                continue
+            self._pending.popleft()
+            self._settle(batch)
+            self.stats.add(
+                spans_written=len(batch.spans),
+                episodes_written=len(batch.episodes),
+                feedback_written=len(batch.feedback),
+                write_batches=1,
+            )
+            wrote_any = True
+        if wrote_any:
+            self.stats.wrote()
+            if self._logged:
+                logger.warning("agentgym: writing to the trace store %s again", self.store.path)
+                self._logged.clear()
+            if self._on_write is not None:
+                try:
+                    self._on_write()
+                except Exception:
+                    logger.debug("agentgym: on_write hook failed", exc_info=True)
         return True
+
+    def _settle(self, batch: RowBatch) -> None:
+        """``batch`` left the retry buffer (written or quarantined)."""
+        self._pending_spans -= len(batch.spans)
+        self.stats.set_pending(self._pending_spans)
+
+    def _write_failed(self, exc: Exception) -> None:
+        self._next_attempt = time.monotonic() + self._backoff_s
+        self.stats.add(write_failures=1)
+        self.stats.error(f"{type(exc).__name__}: {exc}")
+        self._log_once(
+            f"write:{type(exc).__name__}",
+            f"agentgym: cannot write to the trace store {self.store.path} ({exc}); "
+            f"keeping {self._pending_spans} spans to retry; the agent is not affected",
+        )
+
+    def _quarantine(self, batch: RowBatch, exc: Exception) -> None:
+        """Keep a row that cannot be stored aside, on disk next to the store, with its reason."""
+        reason = f"{type(exc).__name__}: {exc}"
+        self.stats.add(rows_quarantined=len(batch), spans_quarantined=len(batch.spans))
+        self.stats.error(f"quarantined {len(batch)} row(s): {reason}")
+        self._log_once(
+            f"quarantine:{type(exc).__name__}",
+            f"agentgym: a recorded row cannot be stored ({reason}); it is kept aside in "
+            f"{self.quarantine_dir or '(memory)'} and the other rows are written",
+        )
+        directory = self.quarantine_dir
+        if directory is None:
+            return
+        self._quarantined_files += 1
+        name = f"{time.time_ns()}-{os.getpid()}-{self._quarantined_files}.json"
+        payload = {
+            "reason": reason,
+            "store": self.store.path,
+            "at": time.time(),
+            "rows": {
+                table: [list(row) for row in rows]
+                for table, rows in (("spans", batch.spans), ("episodes", batch.episodes), ("feedback", batch.feedback))
+                if rows
+            },
+        }
+        try:
+            ensure_private_dir(directory)
+            # ASCII JSON: a lone surrogate (a common reason) is kept as its \\uXXXX escape, readable back.
+            text = json.dumps(payload, ensure_ascii=True, default=str, indent=1)
+            atomic_write_text(directory / name, text, durable=False)  # evidence, not state: no fsync stall
+        except Exception as write_exc:
+            self._log_once("quarantine-file", f"agentgym: cannot keep a quarantined row in {directory}: {write_exc!r}")
+
+    @property
+    def quarantine_dir(self) -> Path | None:
+        """Where rows that cannot be stored are kept (``None`` for an in-memory store)."""
+        if self.store.path == ":memory:":
+            return None
+        return Path(self.store.path).parent / QUARANTINE_DIR
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:

@@ -18,8 +18,9 @@ class PipelineStats:
     """Thread-safe counters shown by ``agentgym status`` and :func:`agentgym_runtime.stats`.
 
     ``spans_lost`` is derived: spans handed to the pipeline that were neither written, nor
-    are waiting (in the batch queue, being exported, or in the retry buffer). It catches drops
-    in any stage, including the batch processor's own queue.
+    are waiting (in the batch queue, being exported, or in the retry buffer), nor were set
+    aside as unstorable (``spans_quarantined``). It catches drops in any stage, including the
+    batch processor's own queue. ``rows_quarantined`` counts rows of every table kept aside.
     """
 
     _FIELDS = (
@@ -32,6 +33,8 @@ class PipelineStats:
         "write_failures",
         "write_batches",
         "internal_errors",
+        "rows_quarantined",
+        "spans_quarantined",
     )
 
     def __init__(self) -> None:
@@ -83,7 +86,12 @@ class PipelineStats:
             data["exporting_spans"] = self._in_export
             data["spans_lost"] = max(
                 0,
-                data["spans_enqueued"] - data["spans_written"] - self._pending_spans - queued - self._in_export,
+                data["spans_enqueued"]
+                - data["spans_written"]
+                - data["spans_quarantined"]
+                - self._pending_spans
+                - queued
+                - self._in_export,
             )
             data["last_error"] = self.last_error
             data["last_error_at"] = self.last_error_at

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agentgym_runtime.collectors.schema import migrate
 from agentgym_runtime.errors import StoreUnavailableError
+from agentgym_runtime.recording.files import ensure_private_dir
 
 if TYPE_CHECKING:
     import duckdb
@@ -93,11 +95,13 @@ class TraceStore:
     def _open(self) -> duckdb.DuckDBPyConnection:
         import duckdb
 
+        created = False
         if self._path != ":memory:" and not self._read_only:
             try:
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                ensure_private_dir(Path(self._path).parent)
             except OSError as exc:
                 raise StoreUnavailableError(f"cannot create the store directory for {self._path}: {exc}") from exc
+            created = not os.path.exists(self._path)
         try:
             con = self._connect(duckdb)
         except duckdb.Error as exc:
@@ -110,6 +114,10 @@ class TraceStore:
             else:
                 raise StoreUnavailableError(f"cannot open the trace store {self._path}: {exc}") from exc
         if not self._read_only:
+            if created:
+                # Recorded content is private to the service's user, whatever the umask.
+                with contextlib.suppress(OSError):
+                    os.chmod(self._path, 0o600)
             try:
                 migrate(con)
             except Exception:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from agentgym_runtime import semconv
 from agentgym_runtime.recording.context import Episode, RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.runtime import Runtime, get_runtime
+from agentgym_runtime.recording.serialization import safe_str, scrub_surrogates
 from agentgym_runtime.recording.validation import validate_arguments
 from agentgym_runtime.semconv import ToolOutcome
 
@@ -95,7 +97,7 @@ class ToolCall:
         """The call failed with ``outcome`` (``tool_error`` when the tool raised ``error``)."""
         error_type = type(error).__qualname__ if error is not None else outcome.value
         if message is None and error is not None:
-            message = str(error)
+            message = safe_str(error)  # an exception whose __str__ raises must not replace it
         self._finish(outcome, message=message, error_type=error_type, error=error)
 
     def _finish(
@@ -117,16 +119,39 @@ class ToolCall:
                 span.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, self._runtime.serializer.to_json(result))
             if outcome is not ToolOutcome.OK:
                 span.set_attribute(semconv.ERROR_TYPE, error_type or outcome.value)
-                if message:
-                    span.set_attribute(semconv.TOOL_ERROR_MESSAGE, self._runtime.serializer.truncate(message))
+                text = self._runtime.serializer.text(message) if message else None
+                if text:
+                    span.set_attribute(semconv.TOOL_ERROR_MESSAGE, text)
                 if error is not None:
-                    span.record_exception(error, escaped=True)
-                span.set_status(Status(StatusCode.ERROR, message or outcome.value))
+                    record_exception(span, error, self._runtime)
+                span.set_status(Status(StatusCode.ERROR, text or outcome.value))
             if self._episode is not None:
                 self._episode.record_outcome(outcome)
         finally:
             span.end()
             otel_context.detach(self._token)
+
+
+def record_exception(span: Span, error: BaseException, runtime: Runtime) -> None:
+    """Add the OTel ``exception`` event of ``error``, its message and stack trace redacted.
+
+    ``Span.record_exception`` would store ``str(error)`` and the traceback as they are: a
+    ``Bearer ...`` in a message would reach the store, and a raising ``__str__`` would escape.
+    """
+    serializer = runtime.serializer
+    try:
+        trace_text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except Exception:
+        trace_text = f"{type(error).__qualname__}: (traceback unavailable)"
+    span.add_event(
+        "exception",
+        {
+            "exception.type": type(error).__qualname__,
+            "exception.message": serializer.text(error),
+            "exception.stacktrace": serializer.text(trace_text),
+            "exception.escaped": "True",
+        },
+    )
 
 
 def start_tool_call(
@@ -146,6 +171,7 @@ def start_tool_call(
     so it is not counted again at reconciliation.
     """
     runtime = runtime or get_runtime()
+    name = scrub_surrogates(name)  # the model chooses the name of an unknown tool
     episode, attributes = _scope_attributes(runtime, framework)
     attributes[semconv.GEN_AI_OPERATION_NAME] = semconv.OP_EXECUTE_TOOL
     attributes[semconv.GEN_AI_TOOL_NAME] = name
@@ -156,7 +182,7 @@ def start_tool_call(
         attributes[semconv.GEN_AI_TOOL_DESCRIPTION] = runtime.serializer.truncate(description)
     if arguments is not None and runtime.settings.capture_content:
         attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = (
-            runtime.serializer.truncate(arguments)
+            runtime.serializer.text(arguments)  # raw text (unparsed JSON): secrets masked in place
             if isinstance(arguments, str)
             else runtime.serializer.to_json(arguments)
         )
@@ -331,8 +357,8 @@ class LlmCall:
         self._done = True
         try:
             self._span.set_attribute(semconv.ERROR_TYPE, type(error).__qualname__)
-            self._span.record_exception(error, escaped=True)
-            self._span.set_status(Status(StatusCode.ERROR, str(error)))
+            record_exception(self._span, error, self._runtime)
+            self._span.set_status(Status(StatusCode.ERROR, self._runtime.serializer.text(error)))
             if self._episode is not None:
                 self._episode.record_llm_call()
         finally:

@@ -57,6 +57,8 @@ class RequestedToolCall:
                 return cls(
                     name, call_id, arguments, f"arguments are not valid JSON: {exc.msg} at char {exc.pos}", agent
                 )
+            except (RecursionError, ValueError) as exc:  # nested too deep, an integer too long
+                return cls(name, call_id, arguments, f"arguments cannot be parsed: {type(exc).__name__}", agent)
             if not isinstance(parsed, dict):
                 return cls(
                     name, call_id, arguments, f"arguments must be a JSON object, got {type(parsed).__name__}", agent

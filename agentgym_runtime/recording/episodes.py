@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agentgym_runtime import semconv
-from agentgym_runtime.recording.capture import reconcile
+from agentgym_runtime.recording.capture import reconcile, record_exception
 from agentgym_runtime.recording.context import (
     AgentScope,
     Episode,
@@ -224,8 +224,8 @@ class AgentRun:
             if self._owns:
                 self._finish_episode(episode, span, output, error, cancelled)
             elif error is not None:
-                span.record_exception(error, escaped=True)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
+                record_exception(span, error, runtime)  # redacted; a raising __str__ is safe
+                span.set_status(Status(StatusCode.ERROR, runtime.serializer.text(error)))
                 span.set_attribute(semconv.ERROR_TYPE, type(error).__qualname__)
         finally:
             span.end()
@@ -253,8 +253,8 @@ class AgentRun:
         elif error is not None:
             episode.status = EpisodeStatus.ERROR
             episode.error_type = type(error).__qualname__
-            span.record_exception(error, escaped=True)
-            span.set_status(Status(StatusCode.ERROR, str(error)))
+            record_exception(span, error, runtime)  # redacted; a raising __str__ is safe
+            span.set_status(Status(StatusCode.ERROR, runtime.serializer.text(error)))
             span.set_attribute(semconv.ERROR_TYPE, episode.error_type)
         else:
             episode.status = EpisodeStatus.OK

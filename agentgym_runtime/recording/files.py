@@ -65,6 +65,29 @@ def atomic_write_json(
     atomic_write_text(path, json.dumps(payload, indent=indent, default=str), mode=mode, durable=durable)
 
 
+def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and its parents) if missing; a directory this call creates gets mode 0700.
+
+    The home holds recorded content and the files that steer training, so only the service's
+    user may list, read or write it (see ``SECURITY.md``). An existing directory keeps its mode:
+    the operator chose it.
+
+    Example:
+        >>> import tempfile, pathlib, stat
+        >>> home = ensure_private_dir(pathlib.Path(tempfile.mkdtemp()) / "home")
+        >>> oct(stat.S_IMODE(home.stat().st_mode))
+        '0o700'
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process won the race
+            directory.mkdir(mode=0o700)
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} exists and is not a directory")
+    return directory
+
+
 def _sync_directory(directory: Path) -> None:
     # The rename is durable only once the directory entry is; not every filesystem allows it.
     try:

@@ -42,11 +42,12 @@ from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
 from agentgym_runtime.collectors.processor import EpisodeSpanProcessor, resolve_provider, router_for
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
-from agentgym_runtime.config import Settings
+from agentgym_runtime.config import Settings, settings_from_environment
 from agentgym_runtime.recording.context import Episode, current_agent_var, current_episode_var
-from agentgym_runtime.recording.files import atomic_write_json
+from agentgym_runtime.recording.files import atomic_write_json, ensure_private_dir
 from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.serialization import Serializer
+from agentgym_runtime.recording.signals import install_sigterm_exit
 
 logger = logging.getLogger("agentgym_runtime")
 
@@ -100,7 +101,7 @@ class Runtime:
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or settings_from_environment()
         self.serializer = Serializer(
             self.settings.max_attribute_bytes, self.settings.secret_pattern(), self.settings.redactor()
         )
@@ -180,6 +181,7 @@ class Runtime:
             self._started = True
             self._closed = False
             _register_process_hooks()
+            install_sigterm_exit(enabled=settings.handle_sigterm)  # SIGTERM flushes like any exit
         self._run_hooks("start")
         return self
 
@@ -272,9 +274,8 @@ class Runtime:
         }
         path = self.settings.status_path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Rewritten at every flush and only ever read by `agentgym status`: not worth an fsync.
-            atomic_write_json(path, payload, durable=False)
+            ensure_private_dir(path.parent)
+            atomic_write_json(path, payload, durable=False)  # mode 0600: the home is private
         except OSError:
             logger.debug("agentgym: cannot write %s", path, exc_info=True)
 

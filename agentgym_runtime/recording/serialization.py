@@ -32,7 +32,20 @@ from agentgym_runtime.config import DEFAULT_SECRET_KEY_PATTERN, Redactor
 
 REDACTED = "[REDACTED]"
 #: Values that look like credentials whatever key they sit under.
-_SECRET_VALUE = re.compile(r"(?i)\bbearer\s+[a-z0-9._~+/=-]{8,}|\bsk-[a-z0-9_-]{16,}|\bxox[abpr]-[a-z0-9-]{10,}")
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(?:bearer|basic)\s+[a-z0-9._~+/=-]{8,}|\bsk-[a-z0-9_-]{16,}|\bxox[abpr]-[a-z0-9-]{10,}"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password@ in URLs
+)
+#: ``api_key=...``, ``password: ...``, ``"token": "..."`` in free text, raw JSON and URL queries:
+#: the key (group 1) and an opening quote (group 2) stay, the value goes.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(\b(?:api[-_]?key|apikey|x-api-key|authorization|auth[-_]?token|access[-_]?token|refresh[-_]?token"
+    r"|token|password|passwd|pwd|secret|client[-_]?secret|credentials?|cookie)[\"']?(?:\s*[:=]\s*|\s+is\s+))"
+    r"([\"']?)(?!\[REDACTED\])(?:bearer\s+|basic\s+)?[^\s\"',;&}]+"
+)
+#: Cheap substrings that must occur for either pattern to match (checked before the regexes).
+_SECRET_HINTS = ("earer", "EARER", "asic", "ASIC", "sk-", "xox", "://", "=", ":", " is ")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SCALARS = frozenset({int, float, bool, type(None)})
 _MAX_DEPTH = 32
 _MAX_ITEMS = 1000
@@ -147,7 +160,14 @@ class Serializer:
         return self.truncate(_encode_flat(value))
 
     def truncate(self, text: str) -> str:
-        """Cut ``text`` to ``max_bytes`` of UTF-8, marking how much was left out."""
+        """Cut ``text`` to ``max_bytes`` of UTF-8, marking how much was left out.
+
+        Lone UTF-16 surrogates (which no UTF-8 store can hold) are replaced by U+FFFD, the
+        Unicode replacement character, which marks the spot; one such string must never make
+        its batch unwritable.
+        """
+        if not text.isascii():
+            text = scrub_surrogates(text)
         # Fast path: a str of n chars is at most 4n bytes.
         if len(text) * 4 <= self._max_bytes:
             return text
@@ -159,10 +179,24 @@ class Serializer:
         return encoded[:keep].decode("utf-8", errors="ignore") + marker
 
     def redact_text(self, text: str) -> str:
-        """Mask credential-looking substrings (bearer tokens, ``sk-`` keys) in free text."""
-        if "earer" not in text and "sk-" not in text and "xox" not in text:
-            return text
-        return _SECRET_VALUE.sub(REDACTED, text)
+        """Mask credential-looking substrings in free text.
+
+        Bearer/Basic credentials, ``sk-`` and Slack keys, ``user:password@`` in URLs, and the
+        value of ``api_key=...``, ``password: ...`` or ``"token": "..."`` (raw JSON included).
+        Returns ``text`` itself when nothing matched.
+        """
+        return redact_text(text)
+
+    def text(self, value: object) -> str:
+        """Free text (an error message, a label, raw arguments) as stored: redacted, scrubbed, capped.
+
+        Never raises: an object whose ``__str__`` raises is recorded by its type.
+
+        Example:
+            >>> Serializer().text("failed: Authorization: Bearer abcdefgh12345")
+            'failed: Authorization: [REDACTED]'
+        """
+        return self.truncate(redact_text(safe_str(value)))
 
     def to_plain(self, value: Any) -> Any:
         """Convert ``value`` into JSON-compatible Python data (dict/list/str/int/float/bool/None)."""
@@ -174,7 +208,7 @@ class Serializer:
         if isinstance(value, str):
             if len(value) > _MAX_STRING_CHARS:
                 value = value[:_MAX_STRING_CHARS] + f"…[truncated {len(value) - _MAX_STRING_CHARS} chars]"
-            return self.redact_text(value)
+            return scrub_surrogates(redact_text(value))
         if isinstance(value, float):
             return value if math.isfinite(value) else str(value)
         if depth >= _MAX_DEPTH:
@@ -215,7 +249,7 @@ class Serializer:
             if index >= _MAX_ITEMS:
                 out["<more>"] = f"{len(value) - _MAX_ITEMS} more keys"
                 break
-            name = raw_key if isinstance(raw_key, str) else str(raw_key)
+            name = scrub_surrogates(raw_key if isinstance(raw_key, str) else safe_str(raw_key))
             if self.is_secret_key(name):
                 out[name] = REDACTED
                 continue
@@ -223,6 +257,73 @@ class Serializer:
                 item = self._redactor(name, item)
             out[name] = self._walk(item, depth + 1, seen, name)
         return out
+
+
+def scrub_surrogates(text: str) -> str:
+    r"""``text`` with each lone UTF-16 surrogate replaced by U+FFFD (``text`` itself if none).
+
+    Example:
+        >>> scrub_surrogates("a\ud800b") == "a\ufffdb"
+        True
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def redact_text(text: str) -> str:
+    """Mask credential-looking substrings of free text (see :meth:`Serializer.redact_text`).
+
+    Example:
+        >>> redact_text("retry with api_key=abc123 and password: hunter2")
+        'retry with api_key=[REDACTED] and password: [REDACTED]'
+    """
+    if not any(hint in text for hint in _SECRET_HINTS):
+        return text
+    masked = _SECRET_VALUE.sub(REDACTED, text)
+    masked = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", masked)
+    return text if masked == text else masked
+
+
+def safe_str(value: object) -> str:
+    """``str(value)``, or a marker naming its type when its ``__str__`` raises or returns a non-str.
+
+    Example:
+        >>> class Hostile(Exception):
+        ...     def __str__(self):
+        ...         raise RuntimeError("no")
+        >>> safe_str(Hostile())
+        '<Hostile: __str__ failed>'
+    """
+    if type(value) is str:
+        return value
+    try:
+        text = str(value)
+    except Exception:
+        return f"<{type(value).__name__}: __str__ failed>"
+    return text if isinstance(text, str) else f"<{type(value).__name__}>"
+
+
+_DEFAULT_SERIALIZER: Serializer | None = None
+
+
+def redact(value: Any) -> Any:
+    """``value`` as plain JSON data with every secret masked: the one redaction for artifacts.
+
+    Values under secret-looking keys become ``[REDACTED]`` and free text is masked as in
+    :func:`redact_text` (URLs with ``?api_key=`` or ``user:pass@`` included). Policy
+    metadata and endpoint URLs go through this before they are written.
+
+    Example:
+        >>> redact({"endpoint": "https://u:pw@host/v1?api_key=k1", "token": "t"})
+        {'endpoint': 'https://[REDACTED]@host/v1?api_key=[REDACTED]', 'token': '[REDACTED]'}
+    """
+    global _DEFAULT_SERIALIZER
+    if _DEFAULT_SERIALIZER is None:
+        _DEFAULT_SERIALIZER = Serializer(max_bytes=16 * 1024 * 1024)
+    return _DEFAULT_SERIALIZER.to_plain(value)
 
 
 def _model_dump(value: Any) -> Any | None:
