@@ -16,25 +16,9 @@ import importlib
 import sys
 from typing import Any
 
-from agentgym_runtime.adapters.base import Adapter, AgentProxy, class_modules
+from agentgym_runtime.adapters.base import FRAMEWORKS, Adapter, AgentProxy, class_modules
 from agentgym_runtime.adapters.callable import CallableAdapter
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
-
-#: framework name -> (adapter "module:Class", extra, module prefixes that identify it)
-FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
-    "langchain": (
-        "agentgym_runtime.adapters.langchain:LangChainAdapter",
-        "langchain",
-        ("langchain", "langchain_core", "langgraph", "langchain_classic"),
-    ),
-    "autogen": (
-        "agentgym_runtime.adapters.autogen:AutoGenAdapter",
-        "autogen",
-        ("autogen_agentchat", "autogen_core", "autogen_ext"),
-    ),
-    "crewai": ("agentgym_runtime.adapters.crewai:CrewAIAdapter", "crewai", ("crewai",)),
-    "callable": ("agentgym_runtime.adapters.callable:CallableAdapter", None, ()),
-}
 
 _instances: dict[str, Adapter] = {}
 
