@@ -63,7 +63,7 @@ def test_remove_leaves_a_foreign_wrapper_in_place_and_ours_passes_through(caplog
     ours_wrapper = Target.__dict__["own"]
 
     def foreign(self: Any) -> str:
-        return "foreign:" + ours_wrapper(self)
+        return "foreign:" + str(ours_wrapper(self))
 
     Target.own = foreign  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="agentgym_runtime.adapters"):

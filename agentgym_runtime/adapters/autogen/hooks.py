@@ -26,14 +26,17 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from agentgym_runtime.adapters.autogen.client import FRAMEWORK, recording_client
+from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
 from agentgym_runtime.adapters.patches import PatchSpec, PatchTable
-from agentgym_runtime.recording.capture import ToolCall, current_agent_name, reconcile, start_tool_call
+from agentgym_runtime.recording.capture import ToolCall, current_agent_name, reconcile
 from agentgym_runtime.recording.context import current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.recording.wrapping import iterate_async
 from agentgym_runtime.semconv import ToolOutcome
+
+_Call = ToolCall | CheckedToolCall
 
 #: The AutoGen adapter's patches.
 PATCHES = PatchTable(FRAMEWORK)
@@ -110,19 +113,24 @@ def _is_argument_error(tool: BaseTool[Any, Any], exc: BaseException) -> bool:
     return isinstance(exc, ValidationError) and exc.title == tool.args_type().__name__
 
 
-def _start_tool(tool: BaseTool[Any, Any], args: Mapping[str, Any], call_id: str | None) -> ToolCall | None:
+def _start_tool(tool: BaseTool[Any, Any], args: Mapping[str, Any], call_id: str | None) -> _Call | None:
     if current_episode_var.get() is None or not PATCHES.active:
         return None
     try:
-        return start_tool_call(
-            tool.name, call_id=call_id, arguments=dict(args), description=tool.description, framework=FRAMEWORK
+        return start_checked_tool_call(
+            tool.name,
+            call_id=call_id,
+            arguments=dict(args),
+            schema=tool.schema.get("parameters"),
+            description=tool.description,
+            framework=FRAMEWORK,
         )
     except Exception as exc:
         get_runtime().internal_error("autogen tool start", exc)
         return None
 
 
-def _end_tool(tool: BaseTool[Any, Any], call: ToolCall, result: Any = None, error: BaseException | None = None) -> None:
+def _end_tool(tool: BaseTool[Any, Any], call: _Call, result: Any = None, error: BaseException | None = None) -> None:
     try:
         if error is None:
             call.succeed(tool.return_value_as_string(result))

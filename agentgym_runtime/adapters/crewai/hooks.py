@@ -35,6 +35,7 @@ from crewai.hooks import register_after_tool_call_hook, unregister_after_tool_ca
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools.structured_tool import CrewStructuredTool
 
+from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
 from agentgym_runtime.adapters.crewai.llms import FRAMEWORK, routed_llm
 from agentgym_runtime.adapters.crewai.messages import CrewAIRequest, policy_messages, restore_messages
 from agentgym_runtime.adapters.fallback import call_with_fallback
@@ -42,7 +43,7 @@ from agentgym_runtime.adapters.patches import PatchTable
 from agentgym_runtime.adapters.seeding import effective_policy
 from agentgym_runtime.errors import ToolArgumentsError
 from agentgym_runtime.policy.model import Policy
-from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call, start_tool_call
+from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
 from agentgym_runtime.recording.runtime import get_runtime
@@ -102,6 +103,18 @@ def _tokens(llm: Any) -> tuple[int, int] | None:
     if not isinstance(usage, Mapping):
         return None
     return int(usage.get("prompt_tokens", 0) or 0), int(usage.get("completion_tokens", 0) or 0)
+
+
+def _model_arguments(arguments: Any) -> Any:
+    """The arguments as the model sent them: CrewAI adds its own ``security_context`` before running."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    if isinstance(arguments, dict) and "security_context" in arguments:
+        return {key: value for key, value in arguments.items() if key != "security_context"}
+    return arguments
 
 
 def _invalid_arguments(error: Any) -> bool:
@@ -399,8 +412,8 @@ class _Instrumentation:
 
         return emit
 
-    def _open_calls(self) -> dict[int, ToolCall]:
-        calls: dict[int, ToolCall] | None = getattr(self._local, "calls", None)
+    def _open_calls(self) -> dict[int, ToolCall | CheckedToolCall]:
+        calls: dict[int, ToolCall | CheckedToolCall] | None = getattr(self._local, "calls", None)
         if calls is None:
             calls = {}
             self._local.calls = calls
@@ -412,9 +425,9 @@ class _Instrumentation:
         if stale is not None:  # never finished by CrewAI: close it rather than leak its context
             stale.error_result(None, "CrewAI started the tool call again without finishing it")
         attempt = getattr(source, "_run_attempts", None)
-        calls[id(source)] = start_tool_call(
+        calls[id(source)] = start_checked_tool_call(
             str(event.tool_name),
-            arguments=event.tool_args,
+            arguments=_model_arguments(event.tool_args),
             framework=FRAMEWORK,
             attempt=attempt if isinstance(attempt, int) else None,
         )

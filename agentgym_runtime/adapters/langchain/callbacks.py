@@ -23,8 +23,9 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
+from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
 from agentgym_runtime.adapters.langchain.messages import to_openai_messages, tool_definitions
-from agentgym_runtime.recording.capture import LlmCall, ToolCall, start_llm_call, start_tool_call
+from agentgym_runtime.recording.capture import LlmCall, ToolCall, start_llm_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
 from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.semconv import ToolOutcome
@@ -97,7 +98,7 @@ class AgentGymCallbackHandler(BaseCallbackHandler):
         super().__init__()
         self._lock = threading.Lock()
         self._llm_calls: dict[UUID, LlmCall] = {}
-        self._tool_calls: dict[UUID, ToolCall] = {}
+        self._tool_calls: dict[UUID, ToolCall | CheckedToolCall] = {}
 
     @property
     def raise_error(self) -> bool:  # type: ignore[override]
@@ -251,7 +252,7 @@ class AgentGymCallbackHandler(BaseCallbackHandler):
         try:
             name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
             call_id = kwargs.get("tool_call_id")
-            call = start_tool_call(
+            call = start_checked_tool_call(
                 str(name),
                 call_id=call_id if isinstance(call_id, str) else None,
                 arguments=inputs if inputs is not None else input_str,
