@@ -33,6 +33,37 @@ from agentgym_runtime.recording.runtime import get_runtime
 from agentgym_runtime.recording.validation import validate_arguments
 from agentgym_runtime.semconv import ToolOutcome
 
+#: Agent name -> its own tool set (name -> JSON schema), from the wrapped agent object. Used when
+#: a model call carries no tool definitions (a model wrapper that does not expose them).
+_agent_tools: dict[str, dict[str, Mapping[str, Any] | None]] = {}
+
+
+def register_agent_tools(agent: str, tools: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """Remember ``agent``'s own tool set (what a wrapped agent object holds).
+
+    Example:
+        >>> register_agent_tools("doc", {"lookup": {"type": "object"}})
+    """
+    _agent_tools[agent] = dict(tools)
+
+
+def fill_known_tools() -> None:
+    """Inside an episode, give the acting agent its own tool set when no model call offered one.
+
+    Reconciliation then tells an unknown tool (``unknown_tool``) from a call the framework
+    skipped (``not_executed``) even when the model wrapper hides the tool definitions.
+
+    Example:
+        >>> fill_known_tools()  # outside an episode: nothing to do
+    """
+    episode = current_episode_var.get()
+    if episode is None:
+        return
+    agent = current_agent_name() or episode.agent
+    tools = _agent_tools.get(agent)
+    if tools is not None and episode.known_tools.get(agent) is None:
+        episode.known_tools[agent] = tools
+
 
 def offered_schema(name: str) -> tuple[bool, Mapping[str, Any] | None]:
     """``(known, schema)``: the schema the current agent's model was shown for ``name``.
@@ -152,4 +183,11 @@ def start_checked_tool_call(
     return CheckedToolCall(call, trace.get_current_span(), problems)
 
 
-__all__ = ["CheckedToolCall", "offered_schema", "schema_problems", "start_checked_tool_call"]
+__all__ = [
+    "CheckedToolCall",
+    "fill_known_tools",
+    "register_agent_tools",
+    "offered_schema",
+    "schema_problems",
+    "start_checked_tool_call",
+]

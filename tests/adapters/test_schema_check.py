@@ -114,3 +114,33 @@ def test_an_invalid_schema_leaves_the_framework_verdict_and_says_why(
     assert recorded.outcomes(row["episode_id"]) == {"ok": 1}
     (span,) = [attrs(s) for s in recorded.spans(row["episode_id"]) if s["operation"] == "execute_tool"]
     assert span[semconv.TOOL_SCHEMA_ERROR].startswith("the tool's schema is invalid")
+
+
+class HiddenToolsModel(ScriptedChatModel):
+    """A model wrapper that does not expose the tool definitions it was bound with."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def test_unknown_tool_is_identified_from_the_agents_tool_set_when_the_model_call_has_none(
+    agentgym_runtime: Runtime, recorded: Recorded
+) -> None:
+    def calls(turn: int, question: str) -> AIMessage:
+        if turn == 0:
+            return AIMessage(
+                "",
+                tool_calls=[
+                    {"name": "forecast", "args": {"city": "Oslo"}, "id": "h1", "type": "tool_call"},
+                    {"name": "fly_to_moon", "args": {}, "id": "h2", "type": "tool_call"},
+                ],
+            )
+        return AIMessage("done")
+
+    agent = agentgym.train_online(create_agent(HiddenToolsModel(script=calls), [weather_tool()]), name="hidden")
+    agent.invoke({"messages": [HumanMessage("hi")]})
+
+    (row,) = recorded.episodes("hidden")
+    assert recorded.outcomes(row["episode_id"]) == {"ok": 1, "unknown_tool": 1}
+    (chat, *_) = [s for s in recorded.spans(row["episode_id"]) if s["operation"] == "chat"]
+    assert semconv.GEN_AI_TOOL_DEFINITIONS not in attrs(chat)

@@ -43,6 +43,7 @@ from langchain_core.runnables.config import get_config_list, get_executor_for_co
 
 from agentgym_runtime.adapters import routing
 from agentgym_runtime.adapters.base import Adapter
+from agentgym_runtime.adapters.checking import register_agent_tools
 from agentgym_runtime.adapters.langchain import hooks
 from agentgym_runtime.adapters.langchain.callbacks import FRAMEWORK, AgentGymCallbackHandler
 from agentgym_runtime.adapters.langchain.messages import (
@@ -130,6 +131,15 @@ class LangChainAdapter(Adapter, framework=FRAMEWORK, hook_module=hooks, entry_po
         return hooks.PATCHES.active
 
     # --- per call ----------------------------------------------------------------------------
+    def wrap(self, obj: Any, options: AgentOptions) -> Any:
+        """Proxy ``obj``; remember the tool set of a ``create_agent`` graph (its ``tools`` node)."""
+        node = getattr(obj, "nodes", {}).get("tools") if isinstance(getattr(obj, "nodes", None), dict) else None
+        tools = getattr(getattr(node, "bound", None), "tools_by_name", None)
+        if isinstance(tools, dict):
+            definitions = tool_definitions(list(tools.values())) or []
+            register_agent_tools(options.name, {d["name"]: d["parameters"] for d in definitions})
+        return super().wrap(obj, options)
+
     def call_input(self, target: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The runnable's input (the config, with its callbacks, is not recorded)."""
         if args:

@@ -23,7 +23,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import ValidationError
 from pydantic.v1 import ValidationError as ValidationErrorV1
 
-from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
+from agentgym_runtime.adapters.checking import CheckedToolCall, fill_known_tools, start_checked_tool_call
 from agentgym_runtime.adapters.langchain.messages import to_openai_messages, tool_definitions
 from agentgym_runtime.recording.capture import LlmCall, ToolCall, start_llm_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_episode_var
@@ -129,6 +129,8 @@ class AgentGymCallbackHandler(BaseCallbackHandler):
         try:
             params = kwargs.get("invocation_params") or {}
             tools = tool_definitions(params.get("tools"))
+            if tools is None:
+                fill_known_tools()  # the model wrapper hides its tools: the agent's own set decides
             self._start_llm(
                 run_id,
                 model=_model_name(params, metadata, serialized),
