@@ -1,4 +1,19 @@
-"""Framework adapters: one isolated module per framework, loaded only when used.
+"""Framework adapters: one package per framework holding only its hooks, over shared machinery.
+
+Shared (no framework imported): :mod:`.base` (the ``Adapter`` contract, ``FRAMEWORKS``, the
+proxy), :mod:`.patches` (one reversible patch table, restored only where a patch is still ours),
+:mod:`.routing` (one registry of the models a policy's ``llm`` routes to), :mod:`.seeding` (the
+one per-call policy path and the one meaning of ``seed``), :mod:`.fallback` (retry once under the
+incumbent when a routed endpoint fails), :mod:`.checking` (every tool call checked against the
+schema the model was shown), :mod:`.streams`. Per framework: ``langchain/``, ``autogen/``,
+``crewai/`` (``messages`` for conversions and the policy on a request, ``hooks`` for the patch
+table, the adapter class in the package itself), loaded only when used.
+
+The per-call policy path, the same in every framework: the framework's LLM-call hook asks
+:func:`~agentgym_runtime.adapters.seeding.effective_policy` (a seeded policy wins, else the pinned
+one), builds the request with the adapter's ``apply_policy``, takes the routed model from
+:func:`~agentgym_runtime.adapters.routing.routed_model` and calls it through
+:mod:`~agentgym_runtime.adapters.fallback`.
 
 :func:`adapter_for` picks the adapter for an agent object, from its class
 hierarchy (no framework is imported to find out) or from an explicit
