@@ -76,6 +76,12 @@ TOOL_OUTCOME: Final = "agentgym.tool.outcome"
 TOOL_ERROR_MESSAGE: Final = "agentgym.tool.error_message"
 TOOL_ATTEMPT: Final = "agentgym.tool.attempt"
 TOOL_REQUESTED_CALLS: Final = "agentgym.llm.requested_tool_calls"
+#: On an ``invalid_arguments`` tool span: whether the tool ran anyway (the framework did not
+#: validate), and how that run ended (``ok`` / ``error_result`` / ``tool_error``).
+TOOL_EXECUTED_ANYWAY: Final = "agentgym.tool.executed_anyway"
+TOOL_EXECUTED_OUTCOME: Final = "agentgym.tool.executed_outcome"
+#: Why a tool's schema could not be used to check a call (the schema itself is invalid).
+TOOL_SCHEMA_ERROR: Final = "agentgym.tool.schema_error"
 FEEDBACK_COMMENT: Final = "agentgym.feedback.comment"
 FEEDBACK_TARGET_EPISODE: Final = "agentgym.feedback.episode_id"
 FEEDBACK_ID: Final = "agentgym.feedback.id"

@@ -1,4 +1,19 @@
-"""Framework adapters: one isolated module per framework, loaded only when used.
+"""Framework adapters: one package per framework holding only its hooks, over shared machinery.
+
+Shared (no framework imported): :mod:`.base` (the ``Adapter`` contract, ``FRAMEWORKS``, the
+proxy), :mod:`.patches` (one reversible patch table, restored only where a patch is still ours),
+:mod:`.routing` (one registry of the models a policy's ``llm`` routes to), :mod:`.seeding` (the
+one per-call policy path and the one meaning of ``seed``), :mod:`.fallback` (retry once under the
+incumbent when a routed endpoint fails), :mod:`.checking` (every tool call checked against the
+schema the model was shown), :mod:`.streams`. Per framework: ``langchain/``, ``autogen/``,
+``crewai/`` (``messages`` for conversions and the policy on a request, ``hooks`` for the patch
+table, the adapter class in the package itself), loaded only when used.
+
+The per-call policy path, the same in every framework: the framework's LLM-call hook asks
+:func:`~agentgym_runtime.adapters.seeding.effective_policy` (a seeded policy wins, else the pinned
+one), builds the request with the adapter's ``apply_policy``, takes the routed model from
+:func:`~agentgym_runtime.adapters.routing.routed_model` and calls it through
+:mod:`~agentgym_runtime.adapters.fallback`.
 
 :func:`adapter_for` picks the adapter for an agent object, from its class
 hierarchy (no framework is imported to find out) or from an explicit
@@ -17,27 +32,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from agentgym_runtime.adapters.base import Adapter, AgentProxy, class_modules
+from agentgym_runtime.adapters.base import FRAMEWORKS, Adapter, AgentProxy, class_modules
 from agentgym_runtime.adapters.callable import CallableAdapter
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
 from agentgym_runtime.recording.episodes import add_instrumenter
 from agentgym_runtime.recording.sandbox import set_framework_hooks
-
-#: framework name -> (adapter "module:Class", extra, module prefixes that identify it)
-FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
-    "langchain": (
-        "agentgym_runtime.adapters.langchain:LangChainAdapter",
-        "langchain",
-        ("langchain", "langchain_core", "langgraph", "langchain_classic"),
-    ),
-    "autogen": (
-        "agentgym_runtime.adapters.autogen:AutoGenAdapter",
-        "autogen",
-        ("autogen_agentchat", "autogen_core", "autogen_ext"),
-    ),
-    "crewai": ("agentgym_runtime.adapters.crewai:CrewAIAdapter", "crewai", ("crewai",)),
-    "callable": ("agentgym_runtime.adapters.callable:CallableAdapter", None, ()),
-}
 
 _instances: dict[str, Adapter] = {}
 

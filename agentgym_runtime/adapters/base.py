@@ -23,6 +23,22 @@ from agentgym_runtime.recording.episodes import AgentOptions
 from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.wrapping import CallKind, run_kind
 
+#: framework name -> (adapter "module:Class", extra, module prefixes that identify it)
+FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "langchain": (
+        "agentgym_runtime.adapters.langchain:LangChainAdapter",
+        "langchain",
+        ("langchain", "langchain_core", "langgraph", "langchain_classic"),
+    ),
+    "autogen": (
+        "agentgym_runtime.adapters.autogen:AutoGenAdapter",
+        "autogen",
+        ("autogen_agentchat", "autogen_core", "autogen_ext"),
+    ),
+    "crewai": ("agentgym_runtime.adapters.crewai:CrewAIAdapter", "crewai", ("crewai",)),
+    "callable": ("agentgym_runtime.adapters.callable:CallableAdapter", None, ()),
+}
+
 
 def class_modules(obj: Any) -> tuple[str, ...]:
     """Module names of every class in ``obj``'s type hierarchy (``obj`` itself if a class)."""
@@ -49,6 +65,33 @@ class Adapter:
     #: go, so automatic instrumentation at episode start leaves this framework alone until the
     #: next explicit :meth:`instrument`.
     _auto_opt_out: ClassVar[bool] = False
+
+    #: The framework package's ``hooks`` module (``install()`` / ``remove()``, one patch table).
+    hook_module: ClassVar[Any] = None
+
+    def __init_subclass__(
+        cls,
+        framework: str | None = None,
+        hook_module: Any = None,
+        entry_points: Mapping[str, CallKind | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        # A framework adapter declares itself in its class line:
+        # ``class CrewAIAdapter(Adapter, framework="crewai", hook_module=hooks, entry_points={...})``.
+        if framework is not None:
+            cls.framework = framework
+        if hook_module is not None:
+            cls.hook_module = hook_module
+        if entry_points is not None:
+            cls.entry_points = entry_points
+        # The framework's extra and module prefixes are listed once, in FRAMEWORKS.
+        _, extra, prefixes = FRAMEWORKS.get(cls.framework, (None, cls.extra, cls.module_prefixes))
+        cls.extra, cls.module_prefixes = extra, prefixes
+        # Each framework counts its own instrumentations.
+        cls._instrument_lock = threading.Lock()
+        cls._instrument_count = 0
+        cls._auto_opt_out = False
 
     @classmethod
     def detects(cls, obj: Any) -> bool:
@@ -78,10 +121,14 @@ class Adapter:
                 cls._auto_opt_out = True
 
     def _install(self) -> None:
-        """Install framework hooks (override)."""
+        """Install the framework's hooks (its package's ``hooks.install``)."""
+        if self.hook_module is not None:
+            self.hook_module.install()
 
     def _remove(self) -> None:
-        """Remove what :meth:`_install` installed (override)."""
+        """Remove what :meth:`_install` installed."""
+        if self.hook_module is not None:
+            self.hook_module.remove()
 
     # --- per call ---------------------------------------------------------------------------
     def prepare_call(
@@ -101,14 +148,18 @@ class Adapter:
     def apply_policy(self, policy: Policy, request: Any) -> Any:
         """Return ``request`` (the framework's LLM request) with ``policy`` applied.
 
-        Called at the LLM-call boundary for the policy pinned by the current call; the
-        baseline policy is never passed. Framework adapters override it; plain callables
-        read :func:`agentgym_runtime.current_policy` themselves.
+        Step 2 of the adapters' one per-call path (:mod:`agentgym_runtime.adapters.seeding`):
+        each framework's LLM-call hook builds the request under the call's effective policy
+        with the same function this method calls; the baseline policy is never passed. Plain
+        callables read :func:`agentgym_runtime.current_policy` themselves.
         """
         return request
 
     def seed(self, agent: Any, policy: Policy) -> Any:
-        """Apply ``policy`` permanently to a fresh ``agent`` object (``TrainedPolicy.apply``).
+        """The agent to use from now on, serving ``policy`` on every LLM call (``TrainedPolicy.apply``).
+
+        One meaning for every adapter (:mod:`agentgym_runtime.adapters.seeding`): the seeded
+        policy wins over the runtime's pin for that agent, inside or outside an episode.
 
         Raises:
             NotImplementedError: The adapter cannot seed agents.
@@ -137,7 +188,14 @@ class Adapter:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run one entry point of ``target`` as an episode."""
+        """Run one entry point of ``target`` as an episode.
+
+        An adapter that runs an entry point its own way (LangChain's ``batch``: one episode per
+        input) defines ``_run_<method>(target, options, *args, **kwargs)``.
+        """
+        special = getattr(self, f"_run_{method}", None)
+        if special is not None:
+            return special(target, options, *args, **kwargs)
         bound: Callable[..., Any] = getattr(target, method) if method != "__call__" else target
         actual = kind or CallKind.of(bound if method != "__call__" else type(target).__call__)
         call_input = self.call_input(target, method, args, kwargs)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from agentgym_runtime.adapters.base import Adapter
+from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.recording.wrapping import CallKind
 
 
@@ -36,6 +37,18 @@ class CallableAdapter(Adapter):
         "stream": None,
         "astream": None,
     }
+
+    def seed(self, agent: Any, policy: Policy) -> Any:
+        """``agent`` with ``policy`` fixed: a :class:`~agentgym_runtime.adapters.seeding.SeededAgent` proxy.
+
+        Example:
+            >>> seeded = CallableAdapter().seed(len, Policy(agent="bot", version=2))
+            >>> seeded("ab"), seeded.agentgym_policy.version
+            (2, 2)
+        """
+        from agentgym_runtime.adapters.seeding import SeededAgent
+
+        return SeededAgent(agent, policy)
 
     @classmethod
     def detects(cls, obj: Any) -> bool:

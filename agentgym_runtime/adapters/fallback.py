@@ -48,9 +48,11 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
+from contextlib import nullcontext
 from typing import TypeVar
 
 from agentgym_runtime import services
+from agentgym_runtime.adapters.streams import aiterate_within
 from agentgym_runtime.policy.router import fallback_to_incumbent
 from agentgym_runtime.recording.context import AgentScope, Episode, current_agent_var, current_episode_var
 from agentgym_runtime.recording.policy import Policy
@@ -348,19 +350,11 @@ async def astream_with_fallback(
         if retried is None:
             raise failure
         iterator, first = retried
-    try:
-        if first:
-            yield first[0]
-            while True:
-                try:
-                    item = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield item
-    finally:
-        close = getattr(iterator, "aclose", None)
-        if close is not None:  # the consumer may stop early: close the model's stream with it
-            await close()
+    if first:
+        yield first[0]
+    # Closes the model's stream when the consumer stops early.
+    async for item in aiterate_within(nullcontext, iterator):
+        yield item
 
 
 __all__ = [

@@ -9,7 +9,7 @@ key belongs in ``LLMConfig.api_key_env`` (the name of an environment variable), 
 
 Example:
     >>> redact_url("https://bob:hunter2@llm.example/v1?api_key=sk-123&region=eu")
-    'https://[REDACTED]@llm.example/v1?api_key=%5BREDACTED%5D&region=eu'
+    'https://[REDACTED]@llm.example/v1?api_key=[REDACTED]&region=eu'
     >>> redact_mapping({"owner": "ml-team", "api_key": "sk-live-1"})
     {'owner': 'ml-team', 'api_key': '[REDACTED]'}
 """

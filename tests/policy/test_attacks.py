@@ -182,7 +182,7 @@ def test_secrets_in_metadata_and_endpoint_urls_are_never_stored(agentgym_runtime
         assert secret.encode() not in mirrored
     policy = registry.load("bot", 1)
     assert policy.llm is not None
-    assert policy.llm.endpoint == "https://[REDACTED]@llm.example/v1?api_key=%5BREDACTED%5D&region=eu"
+    assert policy.llm.endpoint == "https://[REDACTED]@llm.example/v1?api_key=[REDACTED]&region=eu"
     assert policy.metadata["owner"] == "ml" and policy.metadata["api_key"] == "[REDACTED]"
 
 

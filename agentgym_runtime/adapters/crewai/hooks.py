@@ -1,0 +1,515 @@
+"""CrewAI hooks: one reversible patch table around ``get_llm_response``, the event bus, turns and tools.
+
+See the package docstring for what each hook records.
+
+Example:
+    >>> PATCHES.name
+    'crewai'
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import json
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from functools import lru_cache
+from typing import Any
+
+from crewai import Agent, Task
+from crewai import lite_agent as _lite_agent_module
+from crewai.agents import crew_agent_executor as _executor_module
+from crewai.agents.parser import AgentAction, OutputParserError, parse
+from crewai.events import crewai_event_bus
+from crewai.events.types.tool_usage_events import (
+    ToolSelectionErrorEvent,
+    ToolUsageErrorEvent,
+    ToolUsageFinishedEvent,
+    ToolUsageStartedEvent,
+    ToolValidateInputErrorEvent,
+)
+from crewai.hooks import register_after_tool_call_hook, unregister_after_tool_call_hook
+from crewai.llms.base_llm import BaseLLM
+from crewai.tools.structured_tool import CrewStructuredTool
+
+from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
+from agentgym_runtime.adapters.crewai.llms import FRAMEWORK, routed_llm
+from agentgym_runtime.adapters.crewai.messages import CrewAIRequest, policy_messages, restore_messages
+from agentgym_runtime.adapters.fallback import call_with_fallback
+from agentgym_runtime.adapters.patches import PatchTable
+from agentgym_runtime.adapters.seeding import effective_policy
+from agentgym_runtime.errors import ToolArgumentsError
+from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call
+from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
+from agentgym_runtime.recording.episodes import AgentOptions
+from agentgym_runtime.recording.policy import Policy
+from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
+from agentgym_runtime.recording.wrapping import call_sync
+from agentgym_runtime.semconv import ToolOutcome
+
+#: The CrewAI adapter's patches.
+PATCHES = PatchTable(FRAMEWORK)
+
+
+@lru_cache(maxsize=512)
+def _schema_of(args_schema: type) -> Mapping[str, Any] | None:
+    try:
+        schema: Mapping[str, Any] = args_schema.model_json_schema()  # type: ignore[attr-defined]
+        return schema
+    except Exception:
+        return None
+
+
+def _raw_description(tool: Any) -> str:
+    description = str(getattr(tool, "description", "") or "")
+    marker = "Tool Description: "
+    return description.split(marker, 1)[1] if marker in description else description
+
+
+def _tool_definitions(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
+    if tools is None:
+        return None
+    definitions = []
+    for tool in tools:
+        schema = getattr(tool, "args_schema", None)
+        definitions.append(
+            {
+                "name": str(getattr(tool, "name", "")),
+                "description": _raw_description(tool),
+                "parameters": _schema_of(schema) if isinstance(schema, type) else None,
+            }
+        )
+    return definitions
+
+
+def _requested_calls(answer: Any) -> list[RequestedToolCall]:
+    if not isinstance(answer, str):
+        return []
+    try:
+        action = parse(answer)
+    except OutputParserError:
+        return []
+    if not isinstance(action, AgentAction):
+        return []
+    return [RequestedToolCall.from_raw(action.tool, None, action.tool_input)]
+
+
+def _tokens(llm: Any) -> tuple[int, int] | None:
+    usage = getattr(llm, "_token_usage", None)
+    if not isinstance(usage, Mapping):
+        return None
+    return int(usage.get("prompt_tokens", 0) or 0), int(usage.get("completion_tokens", 0) or 0)
+
+
+def _model_arguments(arguments: Any) -> Any:
+    """The arguments as the model sent them: CrewAI adds its own ``security_context`` before running."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    if isinstance(arguments, dict) and "security_context" in arguments:
+        return {key: value for key, value in arguments.items() if key != "security_context"}
+    return arguments
+
+
+def _invalid_arguments(error: Any) -> bool:
+    """Whether a tool error is CrewAI's own argument parsing/validation (not the tool raising)."""
+    if not isinstance(error, ValueError):
+        return False
+    message = str(error)
+    return message.startswith(("Arguments validation failed", "Failed to parse arguments"))
+
+
+def _sandboxed_invoke(tool: Any, input: str | dict[str, Any]) -> Any:
+    """``CrewStructuredTool.invoke`` inside a training replay: the sandbox answers instead of the tool.
+
+    A call the sandbox finds invalid raises the ``ValueError`` CrewAI's own argument check raises,
+    so CrewAI retries and reports it exactly as for the real tool.
+    """
+    arguments: Any = input
+    if isinstance(input, str):
+        try:
+            arguments = json.loads(input)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Failed to parse arguments as JSON: {exc}") from exc
+    fields = getattr(getattr(tool, "args_schema", None), "model_fields", None)
+    if isinstance(arguments, dict) and fields:
+        # CrewAI adds its own keys (``security_context``) and its schema check drops what the tool
+        # does not declare: the sandbox sees what the tool function would have received.
+        arguments = {key: value for key, value in arguments.items() if key in fields}
+    try:
+        return sandboxed_result(tool.name, arguments)
+    except ToolArgumentsError as exc:
+        raise ValueError(f"Arguments validation failed: {exc}") from exc
+
+
+def _wrap_tool_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    def invoke(tool: Any, input: str | dict[str, Any], config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        if current_sandbox.get() is None or not PATCHES.active:
+            return original(tool, input, config, **kwargs)
+        return _sandboxed_invoke(tool, input)
+
+    return invoke
+
+
+def _wrap_tool_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def ainvoke(
+        tool: Any, input: str | dict[str, Any], config: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        if current_sandbox.get() is None or not PATCHES.active:
+            return await original(tool, input, config, **kwargs)
+        return _sandboxed_invoke(tool, input)
+
+    return ainvoke
+
+
+#: ``CrewStructuredTool`` methods wrapped while instrumented: inside a training replay the sandbox answers.
+_TOOL_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "invoke": _wrap_tool_invoke,
+    "ainvoke": _wrap_tool_ainvoke,
+}
+
+
+# --- the instrumentation (installed once, undone by uninstrument) ------------------------------
+
+
+class _Instrumentation:
+    """The reversible patches, installed once and undone together.
+
+    ``get_llm_response`` (both executors), the bus's ``emit``, ``Agent.execute_task``,
+    ``Task.execute_async``, one global ``after_tool_call`` hook, and ``CrewStructuredTool.invoke`` /
+    ``ainvoke`` (for the replay sandbox).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._reported: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._handlers: dict[type, Callable[[Any, Any], None]] = {
+            ToolUsageStartedEvent: self._tool_started,
+            ToolUsageFinishedEvent: self._tool_finished,
+            ToolUsageErrorEvent: self._tool_error,
+            ToolSelectionErrorEvent: self._tool_unknown,
+            ToolValidateInputErrorEvent: self._tool_bad_input,
+        }
+
+    # install / remove ----------------------------------------------------------------------
+    def install(self) -> None:
+        # Both executors import get_llm_response by name: patch it where they look it up.
+        PATCHES.install(
+            [
+                (_executor_module, "get_llm_response", self._wrap_get_llm_response),
+                (_lite_agent_module, "get_llm_response", self._wrap_get_llm_response),
+                (crewai_event_bus, "emit", self._wrap_emit),
+                (Agent, "execute_task", self._wrap_execute_task),
+                (Task, "execute_async", self._wrap_execute_async),
+                *((CrewStructuredTool, method, wrap) for method, wrap in _TOOL_WRAPPERS.items()),
+            ]
+        )
+        register_after_tool_call_hook(self._after_tool_call)
+
+        def unregister() -> None:
+            unregister_after_tool_call_hook(self._after_tool_call)
+
+        PATCHES.on_remove(unregister)
+
+    @property
+    def active(self) -> bool:
+        """Whether the patches are installed (wrappers someone wrapped over pass through when not)."""
+        return PATCHES.active
+
+    # agent turns ---------------------------------------------------------------------------
+    def _wrap_execute_task(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        instrumentation = self
+
+        def execute_task(agent: Any, *args: Any, **kwargs: Any) -> Any:
+            if not instrumentation.active or current_episode_var.get() is None:
+                return original(agent, *args, **kwargs)
+            role = getattr(agent, "role", None)
+            scope = current_agent_var.get()
+            if not isinstance(role, str) or not role.strip() or (scope is not None and scope.name == role):
+                return original(agent, *args, **kwargs)
+            task = args[0] if args else kwargs.get("task")
+            options = AgentOptions(name=role, framework=FRAMEWORK)
+            call_input = getattr(task, "description", None)
+            return call_sync(options, original, (agent, *args), kwargs, call_input)
+
+        return execute_task
+
+    def _wrap_execute_async(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``async_execution`` tasks run on a bare thread; inside an episode, run it in the caller's context."""
+        instrumentation = self
+
+        def execute_async(task: Any, agent: Any = None, context: Any = None, tools: Any = None) -> Any:
+            runner = getattr(task, "_execute_task_async", None)
+            if not instrumentation.active or current_episode_var.get() is None or runner is None:
+                return original(task, agent, context, tools)
+            # crewai 1.6's own body, with the thread started in a copy of this context.
+            future: Future[Any] = Future()
+            run_in_context = contextvars.copy_context().run
+            threading.Thread(daemon=True, target=run_in_context, args=(runner, agent, context, tools, future)).start()
+            return future
+
+        return execute_async
+
+    # LLM calls -----------------------------------------------------------------------------
+    def _wrap_get_llm_response(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        instrumentation = self
+        signature = inspect.signature(original)
+
+        def get_llm_response(*args: Any, **kwargs: Any) -> Any:
+            if not instrumentation.active or current_episode_var.get() is None:
+                return original(*args, **kwargs)
+            runtime = get_runtime()
+            try:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                call_args = bound.arguments
+                policy = effective_policy()  # the adapters' one per-call path
+                # The call as the host made it, kept for a fallback retry (the first attempt changes
+                # ``llm`` and ``messages`` in call_args; executor messages are restored in place).
+                pristine = dict(call_args) if policy is not None and policy.llm is not None else None
+                prepared = instrumentation._llm_start(call_args, policy)
+            except Exception as exc:
+                runtime.internal_error("crewai llm start", exc)
+                return original(*args, **kwargs)
+            if policy is None or pristine is None:
+                return instrumentation._llm_call(runtime, original, call_args, prepared)
+
+            def attempt(serving: Policy) -> Any:
+                if serving is policy:
+                    return instrumentation._llm_call(runtime, original, call_args, prepared)
+                retry_args = dict(pristine)
+                try:
+                    retry = instrumentation._llm_start(retry_args, serving)
+                except Exception as exc:
+                    runtime.internal_error("crewai llm start", exc)
+                    return original(**pristine)
+                return instrumentation._llm_call(runtime, original, retry_args, retry)
+
+            return call_with_fallback(policy, attempt)
+
+        return get_llm_response
+
+    def _llm_call(
+        self,
+        runtime: Any,
+        original: Callable[..., Any],
+        call_args: dict[str, Any],
+        prepared: tuple[LlmCall, tuple[int, int] | None, Callable[[], None] | None],
+    ) -> Any:
+        """Make the LLM call prepared by :meth:`_llm_start` and record how it ended."""
+        call, before, restore = prepared
+        try:
+            answer = original(**call_args)
+        except BaseException as exc:
+            self._llm_end(runtime, call, call_args, before, restore, error=exc)
+            raise
+        self._llm_end(runtime, call, call_args, before, restore, answer=answer)
+        return answer
+
+    def _llm_start(
+        self, call_args: dict[str, Any], policy: Policy | None
+    ) -> tuple[LlmCall, tuple[int, int] | None, Callable[[], None] | None]:
+        llm = call_args.get("llm")
+        executor = call_args.get("executor_context")
+        agent = call_args.get("from_agent")
+        messages = executor.messages if executor is not None else call_args.get("messages")
+        tools = getattr(executor, "tools", None) if executor is not None else getattr(agent, "_parsed_tools", None)
+        applied: list[Any] | None = None
+        origin: dict[int, Any] = {}
+        if policy is not None and not policy.is_baseline:
+            if isinstance(messages, list):
+                original_agent = getattr(agent, "original_agent", None) or agent
+                request = CrewAIRequest(
+                    messages=messages,
+                    backstory=getattr(original_agent, "backstory", None),
+                    tool_names=tuple(str(getattr(t, "name", "")) for t in tools or ()),
+                )
+                applied, origin = policy_messages(policy, request)
+            if policy.llm is not None and isinstance(llm, BaseLLM):
+                llm = routed_llm(policy.llm, llm)
+        definitions = _tool_definitions(tools)
+        if definitions is not None and policy is not None and policy.tool_descriptions:
+            for definition in definitions:
+                if definition["name"] in policy.tool_descriptions:
+                    definition["description"] = policy.tool_descriptions[definition["name"]]
+        sent = applied if applied is not None else messages
+        call = start_llm_call(
+            model=getattr(llm, "model", None),
+            provider=getattr(llm, "provider", None),
+            input_messages=list(sent) if isinstance(sent, list) else sent,
+            tools=definitions,
+            framework=FRAMEWORK,
+        )
+        # Change the host's call only once nothing here can fail any more.
+        call_args["llm"] = llm
+        restore: Callable[[], None] | None = None
+        if applied is not None and isinstance(messages, list):
+            if executor is not None:
+                messages[:] = applied  # get_llm_response re-reads executor.messages after the hooks
+                target = messages
+
+                def restore() -> None:
+                    restore_messages(target, origin)
+
+            else:
+                call_args["messages"] = applied
+        return call, _tokens(llm), restore
+
+    def _llm_end(
+        self,
+        runtime: Any,
+        call: LlmCall,
+        call_args: Mapping[str, Any],
+        before: tuple[int, int] | None,
+        restore: Callable[[], None] | None,
+        *,
+        answer: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if restore is not None:
+            try:
+                restore()
+            except Exception as exc:
+                runtime.internal_error("crewai policy undo", exc)
+        try:
+            if error is not None:
+                call.fail(error)
+                return
+            after = _tokens(call_args.get("llm"))
+            input_tokens = output_tokens = None
+            if before is not None and after is not None and after != before:
+                input_tokens, output_tokens = after[0] - before[0], after[1] - before[1]
+            call.finish(
+                output_messages=[{"role": "assistant", "content": answer}],
+                requested=_requested_calls(answer),
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                response_model=getattr(call_args.get("llm"), "model", None),
+            )
+        except Exception as exc:
+            runtime.internal_error("crewai llm end", exc)
+
+    # tool events ---------------------------------------------------------------------------
+    def _wrap_emit(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        instrumentation = self
+        handlers = self._handlers
+
+        def emit(source: Any, event: Any) -> Any:
+            # Called for every CrewAI event: only tool events inside an episode do any work.
+            handler = handlers.get(type(event))
+            if handler is not None and instrumentation.active and current_episode_var.get() is not None:
+                try:
+                    handler(source, event)
+                except Exception as exc:
+                    get_runtime().internal_error("crewai tool event", exc)
+            return original(source, event)
+
+        return emit
+
+    def _open_calls(self) -> dict[int, ToolCall | CheckedToolCall]:
+        calls: dict[int, ToolCall | CheckedToolCall] | None = getattr(self._local, "calls", None)
+        if calls is None:
+            calls = {}
+            self._local.calls = calls
+        return calls
+
+    def _tool_started(self, source: Any, event: Any) -> None:
+        calls = self._open_calls()
+        stale = calls.pop(id(source), None)
+        if stale is not None:  # never finished by CrewAI: close it rather than leak its context
+            stale.error_result(None, "CrewAI started the tool call again without finishing it")
+        attempt = getattr(source, "_run_attempts", None)
+        calls[id(source)] = start_checked_tool_call(
+            str(event.tool_name),
+            arguments=_model_arguments(event.tool_args),
+            framework=FRAMEWORK,
+            attempt=attempt if isinstance(attempt, int) else None,
+        )
+
+    def _tool_finished(self, source: Any, event: Any) -> None:
+        call = self._open_calls().pop(id(source), None)
+        if call is not None:
+            call.succeed(event.output)
+
+    def _tool_error(self, source: Any, event: Any) -> None:
+        call = self._open_calls().pop(id(source), None)
+        if call is None:
+            return
+        error = event.error
+        outcome = ToolOutcome.INVALID_ARGUMENTS if _invalid_arguments(error) else ToolOutcome.TOOL_ERROR
+        if isinstance(error, BaseException):
+            call.fail(outcome, error=error)
+        else:
+            call.fail(outcome, message=str(error))
+
+    def _first_report(self, source: Any) -> bool:
+        # CrewAI re-parses the same Action text several times and emits an event each time.
+        try:
+            if source in self._reported:
+                return False
+            self._reported.add(source)
+        except TypeError:  # not weak-referenceable: count every event
+            return True
+        return True
+
+    def _tool_unknown(self, source: Any, event: Any) -> None:
+        if self._first_report(source):
+            action = getattr(source, "action", None)
+            record_tool_failure(
+                str(event.tool_name or ""),
+                ToolOutcome.UNKNOWN_TOOL,
+                arguments=getattr(action, "tool_input", None),
+                message=str(event.error),
+                framework=FRAMEWORK,
+            )
+
+    def _tool_bad_input(self, source: Any, event: Any) -> None:
+        if self._first_report(source):
+            record_tool_failure(
+                str(event.tool_name),
+                ToolOutcome.INVALID_ARGUMENTS,
+                arguments=event.tool_args,
+                message=str(event.error),
+                framework=FRAMEWORK,
+            )
+
+    def _after_tool_call(self, context: Any) -> None:
+        """Close a span CrewAI started but never finished (e.g. the tool's usage limit)."""
+        if not self.active:
+            return
+        calls = self._open_calls()
+        while calls:
+            _, call = calls.popitem()
+            try:
+                call.error_result(context.tool_result, "CrewAI returned without finishing the tool call")
+            except Exception as exc:
+                get_runtime().internal_error("crewai after tool", exc)
+        return
+
+
+_instrumentation: _Instrumentation | None = None
+
+
+def install() -> None:
+    """Install the patches and the ``after_tool_call`` hook (once)."""
+    global _instrumentation
+    if PATCHES.active:
+        return
+    _instrumentation = _Instrumentation()
+    _instrumentation.install()
+
+
+def remove() -> None:
+    """Undo :func:`install` (originals come back where the patches are still ours)."""
+    global _instrumentation
+    PATCHES.remove()
+    _instrumentation = None
+
+
+__all__ = ["PATCHES", "install", "remove"]
