@@ -145,6 +145,8 @@ class TrainingConfig(BaseModel):
             The default tolerates the seeded evaluation's noise (about 0.02 on the demo).
         entrypoint: ``module:qualname`` of the agent (filled from the decorator).
         scenario: Scenario name (filled from the decorator).
+        backend: Where the job runs: ``local``, ``ssh``, ``ray``, ``runpod``, ``lambda`` or a registered
+            name (:mod:`agentgym_runtime.trainers.backends.select`); ``None``: ``gpu`` decides.
 
     Example:
         >>> TrainingConfig(agent="support", gpu="cpu").trainer
@@ -166,6 +168,7 @@ class TrainingConfig(BaseModel):
     max_heldout_drop: float | None = Field(default=0.02, ge=0.0)
     entrypoint: str | None = None
     scenario: str | None = None
+    backend: str | None = None
 
 
 def training_config(agent: str, **options: Any) -> TrainingConfig:
@@ -497,7 +500,7 @@ class TrainingScheduler:
         poll_interval_s: float = 0.1,
     ) -> None:
         self.runtime = runtime
-        self.backend_factory = backend_factory or _local_backend
+        self.backend_factory = backend_factory or (lambda config: _configured_backend(config, runtime))
         self.poll_interval_s = poll_interval_s
         self.configs: dict[str, TrainingConfig] = {}
         self._aps: Any = None
@@ -816,7 +819,14 @@ class TrainingScheduler:
             device=_DEVICE[config.gpu],
             options={"heldout_fraction": config.heldout_fraction, **config.trainer_options},
         )
-        backend = self.backend_factory(config)
+        try:
+            backend = self.backend_factory(config)
+        except ConfigurationError as exc:
+            run.status = RunStatus.FAILED
+            run.reason = "backend misconfigured"
+            run.error = str(exc)
+            self._update(store, run, ended=True)
+            return
         with self._lock:
             if self._closing:
                 run.status = RunStatus.FAILED
@@ -828,6 +838,7 @@ class TrainingScheduler:
         code, timed_out = self._watch(store, run, handle, config.timeout_s, progress)
         run.exit_code = code
         self._finish(store, run, spec, handle, code, timed_out, config)
+        _record_backend(store, run.run_id, handle)
 
     def _watch(
         self,
@@ -876,6 +887,8 @@ class TrainingScheduler:
             RESULT_NAME,
         )
 
+        from agentgym_runtime.trainers.backends.base import EXIT_UNVERIFIED
+
         output_dir = Path(spec.output_dir)
         run.log_tail = handle.log_tail()
         error = _read_error(output_dir / ERROR_NAME)
@@ -892,6 +905,9 @@ class TrainingScheduler:
         elif code == EXIT_BAD_SPEC:
             run.reason = "invalid job"
             run.error = error or "the job rejected its spec"
+        elif code != EXIT_OK and getattr(handle, "failure_reason", None):
+            run.reason = "result failed verification" if code == EXIT_UNVERIFIED else "backend failed"
+            run.error = handle.failure_reason  # type: ignore[attr-defined]
         elif code != EXIT_OK:
             run.reason = f"job killed by signal {-code}" if code is not None and code < 0 else "job crashed"
             run.error = error or f"the job exited with code {code}"
@@ -1001,10 +1017,21 @@ def _read_error(path: Path) -> str | None:
     return f"{kind}: {message}" if kind and message else (str(message) if message else None)
 
 
-def _local_backend(config: TrainingConfig) -> Backend:
-    from agentgym_runtime.trainers.backends import LocalBackend
+def _configured_backend(config: TrainingConfig, runtime: Runtime) -> Backend:
+    from agentgym_runtime.trainers.backends.select import backend_for
 
-    return LocalBackend(python=config.python)
+    return backend_for(config, runtime.settings)
+
+
+def _record_backend(store: TraceStore, run_id: str, handle: JobHandle) -> None:
+    """Where and at what price the job ran (``RunInfo``) into the run's backend columns."""
+    info = getattr(handle, "info", None)
+    if not callable(info):
+        return
+    columns = info().columns()
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    params = [*columns.values(), run_id]
+    store.write(lambda con: con.execute(f"UPDATE training_runs SET {assignments} WHERE run_id = ?", params))
 
 
 def _heldout_drop(metrics: Mapping[str, Any], tolerance: float | None) -> str | None:
