@@ -342,6 +342,7 @@ class CloudBackend:
         poll_interval_s: How often the provider is asked about the machine.
         on_deadline: What the runner runs on the machine at its deadline (default: the provider's
             self-stop command).
+        workdir: Where job directories are created on the machine.
         choice: Why this backend was chosen.
 
     Example:
@@ -363,9 +364,11 @@ class CloudBackend:
         poll_interval_s: float = 5.0,
         ssh_poll_interval_s: float = 0.5,
         on_deadline: str | None = None,
+        workdir: str = "~/.agentgym/jobs",
         choice: str | None = None,
     ) -> None:
         self.provider = provider
+        self.workdir = workdir
         self.name = provider.name
         self.home = Path(home)
         self.key_path = str(Path(key_path).expanduser())
@@ -536,6 +539,7 @@ class CloudJobHandle:
             env=backend.env,
             max_runtime_s=backend.max_runtime_s,
             on_deadline=backend.on_deadline,
+            workdir=backend.workdir,
             poll_interval_s=backend.ssh_poll_interval_s,
             name=backend.name,
             choice=backend.choice,

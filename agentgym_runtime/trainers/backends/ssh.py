@@ -289,6 +289,8 @@ class SSHJobHandle:
         self.run_id = spec.run_id
         self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # The spec as the serving side wrote it (the host gets a copy with its own paths).
+        (self.output_dir / SPEC_NAME).write_text(spec.model_dump_json(indent=2))
         self.remote_dir: str | None = None  # absolute, once created
         self.failure: str | None = None
         self.cancelled = False
