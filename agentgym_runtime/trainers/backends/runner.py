@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[runner] deadline {args.deadline:.0f} passed: job killed", flush=True)
     write_manifest(output_dir)
     if args.pack:
-        print(PACK_BEGIN, pack_outputs(output_dir), PACK_END, sep="\n", flush=True)
+        print(PACK_BEGIN, pack_outputs(output_dir), PACK_END, f"[runner] exit code {code}", sep="\n", flush=True)
     atomic_write_text(output_dir / "exit_code", str(code))
     if deadline_hit and args.on_deadline:
         print(f"[runner] running the deadline command: {args.on_deadline}", flush=True)
