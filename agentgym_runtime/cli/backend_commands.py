@@ -26,7 +26,9 @@ def check(
     from agentgym_runtime.trainers.backends.select import BACKEND_NAMES, check_backend, local_cuda
 
     settings = settings_for(home, None)
-    names = list(name or [n for n in BACKEND_NAMES if n == "local" or n in settings.backend_order or n == settings.backend])
+    names = list(
+        name or [n for n in BACKEND_NAMES if n == "local" or n in settings.backend_order or n == settings.backend]
+    )
     table = Table(title="training backends")
     table.add_column("backend")
     table.add_column("ready")
@@ -59,6 +61,8 @@ def cleanup(
             failed = failed or outcome.startswith("failed")
             console.print(f"{provider}: {outcome}")
         else:
-            console.print(f"{provider}: terminated {len(outcome)} machine(s){': ' + ', '.join(outcome) if outcome else ''}")
+            console.print(
+                f"{provider}: terminated {len(outcome)} machine(s){': ' + ', '.join(outcome) if outcome else ''}"
+            )
     if failed:
         raise typer.Exit(1)

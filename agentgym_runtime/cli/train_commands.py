@@ -61,7 +61,11 @@ def train(
     settings = settings_for(home, store)
     overrides: dict[str, Any] = {}
     for key, value in (
-        ("trainer", trainer), ("gpu", gpu), ("min_new_episodes", min_episodes), ("timeout_s", timeout), ("backend", backend)
+        ("trainer", trainer),
+        ("gpu", gpu),
+        ("min_new_episodes", min_episodes),
+        ("timeout_s", timeout),
+        ("backend", backend),
     ):
         if value is not None:
             overrides[key] = value

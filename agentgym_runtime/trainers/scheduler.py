@@ -879,6 +879,7 @@ class TrainingScheduler:
         timed_out: bool,
         config: TrainingConfig,
     ) -> None:
+        from agentgym_runtime.trainers.backends.base import EXIT_UNVERIFIED
         from agentgym_runtime.trainers.job import (
             ERROR_NAME,
             EXIT_BAD_SPEC,
@@ -886,8 +887,6 @@ class TrainingScheduler:
             EXIT_UNAVAILABLE,
             RESULT_NAME,
         )
-
-        from agentgym_runtime.trainers.backends.base import EXIT_UNVERIFIED
 
         output_dir = Path(spec.output_dir)
         run.log_tail = handle.log_tail()

@@ -66,7 +66,7 @@ class RunInfo:
 
     @property
     def cost_usd(self) -> float | None:
-        """``hourly_usd × duration``, rounded to the cent's hundredth; ``None`` when not rented."""
+        """``hourly_usd x duration``, rounded to the cent's hundredth; ``None`` when not rented."""
         if self.hourly_usd is None or self.duration_s is None:
             return None
         return round(self.hourly_usd * self.duration_s / 3600.0, 4)

@@ -3,7 +3,7 @@
 A :class:`CloudBackend` job, on a thread of its own so ``submit`` returns at once:
 
 1. refuses to start when the run could pass the per-run or per-day budget (the machine's
-   maximum hourly price × the job's maximum runtime, plus today's spending in
+   maximum hourly price x the job's maximum runtime, plus today's spending in
    ``<home>/backends/spend.jsonl``);
 2. launches an instance named ``agentgym-<run_id>`` (the tag ``agentgym backends cleanup`` looks
    for) and writes a lease ``<home>/backends/leases/<provider>-<id>.json``;
@@ -100,7 +100,7 @@ class Provider(Protocol):
 
 
 def estimate_cost(hourly_usd: float, runtime_s: float) -> float:
-    """``hourly × hours``, rounded to 4 decimals."""
+    """``hourly x hours``, rounded to 4 decimals."""
     return round(hourly_usd * runtime_s / 3600.0, 4)
 
 
@@ -149,9 +149,7 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.min_interval_s = min_interval_s
         self.max_retries = max_retries
-        self._client = httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
-        )
+        self._client = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
         self._last = 0.0
         self._lock = threading.Lock()
         self.retries = 0
@@ -175,11 +173,11 @@ class ApiClient:
                     self._last = time.monotonic()
             if response.status_code == 404 and ok_404:
                 return None
-            if response.status_code == 429 or response.status_code >= 500:
-                if attempt < self.max_retries:
-                    self.retries += 1
-                    time.sleep(_retry_after(response, attempt))
-                    continue
+            retryable = response.status_code == 429 or response.status_code >= 500
+            if retryable and attempt < self.max_retries:
+                self.retries += 1
+                time.sleep(_retry_after(response, attempt))
+                continue
             if response.status_code >= 400:
                 raise ProviderError(
                     f"{self.provider} {method} {path}: HTTP {response.status_code}: {error_message(response)}"
@@ -194,9 +192,10 @@ class ApiClient:
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:
     try:
-        return min(30.0, max(0.0, float(response.headers.get("Retry-After", ""))))
+        value = float(str(response.headers.get("Retry-After", "")))
+        return min(30.0, max(0.0, value))
     except ValueError:
-        return min(30.0, 0.5 * 2**attempt)
+        return min(30.0, 0.5 * 2.0**attempt)
 
 
 # --- leases and spending -----------------------------------------------------------------------
@@ -214,8 +213,13 @@ def write_lease(home: str | Path, provider: str, instance_id: str, run_id: str) 
     path = directory / f"{provider}-{instance_id}.json"
     atomic_write_json(
         path,
-        {"provider": provider, "instance_id": instance_id, "run_id": run_id, "pid": os.getpid(),
-         "created_at": datetime.now(UTC).isoformat()},
+        {
+            "provider": provider,
+            "instance_id": instance_id,
+            "run_id": run_id,
+            "pid": os.getpid(),
+            "created_at": datetime.now(UTC).isoformat(),
+        },
     )
     return path
 
@@ -247,8 +251,9 @@ def record_spend(home: str | Path, run_id: str, provider: str, cost_usd: float) 
     """Append one run's cost to ``<home>/backends/spend.jsonl``."""
     directory = backends_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"run_id": run_id, "provider": provider, "day": datetime.now(UTC).date().isoformat(),
-                       "cost_usd": cost_usd})
+    line = json.dumps(
+        {"run_id": run_id, "provider": provider, "day": datetime.now(UTC).date().isoformat(), "cost_usd": cost_usd}
+    )
     with (directory / "spend.jsonl").open("a", encoding="utf-8") as ledger:
         ledger.write(line + "\n")
 
@@ -420,8 +425,9 @@ class CloudJobHandle:
         self._done = threading.Event()
         self._launched_at: float | None = None
         self._terminated_at: float | None = None
-        self._thread = threading.Thread(target=self._lifecycle, name=f"agentgym-{backend.name}-{spec.run_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._lifecycle, name=f"agentgym-{backend.name}-{spec.run_id}", daemon=True
+        )
         self.on_started: Callable[[CloudJobHandle], None] | None = None
 
     def start(self) -> None:
@@ -506,8 +512,11 @@ class CloudJobHandle:
     def _run(self) -> int:
         backend, provider = self.backend, self.backend.provider
         refusal = budget_refusal(
-            backend.home, provider.max_hourly_usd, backend.max_runtime_s,
-            backend.budget_per_run_usd, backend.budget_per_day_usd,
+            backend.home,
+            provider.max_hourly_usd,
+            backend.max_runtime_s,
+            backend.budget_per_run_usd,
+            backend.budget_per_day_usd,
         )
         if refusal is not None:
             return self._fail(refusal)
@@ -546,18 +555,22 @@ class CloudJobHandle:
         )
         if not self._wait_ssh(ssh):
             return EXIT_BACKEND
-        if self.cancelled:
+        if self._stopping():
             return self._fail("cancelled before the job started")
         self._log(f"running the job on {ssh.target}")
         self.inner = ssh.submit(self.spec)
         if self.on_started is not None:
             self.on_started(self)
-        if self.cancelled:
+        if self._stopping():
             self.inner.cancel()
         code = int(self.inner.wait())
         if self.inner.failure:
             self.failure = f"{backend.name}: {self.inner.failure}"
         return code
+
+    def _stopping(self) -> bool:
+        """Whether :meth:`cancel` (another thread) asked to stop."""
+        return self.cancelled
 
     def _wait_running(self) -> Instance | None:
         provider = self.backend.provider
@@ -567,8 +580,10 @@ class CloudJobHandle:
             instance = provider.get(self.instance_id)
             self.instance = instance
             if instance.status == "running" and instance.host:
-                self._log(f"instance {instance.id} running at {instance.host}:{instance.ssh_port} "
-                          f"({instance.gpu_type}, ${instance.hourly_usd}/h)")
+                self._log(
+                    f"instance {instance.id} running at {instance.host}:{instance.ssh_port} "
+                    f"({instance.gpu_type}, ${instance.hourly_usd}/h)"
+                )
                 return instance
             if instance.status in ("failed", "terminated"):
                 self._fail(f"instance {instance.id} became {instance.status} before it ran")

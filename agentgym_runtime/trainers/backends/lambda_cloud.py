@@ -23,8 +23,13 @@ from agentgym_runtime.trainers.backends.cloud import ApiClient, Instance
 from agentgym_runtime.trainers.backends.secrets import require_secret
 
 TOKEN_ENV = "LAMBDA_API_KEY"
-_STATES = {"booting": "pending", "active": "running", "unhealthy": "failed", "terminating": "terminated",
-           "terminated": "terminated"}
+_STATES = {
+    "booting": "pending",
+    "active": "running",
+    "unhealthy": "failed",
+    "terminating": "terminated",
+    "terminated": "terminated",
+}
 
 
 class LambdaProvider:

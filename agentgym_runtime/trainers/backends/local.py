@@ -27,6 +27,7 @@ from agentgym_runtime.trainers.backends.base import JOB_MODULE, RunInfo, job_env
 from agentgym_runtime.trainers.base import TrainingJobSpec
 from agentgym_runtime.trainers.job import LOG_NAME, PROGRESS_NAME, SPEC_NAME, read_progress
 
+
 class LocalJobHandle:
     """A job running as a local subprocess (in its own process group).
 

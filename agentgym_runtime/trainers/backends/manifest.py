@@ -66,7 +66,9 @@ def _files(output_dir: Path) -> dict[str, Path]:
 def write_manifest(output_dir: str | Path) -> dict[str, Any]:
     """Hash every output file into ``outputs.sha256.json``; returns the manifest."""
     directory = Path(output_dir)
-    files = {rel: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for rel, path in _files(directory).items()}
+    files = {
+        rel: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for rel, path in _files(directory).items()
+    }
     manifest = {"version": 1, "files": files}
     atomic_write_json(directory / MANIFEST_NAME, manifest)
     return manifest

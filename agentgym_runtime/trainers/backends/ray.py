@@ -50,7 +50,7 @@ def _client(address: str) -> Any:
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError as exc:  # pragma: no cover - ray is in the lock
-        raise MissingExtraError("the ray backend needs ray: pip install 'agentgym-runtime[ray]'") from exc
+        raise MissingExtraError("ray backend", "ray", "ray") from exc
     return JobSubmissionClient(address)
 
 
@@ -129,9 +129,7 @@ class RayBackend:
         (staging / "out").mkdir()
         (staging / "out" / SPEC_NAME).write_text(spec.model_copy(update=updates).model_dump_json(indent=2))
         deadline = time.time() + self.max_runtime_s
-        entrypoint = (
-            f"{self.python} -m {RUNNER_MODULE} --spec out/{SPEC_NAME} --deadline {deadline:.0f} --pack"
-        )
+        entrypoint = f"{self.python} -m {RUNNER_MODULE} --spec out/{SPEC_NAME} --deadline {deadline:.0f} --pack"
         handle = RayJobHandle(self, spec, staging)
         try:
             client = _client(self.address)

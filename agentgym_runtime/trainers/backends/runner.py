@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import signal
 import subprocess
@@ -118,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(output_dir / "exit_code", str(code))
     if deadline_hit and args.on_deadline:
         print(f"[runner] running the deadline command: {args.on_deadline}", flush=True)
-        subprocess.run(args.on_deadline, shell=True, check=False, stdin=subprocess.DEVNULL)  # noqa: S602
+        subprocess.run(args.on_deadline, shell=True, check=False, stdin=subprocess.DEVNULL)
     return code
 
 

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from agentgym_runtime.errors import ConfigurationError
@@ -23,7 +24,7 @@ def secret(name: str) -> str | None:
     if value:
         return value
     try:
-        import keyring
+        keyring = importlib.import_module("keyring")  # optional: only when the user installed it
     except ImportError:
         return None
     try:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agentgym_runtime.config import Settings
 from agentgym_runtime.errors import ConfigurationError
@@ -54,13 +54,13 @@ def register_backend(name: str, factory: BackendFactory | Backend) -> None:
     if callable(factory) and not hasattr(factory, "submit"):
         function = factory
     else:
-        instance = factory
+        instance = cast(Backend, factory)
 
         def function(settings: Settings, max_runtime_s: float, choice: str | None) -> Backend:
-            return instance  # type: ignore[return-value]
+            return instance
 
     with _registered_lock:
-        _registered[name] = function  # type: ignore[assignment]
+        _registered[name] = function
 
 
 def unregister_backend(name: str) -> None:

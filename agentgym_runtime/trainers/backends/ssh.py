@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agentgym_runtime._version import __version__
 from agentgym_runtime.errors import MissingExtraError
@@ -71,7 +71,7 @@ def _asyncssh() -> Any:
     try:
         import asyncssh
     except ImportError as exc:  # pragma: no cover - asyncssh is in the lock
-        raise MissingExtraError("the ssh backend needs asyncssh: pip install 'agentgym-runtime[ssh]'") from exc
+        raise MissingExtraError("ssh backend", "ssh", "asyncssh") from exc
     return asyncssh
 
 
@@ -210,7 +210,7 @@ class SSHBackend:
 
     async def connect(self) -> asyncssh.SSHClientConnection:
         """Open a connection (key auth, host key checked); raises asyncssh/OS errors."""
-        asyncssh = _asyncssh()
+        lib = _asyncssh()
         options: dict[str, Any] = {
             "port": self.port,
             "username": self.user,
@@ -228,12 +228,12 @@ class SSHBackend:
             options["client_keys"] = [self.key_path]
             options["passphrase"] = os.environ.get(PASSPHRASE_ENV)
             options["agent_path"] = None
-        conn = await asyncssh.connect(self.host, **options)
+        conn: asyncssh.SSHClientConnection = await lib.connect(self.host, **options)
         if self.trust_on_first_use and self._pinned is None:
             key = conn.get_server_host_key()
             if key is not None:
                 entry = f"[{self.host}]:{self.port} {key.export_public_key().decode().strip()}\n"
-                self._pinned = asyncssh.import_known_hosts(entry)
+                self._pinned = lib.import_known_hosts(entry)
         return conn
 
     def check(self, timeout_s: float = 10.0) -> str:
@@ -251,11 +251,14 @@ class SSHBackend:
             loop.stop()
 
     async def _check(self) -> str:
-        async with await self.connect() as conn:
+        conn = await self.connect()
+        try:
             python = self.python or "python3"
             probe = "import sys; print(sys.version.split()[0])"
             result = await conn.run(f"{shlex.quote(python)} -c {shlex.quote(probe)}", check=True)
-            return f"ssh {self.target}: reachable, {python} is Python {str(result.stdout).strip()}"
+        finally:
+            conn.close()
+        return f"ssh {self.target}: reachable, {python} is Python {str(result.stdout).strip()}"
 
     def submit(self, spec: TrainingJobSpec) -> SSHJobHandle:
         """Start the job on the host (connecting, copying and starting happen in the background)."""
@@ -379,7 +382,7 @@ class SSHJobHandle:
             return
         try:
             await self._prepare()
-            if self.cancelled:
+            if self._stopping():
                 await self._cleanup()
                 self._finish(-15, None)
                 return
@@ -405,8 +408,12 @@ class SSHJobHandle:
 
     async def _prepare(self) -> None:
         assert self._sftp is not None
-        remote = (await self._run(f"mkdir -p {_remote_path(self.backend.workdir, self.run_id, 'out')} && cd "
-                                  f"{_remote_path(self.backend.workdir, self.run_id)} && pwd")).strip()
+        remote = (
+            await self._run(
+                f"mkdir -p {_remote_path(self.backend.workdir, self.run_id, 'out')} && cd "
+                f"{_remote_path(self.backend.workdir, self.run_id)} && pwd"
+            )
+        ).strip()
         self.remote_dir = remote
         append_log(self.output_dir, f"copying the snapshot to {self.backend.target}:{remote}")
         await self._sftp.put(self.spec.snapshot_dir, f"{remote}/snapshot", recurse=True)
@@ -427,7 +434,8 @@ class SSHJobHandle:
         lock = Path(self.backend.python_from_lock).read_bytes()
         key = hashlib.sha256(lock + __version__.encode()).hexdigest()[:16]
         env_dir = _remote_path(self.backend.workdir, "..", "envs", key)
-        assert self._sftp is not None and self.remote_dir is not None
+        assert self._sftp is not None
+        assert self.remote_dir is not None
         async with self._sftp.open(f"{self.remote_dir}/lock.txt", "wb") as handle:
             await handle.write(lock)
         append_log(self.output_dir, f"python environment {key} on the host (built once from the lock)")
@@ -460,7 +468,8 @@ class SSHJobHandle:
     async def _mirror(self, name: str) -> None:
         """Append what is new in the remote ``name`` to the local copy."""
         asyncssh = _asyncssh()
-        assert self._sftp is not None and self.remote_dir is not None
+        assert self._sftp is not None
+        assert self.remote_dir is not None
         try:
             async with self._sftp.open(f"{self.remote_dir}/out/{name}", "rb") as handle:
                 await handle.seek(self._offsets[name])
@@ -470,11 +479,12 @@ class SSHJobHandle:
         if data:
             self._offsets[name] += len(data)
             with (self.output_dir / name).open("ab") as local:
-                local.write(data)
+                local.write(cast("bytes", data))  # opened "rb": bytes
 
     async def _exit_code(self) -> int | None:
         asyncssh = _asyncssh()
-        assert self._sftp is not None and self.remote_dir is not None
+        assert self._sftp is not None
+        assert self.remote_dir is not None
         try:
             async with self._sftp.open(f"{self.remote_dir}/out/exit_code", "r") as handle:
                 return int(str(await handle.read()).strip())
@@ -483,7 +493,8 @@ class SSHJobHandle:
 
     async def _read_pgids(self) -> None:
         asyncssh = _asyncssh()
-        assert self._sftp is not None and self.remote_dir is not None
+        assert self._sftp is not None
+        assert self.remote_dir is not None
         try:
             async with self._sftp.open(f"{self.remote_dir}/out/runner.json", "r") as handle:
                 runner = json.loads(str(await handle.read()))
@@ -506,11 +517,15 @@ class SSHJobHandle:
                     await self._mirror(PROGRESS_NAME)
                     return code
             except (asyncssh.Error, OSError) as exc:
-                if self.cancelled:
+                if self._stopping():
                     return None
                 await self._reconnect(exc)
             await asyncio.sleep(self.backend.poll_interval_s)
         return None
+
+    def _stopping(self) -> bool:
+        """Whether :meth:`cancel` (another thread) asked to stop."""
+        return self.cancelled
 
     async def _reconnect(self, lost: BaseException) -> None:
         reason = describe_ssh_error(lost)
@@ -531,7 +546,8 @@ class SSHJobHandle:
         )
 
     async def _fetch(self) -> None:
-        assert self._sftp is not None and self.remote_dir is not None
+        assert self._sftp is not None
+        assert self.remote_dir is not None
         remote_out = f"{self.remote_dir}/out"
         skip = RUNNER_FILES | STREAMED_FILES
         for entry in await self._sftp.listdir(remote_out):

@@ -69,7 +69,9 @@ def hang_spec(tmp_path: Path, trainer_class: str = "HangingTrainer", **options: 
     )
 
 
-def training(backend: str, trainer: str = "demos", trainer_class: str | None = None, **overrides: Any) -> TrainingConfig:
+def training(
+    backend: str | None, trainer: str = "demos", trainer_class: str | None = None, **overrides: Any
+) -> TrainingConfig:
     """A config for agent ``support`` on ``backend``."""
     options: dict[str, Any] = {}
     if trainer_class is not None:

@@ -131,10 +131,18 @@ class _Handler(BaseHTTPRequestHandler):
                 stand.public_keys.append(body["env"]["PUBLIC_KEY"])
                 pod_id = f"pod_{next(stand._ids)}"
                 stand.pods[pod_id] = {
-                    "id": pod_id, "name": body["name"], "image": body["image"], "status": "PROVISIONING",
-                    "gpu": {"type": body["gpu"]["type"], "count": body["gpu"]["count"],
-                            "displayName": body["gpu"]["type"].replace("NVIDIA ", "")},
-                    "disk": body["disk"], "ports": body["ports"], "costPerHr": stand.runpod_price,
+                    "id": pod_id,
+                    "name": body["name"],
+                    "image": body["image"],
+                    "status": "PROVISIONING",
+                    "gpu": {
+                        "type": body["gpu"]["type"],
+                        "count": body["gpu"]["count"],
+                        "displayName": body["gpu"]["type"].replace("NVIDIA ", ""),
+                    },
+                    "disk": body["disk"],
+                    "ports": body["ports"],
+                    "costPerHr": stand.runpod_price,
                 }
                 self._send(201, dict(stand.pods[pod_id]))
                 return
@@ -169,10 +177,16 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 instance_id = f"i-{next(stand._ids):04x}"
                 stand.instances[instance_id] = {
-                    "id": instance_id, "name": body["name"], "status": "booting",
-                    "ssh_key_names": body["ssh_key_names"], "region": {"name": body["region_name"]},
-                    "instance_type": {"name": body["instance_type_name"], "description": "1x A10 (24 GB PCIe)",
-                                      "price_cents_per_hour": stand.lambda_cents},
+                    "id": instance_id,
+                    "name": body["name"],
+                    "status": "booting",
+                    "ssh_key_names": body["ssh_key_names"],
+                    "region": {"name": body["region_name"]},
+                    "instance_type": {
+                        "name": body["instance_type_name"],
+                        "description": "1x A10 (24 GB PCIe)",
+                        "price_cents_per_hour": stand.lambda_cents,
+                    },
                 }
                 self._send(200, {"data": {"instance_ids": [instance_id]}})
                 return
@@ -202,13 +216,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self._send(404, {"error": {"code": "global/not-found", "message": "no such endpoint"}})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._handle("DELETE")
 
 

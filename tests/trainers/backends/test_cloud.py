@@ -107,7 +107,9 @@ def test_a_job_runs_end_to_end_on_a_rented_machine_which_is_then_terminated(
     row = run_row(episodes, run.run_id)
     hourly = 0.44 if kind == "runpod" else 0.75
     assert (row["backend"], row["gpu_type"], row["hourly_usd"]) == (
-        kind, "A40" if kind == "runpod" else "1x A10 (24 GB PCIe)", hourly
+        kind,
+        "A40" if kind == "runpod" else "1x A10 (24 GB PCIe)",
+        hourly,
     )
     assert row["duration_s"] > 0
     assert row["cost_usd"] == pytest.approx(round(hourly * row["duration_s"] / 3600, 4))
@@ -127,7 +129,9 @@ def test_a_job_runs_end_to_end_on_a_rented_machine_which_is_then_terminated(
 def test_a_crashing_job_fails_the_run_and_the_machine_is_terminated(
     episodes: Runtime, sshd: LoopbackSSH, stand: StandIn, remote: Path
 ) -> None:
-    run = run_on(episodes, cloud("runpod", stand, sshd, episodes.settings.home, remote), trainer_class="CrashingTrainer")
+    run = run_on(
+        episodes, cloud("runpod", stand, sshd, episodes.settings.home, remote), trainer_class="CrashingTrainer"
+    )
     assert (run.status, run.reason) == ("failed", "job crashed")
     assert "boom: the fake trainer crashed on purpose" in (run.error or "")
     assert [pod["status"] for pod in stand.pods.values()] == ["TERMINATED"]
@@ -179,8 +183,11 @@ def test_a_pricier_machine_than_allowed_is_terminated_unused(
 ) -> None:
     stand.runpod_price = 2.5
     backend = CloudBackend(
-        provider("runpod", stand, max_hourly_usd=1.0), home=tmp_path / "home", key_path=str(sshd.client_key),
-        poll_interval_s=0.05, workdir=str(remote),
+        provider("runpod", stand, max_hourly_usd=1.0),
+        home=tmp_path / "home",
+        key_path=str(sshd.client_key),
+        poll_interval_s=0.05,
+        workdir=str(remote),
     )
     handle = backend.submit(hang_spec(tmp_path))
     assert handle.wait(30) == EXIT_BACKEND
@@ -232,8 +239,18 @@ def test_a_killed_serving_process_leaves_nothing_running_after_the_deadline_and_
 ) -> None:
     home, marker = tmp_path / "home", tmp_path / "machine-stopped"
     serving = subprocess.Popen(
-        [sys.executable, "-c", SERVING, stand.url, TOKEN, str(home), str(sshd.client_key), str(remote),
-         str(marker), str(tmp_path / "job")],
+        [
+            sys.executable,
+            "-c",
+            SERVING,
+            stand.url,
+            TOKEN,
+            str(home),
+            str(sshd.client_key),
+            str(remote),
+            str(marker),
+            str(tmp_path / "job"),
+        ],
         env={**os.environ, "PYTHONPATH": REMOTE_ENV["PYTHONPATH"]},
     )
     try:

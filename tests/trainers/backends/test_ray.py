@@ -36,10 +36,24 @@ def ray_head() -> Iterator[str]:
     port, dashboard = _free_port(), _free_port()
     temp = Path(f"/tmp/ray-{uuid.uuid4().hex[:6]}")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
-        [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=1", "--num-gpus=0",
-         "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -70,8 +84,9 @@ def ray_head() -> Iterator[str]:
 
 
 def test_a_job_runs_on_the_ray_cluster_and_its_candidate_registers(episodes: Runtime, ray_head: str) -> None:
-    backend = RayBackend(ray_head, num_gpus=0, python=sys.executable, env=REMOTE_ENV, poll_interval_s=0.3,
-                         choice="test: local head")
+    backend = RayBackend(
+        ray_head, num_gpus=0, python=sys.executable, env=REMOTE_ENV, poll_interval_s=0.3, choice="test: local head"
+    )
     register_backend("local-ray", backend)
     try:
         run = episodes.scheduler.run_now("support", config=training("local-ray", trainer_class="PromptTrainer"))

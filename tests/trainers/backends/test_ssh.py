@@ -70,7 +70,9 @@ def test_demos_job_runs_over_ssh_and_its_verified_candidate_registers(
     assert "output files verified against the job's manifest" in (run.log_tail or "")
     row = run_row(episodes, run.run_id)
     assert (row["backend"], row["backend_host"], row["backend_choice"]) == (
-        "ssh", f"{SSHBackend('127.0.0.1').user}@127.0.0.1:{sshd.port}", "test: the loopback host"
+        "ssh",
+        f"{SSHBackend('127.0.0.1').user}@127.0.0.1:{sshd.port}",
+        "test: the loopback host",
     )
     assert row["duration_s"] > 0 and row["cost_usd"] is None
     assert list(remote.iterdir()) == []  # the remote job directory was removed
