@@ -6,8 +6,8 @@ returns a :class:`JobHandle` to poll, wait on, cancel, and read the log tail and
 of. Only the snapshot goes out and only ``output_dir`` comes back, so a remote backend
 mirrors ``job.log``/``progress.jsonl`` into the local ``output_dir`` while the job runs and
 fetches (and verifies) the rest when it ends. A backend that cannot even start the job
-(host unreachable, key refused, budget exceeded) still returns a handle: one that has
-already ended with :data:`EXIT_BACKEND` and an ``error.json`` naming the reason, so the
+(host unreachable, key refused, budget exceeded) still returns a handle, which ends with
+:data:`EXIT_BACKEND`, an ``error.json`` and ``failure_reason`` naming the reason, so the
 scheduler records a failed run rather than an internal error.
 
 Example:
@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +155,7 @@ def write_error(output_dir: str | Path, kind: str, message: str, error_type: str
         >>> import tempfile
         >>> out = tempfile.mkdtemp()
         >>> write_error(out, "backend", "ssh: key refused")
+        >>> import json
         >>> json.loads((Path(out) / "error.json").read_text())["message"]
         'ssh: key refused'
     """
@@ -190,53 +190,3 @@ def job_environment(spec: TrainingJobSpec, extra: dict[str, str] | None = None) 
         environ["CUDA_VISIBLE_DEVICES"] = ""
     environ.update(extra or {})
     return environ
-
-
-def dumps(payload: Any) -> str:
-    """Compact JSON (what crosses to remote runners)."""
-    return json.dumps(payload, separators=(",", ":"), default=str)
-
-
-class EndedJobHandle:
-    """A job the backend could not start: already ended with :data:`EXIT_BACKEND` and the reason.
-
-    Example:
-        >>> import tempfile
-        >>> handle = EndedJobHandle("r1", Path(tempfile.mkdtemp()), RunInfo(backend="ssh", failure="key refused"))
-        >>> handle.poll(), "key refused" in handle.log_tail()
-        (5, True)
-    """
-
-    def __init__(self, run_id: str, output_dir: Path, info: RunInfo, code: int = EXIT_BACKEND) -> None:
-        self.run_id = run_id
-        self.output_dir = output_dir
-        self._info = info
-        self._code = code
-        message = info.failure or "the backend could not start the job"
-        write_error(output_dir, "backend", message)
-        append_log(output_dir, f"{info.backend}: {message}")
-
-    def poll(self) -> int | None:
-        """Always the failure code."""
-        return self._code
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        """Always the failure code, at once."""
-        return self._code
-
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Nothing runs: no-op."""
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The backend's own lines."""
-        from agentgym_runtime.trainers.job import LOG_NAME
-
-        return read_tail(self.output_dir / LOG_NAME, max_chars)
-
-    def progress(self) -> tuple[float, str] | None:
-        """No progress: it never started."""
-        return None
-
-    def info(self) -> RunInfo:
-        """The backend and the reason it failed."""
-        return self._info
