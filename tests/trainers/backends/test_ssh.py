@@ -50,6 +50,7 @@ def remote(tmp_path: Path) -> Iterator[Path]:
         kill_groups(info["runner_pgid"], info["job_pgid"])
 
 
+@pytest.mark.slow  # a real demos job (replay scoring): ~15 s alone on 2 cores
 def test_demos_job_runs_over_ssh_and_its_verified_candidate_registers(
     episodes: Runtime, sshd: LoopbackSSH, remote: Path
 ) -> None:
