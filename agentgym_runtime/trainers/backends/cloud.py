@@ -17,7 +17,7 @@ A :class:`CloudBackend` job, on a thread of its own so ``submit`` returns at onc
 
 If the serving process dies (SIGKILL) mid-job, the runner on the machine kills the job at
 its deadline and runs the provider's self-stop command, and ``agentgym backends cleanup``
-(or the next start of any backend) terminates instances tagged ``agentgym-`` whose lease is not
+terminates instances tagged ``agentgym-`` whose lease is not
 held by a live process.
 
 Example:
