@@ -15,14 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Keys whose values are never stored (matched case-insensitively, anywhere in the key).
 DEFAULT_SECRET_KEY_PATTERN = (
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
         handle_sigterm: When the host has no SIGTERM handler of its own, turn SIGTERM into a
             normal exit (``SystemExit(143)``), so what was recorded is flushed like at any exit
             (see ``SECURITY.md``); a handler the host installed is never replaced.
+        backend, backend_order, ssh_*, ray_*, runpod_*, lambda_*, budget_*: where training jobs run
+            (see :mod:`agentgym_runtime.trainers.backends.select`; API keys and passphrases come
+            from the environment or a keyring, never from these settings).
     """
 
     model_config = SettingsConfigDict(
@@ -97,6 +101,42 @@ class Settings(BaseSettings):
     canary_min_tool_calls: int = Field(default=200, ge=1)
     canary_max_wait_s: float | None = Field(default=86_400.0, gt=0)
     handle_sigterm: bool = True
+    # --- training backends (where jobs run; secrets are never settings) ---
+    backend: str | None = None
+    backend_order: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ssh_host: str | None = None
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_user: str | None = None
+    ssh_key_path: str | None = None
+    ssh_known_hosts: str = "~/.ssh/known_hosts"
+    ssh_python: str | None = None
+    ssh_python_from_lock: str | None = None
+    ssh_workdir: str = "~/.agentgym/jobs"
+    ray_address: str | None = None
+    ray_num_gpus: float = Field(default=1.0, ge=0.0)
+    ray_python: str = "python"
+    ray_pip: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    runpod_api_url: str = "https://api.runpod.io"
+    runpod_gpu_type: str = "NVIDIA A40"
+    runpod_image: str = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1"
+    runpod_disk_gb: int = Field(default=40, ge=1)
+    runpod_max_hourly_usd: float = Field(default=1.0, gt=0.0)
+    lambda_api_url: str = "https://cloud.lambdalabs.com"
+    lambda_instance_type: str = "gpu_1x_a10"
+    lambda_region: str = "us-east-1"
+    lambda_ssh_key_name: str | None = None
+    lambda_max_hourly_usd: float = Field(default=1.5, gt=0.0)
+    cloud_python: str = "python3"
+    budget_per_run_usd: float | None = Field(default=None, ge=0.0)
+    budget_per_day_usd: float | None = Field(default=None, ge=0.0)
+
+    @field_validator("backend_order", "ray_pip", mode="before")
+    @classmethod
+    def _parse_name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # environment form: a,b,c (or a JSON list)
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        return value
 
     @field_validator("home", mode="before")
     @classmethod

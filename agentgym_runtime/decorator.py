@@ -182,6 +182,7 @@ def train_online(
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
+    backend: str | None = ...,
 ) -> T: ...
 @overload
 def train_online(
@@ -198,6 +199,7 @@ def train_online(
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
+    backend: str | None = ...,
 ) -> Callable[[T], T]: ...
 def train_online(
     target: Any = None,
@@ -215,6 +217,7 @@ def train_online(
     gpu: str | None = None,
     trainer_options: Mapping[str, Any] | None = None,
     canary_share: float | None = None,
+    backend: str | None = None,
 ) -> Any:
     """Record every run of an agent as an episode (and, with training configured, improve it).
 
@@ -238,6 +241,8 @@ def train_online(
         trainer_options: Passed to the trainer (JSON-serialisable).
         canary_share: Serve each trained candidate to this share of episodes (sticky per session)
             right away; the router's gate then promotes it or rolls it back.
+        backend: Where training jobs run: ``"local"``, ``"ssh"``, ``"ray"``, ``"runpod"``, ``"lambda"``
+            (configured by ``AGENTGYM_SSH_*``/``RAY_*``/``RUNPOD_*``/``LAMBDA_*`` settings); default: ``gpu`` decides.
 
     Returns:
         The wrapped function, or a transparent proxy of the agent object.
@@ -264,6 +269,7 @@ def train_online(
             ("gpu", gpu),
             ("trainer_options", trainer_options),
             ("canary_share", canary_share),
+            ("backend", backend),
         )
         if value is not None
     }

@@ -39,6 +39,7 @@ def train(
     trainer: str | None = typer.Option(None, "--trainer", "-t", help="demos | apo | grpo | verl (or your own)."),
     now: bool = typer.Option(False, "--now", help="Run even with fewer new episodes than --min-episodes."),
     gpu: str | None = typer.Option(None, "--gpu", help="auto | cpu | local"),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="local | ssh | ray | runpod | lambda"),
     min_episodes: int | None = typer.Option(None, "--min-episodes", help="New episodes needed (default 20)."),
     timeout: float | None = typer.Option(None, "--timeout", help="Kill the job after this many seconds."),
     option: list[str] = typer.Option([], "--option", "-o", help="Trainer option KEY=VALUE (JSON value); repeatable."),
@@ -65,7 +66,13 @@ def train(
 
     settings = settings_for(home, store)
     overrides: dict[str, Any] = {}
-    for key, value in (("trainer", trainer), ("gpu", gpu), ("min_new_episodes", min_episodes), ("timeout_s", timeout)):
+    for key, value in (
+        ("trainer", trainer),
+        ("gpu", gpu),
+        ("min_new_episodes", min_episodes),
+        ("timeout_s", timeout),
+        ("backend", backend),
+    ):
         if value is not None:
             overrides[key] = value
     try:

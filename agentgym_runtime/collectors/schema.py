@@ -8,8 +8,8 @@ SQL (``SELECT * FROM reliability``). A change to them is a new
 Example:
     >>> import duckdb
     >>> con = duckdb.connect()
-    >>> migrate(con)
-    1
+    >>> migrate(con) == SCHEMA_VERSION
+    True
     >>> con.execute("SELECT count(*) FROM episodes").fetchone()
     (0,)
 """
@@ -166,6 +166,17 @@ TRAINING_RUN_COLUMNS: Final = (
     ("log_tail", "VARCHAR"),
 )
 
+#: Where and at what price a training job ran (the backend's ``RunInfo``), added by migration 2.
+TRAINING_RUN_BACKEND_COLUMNS: Final = (
+    ("backend", "VARCHAR"),
+    ("backend_choice", "VARCHAR"),
+    ("backend_host", "VARCHAR"),
+    ("gpu_type", "VARCHAR"),
+    ("hourly_usd", "DOUBLE"),
+    ("duration_s", "DOUBLE"),
+    ("cost_usd", "DOUBLE"),
+)
+
 
 def _create_table(name: str, columns: tuple[tuple[str, str], ...]) -> str:
     body = ",\n  ".join(f"{col} {sql_type}" for col, sql_type in columns)
@@ -239,6 +250,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             _TOOL_CALLS_VIEW,
             _RELIABILITY_VIEW,
             _LLM_CALLS_VIEW,
+        ),
+    ),
+    Migration(
+        2,
+        "training_runs: backend, backend_choice, backend_host, gpu_type, hourly_usd, duration_s, cost_usd",
+        tuple(
+            f"ALTER TABLE training_runs ADD COLUMN IF NOT EXISTS {name} {sql_type}"
+            for name, sql_type in TRAINING_RUN_BACKEND_COLUMNS
         ),
     ),
 )

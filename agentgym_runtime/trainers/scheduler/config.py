@@ -106,6 +106,8 @@ class TrainingConfig(BaseModel):
         entrypoint: ``module:qualname`` of the agent (filled from the decorator; a script run as
             ``__main__`` is recorded by its path, ``/path/app.py:qualname``).
         scenario: Scenario name (filled from the decorator).
+        backend: Where the job runs: ``local``, ``ssh``, ``ray``, ``runpod``, ``lambda`` or a registered
+            name (:mod:`agentgym_runtime.trainers.backends.select`); ``None``: ``gpu`` decides.
         failure_backoff_s: After a failed run the schedule waits this long, doubled per further
             consecutive failure (at most ``max_failure_backoff_s``), so a broken training
             environment cannot crash-loop.
@@ -133,6 +135,7 @@ class TrainingConfig(BaseModel):
     max_heldout_drop: float | None = Field(default=0.02, ge=0.0)
     entrypoint: str | None = None
     scenario: str | None = None
+    backend: str | None = None
     failure_backoff_s: float = Field(default=60.0, gt=0)
     max_failure_backoff_s: float = Field(default=6 * 3600.0, gt=0)
     max_consecutive_failures: int = Field(default=5, ge=1)

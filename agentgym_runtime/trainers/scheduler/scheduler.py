@@ -107,8 +107,8 @@ class TrainingScheduler:
         on_error: The runtime's error sink (``where, exc``): logged once and counted.
         flush: Writes recorded spans to the store before a snapshot (``False``: not all written).
         router: The policy router serving the agents, if any (told about new canaries).
-        backend_factory: ``config -> Backend``; default: a :class:`LocalBackend` with the
-            config's ``python``.
+        backend_factory: ``config -> Backend``; default: the config's ``backend`` (or what
+            ``gpu`` implies), chosen by :func:`agentgym_runtime.trainers.backends.select.backend_for`.
         poll_interval_s: How often a running job's progress and deadline are checked.
 
     Example:
@@ -144,7 +144,7 @@ class TrainingScheduler:
         self.router = router
         self._on_error = on_error
         self._flush = flush
-        self.backend_factory = backend_factory or _local_backend
+        self.backend_factory = backend_factory or (lambda config: _configured_backend(config, settings))
         self.poll_interval_s = poll_interval_s
         self.configs: dict[str, TrainingConfig] = {}
         self._aps: Any = None
@@ -576,7 +576,14 @@ class TrainingScheduler:
             device=_DEVICE[config.gpu],
             options={"heldout_fraction": config.heldout_fraction, **config.trainer_options},
         )
-        backend = self.backend_factory(config)
+        try:
+            backend = self.backend_factory(config)
+        except ConfigurationError as exc:
+            run.status = RunStatus.FAILED
+            run.reason = "backend misconfigured"
+            run.error = str(exc)
+            update_run(store, run, ended=True)
+            return
         with self._lock:
             if self._closing:
                 run.status = RunStatus.CANCELLED
@@ -588,6 +595,7 @@ class TrainingScheduler:
         code, timed_out = self._watch(store, run, handle, config.timeout_s, progress)
         run.exit_code = code
         self._finish(store, run, spec, handle, code, timed_out, config)
+        _record_backend(store, run.run_id, handle)
 
     def _watch(
         self,
@@ -628,6 +636,7 @@ class TrainingScheduler:
         timed_out: bool,
         config: TrainingConfig,
     ) -> None:
+        from agentgym_runtime.trainers.backends.base import EXIT_UNVERIFIED
         from agentgym_runtime.trainers.job import (
             ERROR_NAME,
             EXIT_BAD_SPEC,
@@ -653,6 +662,9 @@ class TrainingScheduler:
         elif code == EXIT_BAD_SPEC:
             run.reason = "invalid job"
             run.error = error or "the job rejected its spec"
+        elif code != EXIT_OK and getattr(handle, "failure_reason", None):
+            run.reason = "result failed verification" if code == EXIT_UNVERIFIED else "backend failed"
+            run.error = handle.failure_reason  # type: ignore[attr-defined]
         elif code != EXIT_OK:
             run.reason = f"job killed by signal {-code}" if code is not None and code < 0 else "job crashed"
             run.error = error or f"the job exited with code {code}"
@@ -719,10 +731,21 @@ def _read_error(path: Path) -> str | None:
     return f"{kind}: {message}" if kind and message else (str(message) if message else None)
 
 
-def _local_backend(config: TrainingConfig) -> Backend:
-    from agentgym_runtime.trainers.backends import LocalBackend
+def _configured_backend(config: TrainingConfig, settings: Settings) -> Backend:
+    from agentgym_runtime.trainers.backends.select import backend_for
 
-    return LocalBackend(python=config.python)
+    return backend_for(config, settings)
+
+
+def _record_backend(store: TraceStore, run_id: str, handle: JobHandle) -> None:
+    """Where and at what price the job ran (``RunInfo``) into the run's backend columns."""
+    info = getattr(handle, "info", None)
+    if not callable(info):
+        return
+    columns = info().columns()
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    params = [*columns.values(), run_id]
+    store.write(lambda con: con.execute(f"UPDATE training_runs SET {assignments} WHERE run_id = ?", params))
 
 
 def _heldout_drop(metrics: Mapping[str, Any], tolerance: float | None) -> str | None:

@@ -1,11 +1,4 @@
-"""Where training jobs run: the :class:`Backend` interface and the :class:`LocalBackend`.
-
-A backend takes a :class:`~agentgym_runtime.trainers.base.TrainingJobSpec` and
-starts ``python -m agentgym_runtime.trainers.job --spec <output_dir>/spec.json``
-somewhere; it returns a :class:`JobHandle` to poll, wait on, cancel, and read the
-log tail and the progress of the job. Only files in ``output_dir`` cross the
-boundary, so remote backends (SSH host, Ray cluster, provisioned GPU machine)
-only need to move that directory and the snapshot.
+"""The :class:`LocalBackend`: training jobs as subprocesses of the serving machine.
 
 :class:`LocalBackend` runs the job as a subprocess of the serving process, in a
 process group of its own (a timeout or a cancel kills the whole group), with its
@@ -29,69 +22,10 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
+from agentgym_runtime.trainers.backends.base import JOB_MODULE, RunInfo, job_environment, read_tail
 from agentgym_runtime.trainers.base import TrainingJobSpec
 from agentgym_runtime.trainers.job import LOG_NAME, PROGRESS_NAME, SPEC_NAME, read_progress
-
-JOB_MODULE = "agentgym_runtime.trainers.job"
-
-
-@runtime_checkable
-class JobHandle(Protocol):
-    """A submitted training job."""
-
-    run_id: str
-    output_dir: Path
-
-    def poll(self) -> int | None:
-        """The job's exit code, or ``None`` while it runs."""
-        ...
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        """Wait up to ``timeout_s`` seconds; the exit code, or ``None`` if it still runs."""
-        ...
-
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Stop the job (politely, then forcibly after ``grace_s``); no-op once it ended."""
-        ...
-
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the job's combined stdout/stderr."""
-        ...
-
-    def progress(self) -> tuple[float, str] | None:
-        """The job's last progress report ``(fraction, message)``, if any."""
-        ...
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """Starts training jobs somewhere."""
-
-    name: str
-
-    def submit(self, spec: TrainingJobSpec) -> JobHandle:
-        """Start the job ``spec`` describes and return its handle."""
-        ...
-
-
-def read_tail(path: str | Path, max_chars: int = 4000) -> str:
-    """The last ``max_chars`` characters of a text file ('' if it does not exist).
-
-    Example:
-        >>> read_tail("/nonexistent.log")
-        ''
-    """
-    try:
-        with Path(path).open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_chars * 4))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return text[-max_chars:]
 
 
 class LocalJobHandle:
@@ -101,11 +35,16 @@ class LocalJobHandle:
         >>> # handles come from LocalBackend.submit(spec)
     """
 
-    def __init__(self, run_id: str, output_dir: Path, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, run_id: str, output_dir: Path, process: subprocess.Popen[bytes], choice: str | None = None
+    ) -> None:
         self.run_id = run_id
         self.output_dir = output_dir
         self.process = process
         self.cancelled = False
+        self.choice = choice
+        self.started = time.monotonic()
+        self.ended: float | None = None
 
     @property
     def pid(self) -> int:
@@ -114,14 +53,24 @@ class LocalJobHandle:
 
     def poll(self) -> int | None:
         """The exit code, or ``None`` while it runs."""
-        return self.process.poll()
+        return self._ended(self.process.poll())
 
     def wait(self, timeout_s: float | None = None) -> int | None:
         """Wait up to ``timeout_s`` seconds for the exit code."""
         try:
-            return self.process.wait(timeout_s)
+            return self._ended(self.process.wait(timeout_s))
         except subprocess.TimeoutExpired:
             return None
+
+    def _ended(self, code: int | None) -> int | None:
+        if code is not None and self.ended is None:
+            self.ended = time.monotonic()
+        return code
+
+    def info(self) -> RunInfo:
+        """This machine, and how long the job ran."""
+        end = self.ended if self.ended is not None else time.monotonic()
+        return RunInfo(backend="local", choice=self.choice, host="localhost", duration_s=round(end - self.started, 3))
 
     def cancel(self, grace_s: float = 5.0) -> None:
         """SIGTERM the job's process group, then SIGKILL it after ``grace_s`` seconds."""
@@ -165,21 +114,22 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, python: str | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, python: str | None = None, env: Mapping[str, str] | None = None, choice: str | None = None
+    ) -> None:
         self.python = python or sys.executable
         self.env = dict(env or {})
+        self.choice = choice
 
     def environment(self, spec: TrainingJobSpec) -> dict[str, str]:
         """The job's environment: ours, the import path, the device switch, then ``env``."""
         environ = dict(os.environ)
-        environ["PYTHONUNBUFFERED"] = "1"
+        environ.update(job_environment(spec))
         if self.python == sys.executable:
             inherited = [p for p in sys.path if p and os.path.isdir(p)]
             if environ.get("PYTHONPATH"):
                 inherited.append(environ["PYTHONPATH"])
             environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(inherited))
-        if spec.device == "cpu":
-            environ["CUDA_VISIBLE_DEVICES"] = ""
         environ.update(self.env)
         return environ
 
@@ -202,4 +152,4 @@ class LocalBackend:
                 env=self.environment(spec),
                 start_new_session=True,  # its own process group: killed as a whole, deaf to our Ctrl-C
             )
-        return LocalJobHandle(spec.run_id, output_dir, process)
+        return LocalJobHandle(spec.run_id, output_dir, process, choice=self.choice)
