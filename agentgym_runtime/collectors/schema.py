@@ -8,8 +8,8 @@ SQL (``SELECT * FROM reliability``). A change to them is a new
 Example:
     >>> import duckdb
     >>> con = duckdb.connect()
-    >>> migrate(con)
-    1
+    >>> migrate(con) == SCHEMA_VERSION
+    True
     >>> con.execute("SELECT count(*) FROM episodes").fetchone()
     (0,)
 """
@@ -239,6 +239,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             _TOOL_CALLS_VIEW,
             _RELIABILITY_VIEW,
             _LLM_CALLS_VIEW,
+        ),
+    ),
+    Migration(
+        2,
+        "otlp_batches: the OTLP requests a collector committed, so a retried one is never written twice",
+        (
+            "CREATE TABLE IF NOT EXISTS otlp_batches "
+            "(batch_id VARCHAR NOT NULL, spans INTEGER NOT NULL, received_at TIMESTAMPTZ NOT NULL)",
         ),
     ),
 )
