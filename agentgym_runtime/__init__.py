@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         register_policy,
         rollback,
         shutdown,
+        sql,
         stats,
     )
     from agentgym_runtime.config import Settings
@@ -84,6 +85,7 @@ _EXPORTS: dict[str, str] = {
     "register_policy": "agentgym_runtime.api",
     "rollback": "agentgym_runtime.api",
     "shutdown": "agentgym_runtime.api",
+    "sql": "agentgym_runtime.api",
     "stats": "agentgym_runtime.api",
     "Settings": "agentgym_runtime.config",
     "Episode": "agentgym_runtime.recording.context",
@@ -141,6 +143,7 @@ __all__ = [
     "register_policy",
     "rollback",
     "shutdown",
+    "sql",
     "stats",
     "tool",
     "train_online",

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         auto_instrument: When an episode starts, instrument the adapters of the agent frameworks
             already imported, so decorated functions that run framework agents are captured.
         strict: Raise internal errors instead of logging them (for tests, never production).
+        collector_endpoint: An ``agentgym collect`` (or any OTLP/HTTP collector owning the store) to
+            send spans to, e.g. ``http://collector:4318``; unacknowledged batches wait in
+            ``<home>/spool``. Unset: the processes sharing the home elect the store's owner.
+        collector_token: Bearer token sent to (and required by) the collector.
+        share_home: Let the processes that share a file store elect one owner that serves OTLP
+            to the others (needs the ``collector`` extra); off: this process writes the file itself.
     """
 
     model_config = SettingsConfigDict(
@@ -81,6 +87,9 @@ class Settings(BaseSettings):
     install_global_provider: bool = True
     auto_instrument: bool = True
     strict: bool = False
+    collector_endpoint: str | None = None
+    collector_token: str | None = None
+    share_home: bool = True
 
     @field_validator("home", mode="before")
     @classmethod

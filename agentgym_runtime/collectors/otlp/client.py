@@ -124,7 +124,7 @@ class CollectorSpanExporter(SpanExporter):
         count = len(spans)
         self.stats.exporting(count)
         try:
-            payload = encode_spans(spans).SerializeToString()  # type: ignore[arg-type]
+            payload = encode_spans(spans).SerializeToString()
         except Exception as exc:
             self.stats.exporting(-count)
             self.stats.add(spans_unconvertible=count)

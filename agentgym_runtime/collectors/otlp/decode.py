@@ -1,4 +1,4 @@
-"""OTLP trace requests into store rows: protobuf or JSON, gzip, foreign GenAI spans mapped.
+r"""OTLP trace requests into store rows: protobuf or JSON, gzip, foreign GenAI spans mapped.
 
 A span gives the same ``spans`` row whether it was written in-process or arrived over
 OTLP (both go through :func:`~agentgym_runtime.collectors.rows.place_attributes`). Spans
@@ -12,7 +12,7 @@ Example:
     >>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     >>> request = ExportTraceServiceRequest()
     >>> span = request.resource_spans.add().scope_spans.add().spans.add()
-    >>> span.trace_id, span.span_id, span.name = b"\\x01" * 16, b"\\x02" * 8, "execute_tool ping"
+    >>> span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "execute_tool ping"
     >>> span.attributes.add(key="tool.name").value.string_value = "ping"
     >>> decoded = decode_request(request.SerializeToString(), "application/x-protobuf", None)
     >>> rows = request_rows(decoded)
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf import json_format  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status

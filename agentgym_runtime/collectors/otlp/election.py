@@ -112,6 +112,7 @@ class EndpointFile:
         self._endpoint: str | None = None
 
     def __call__(self) -> str | None:
+        """The endpoint now, or ``None`` while no owner has published one."""
         try:
             info = os.stat(self._path)
         except OSError:

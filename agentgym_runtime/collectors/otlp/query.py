@@ -79,7 +79,7 @@ def run_sql_arrow(store: TraceStore, query: str, params: Sequence[Any] | None = 
     check_read_only(query)
     cursor = store.connect().cursor()
     try:
-        return cursor.execute(query, list(params or [])).fetch_arrow_table()
+        return cursor.execute(query, list(params or [])).to_arrow_table()
     except duckdb.Error as exc:
         raise ConfigurationError(f"query failed: {exc}") from None
     finally:
@@ -116,3 +116,33 @@ def remote_sql(
     except OSError as exc:
         raise StoreUnavailableError(f"cannot reach the collector at {endpoint}: {exc}") from None
     return list(document["columns"]), [list(row) for row in document["rows"]]
+
+
+def sql_via(
+    store: TraceStore,
+    endpoint: str | None,
+    query: str,
+    params: Sequence[Any] | None = None,
+    *,
+    token: str | None = None,
+    arrow: bool = False,
+) -> Any:
+    """Rows (dicts) or an Arrow table for ``query``, from ``store`` or from its owner.
+
+    The query runs on ``store`` when ``endpoint`` is ``None``, else on the collector there.
+
+    Raises:
+        ConfigurationError: Not a single read statement, or the query failed.
+        StoreUnavailableError: Neither the store nor its owner can be reached.
+    """
+    if endpoint is None:
+        if arrow:
+            return run_sql_arrow(store, query, params)
+        names, rows = run_sql(store, query, params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
+    names, remote_rows = remote_sql(endpoint, query, params, token=token)
+    if arrow:
+        import pyarrow as pa  # type: ignore[import-untyped]
+
+        return pa.Table.from_pylist([dict(zip(names, row, strict=True)) for row in remote_rows])
+    return [dict(zip(names, row, strict=True)) for row in remote_rows]

@@ -232,7 +232,7 @@ class Collector:
 
 
 def _arrow_ipc(table: Any) -> bytes:
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:

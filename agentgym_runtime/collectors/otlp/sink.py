@@ -270,18 +270,18 @@ def _commit(
     return _foreign_episodes(con, roots) if roots else 0
 
 
+_TOOL = f"operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL"
 _FOREIGN_EPISODE = f"""
 INSERT INTO episodes
 SELECT
   ? AS episode_id, ? AS agent, 0, NULL, ? AS trace_id,
   make_timestamptz(?::BIGINT // 1000), make_timestamptz(?::BIGINT // 1000), (?::BIGINT - ?::BIGINT) / 1e6,
   ? AS status, ? AS error_type, ? AS framework, NULL, ? AS entrypoint,
-  count(*) FILTER (WHERE operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL),
-  count(*) FILTER (WHERE operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome <> '{semconv.ToolOutcome.OK}'),
-  CASE WHEN count(*) FILTER (WHERE operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL) = 0
-       THEN NULL
-       ELSE count(*) FILTER (WHERE operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome = '{semconv.ToolOutcome.OK}')
-            / count(*) FILTER (WHERE operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL) END,
+  count(*) FILTER (WHERE {_TOOL}),
+  count(*) FILTER (WHERE {_TOOL} AND tool_outcome <> '{semconv.ToolOutcome.OK}'),
+  CASE WHEN count(*) FILTER (WHERE {_TOOL}) = 0 THEN NULL
+       ELSE count(*) FILTER (WHERE {_TOOL} AND tool_outcome = '{semconv.ToolOutcome.OK}')
+            / count(*) FILTER (WHERE {_TOOL}) END,
   count(*) FILTER (WHERE operation = '{semconv.OP_CHAT}'),
   coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
   NULL, NULL, NULL, NULL
@@ -301,4 +301,3 @@ def _foreign_episodes(con: duckdb.DuckDBPyConnection, roots: dict[str, tuple[Any
             [episode_id, agent, trace_id, start, end, end, start, status, error_type, framework, name, episode_id],
         )
     return len(roots)
-

@@ -155,6 +155,6 @@ class Spool:
 
 
 def _spans_of(name: str) -> int:
-    stem = name.split(_CLAIMED)[0].removeprefix(".").removesuffix(_SUFFIX)
+    stem = name.split(_CLAIMED, maxsplit=1)[0].removeprefix(".").removesuffix(_SUFFIX)
     last = stem.rsplit("-", 1)[-1]
     return int(last) if last.isdigit() else 0
