@@ -51,6 +51,7 @@ class HomeOwner:
         self.lock: HomeLock = HomeLock(settings.home)
         self.server: CollectorServer | None = None
         self.watcher: Watcher | None = None
+        self.drainer: SpanExporter | None = None
         self._closed = False
         self._guard = threading.Lock()
 
@@ -65,6 +66,14 @@ class HomeOwner:
             collector = Collector(self.store, token=self.settings.collector_token)
             self.server = CollectorServer(collector, host="127.0.0.1", port=0).start()
             publish_endpoint(self.settings.home, self.server.endpoint, store=self.store.path)
+            # What the others spooled while no owner served (a previous owner died) drains into it.
+            from agentgym_runtime.collectors.otlp.client import CollectorSpanExporter
+            from agentgym_runtime.collectors.otlp.spool import Spool
+
+            endpoint = self.server.endpoint
+            self.drainer = CollectorSpanExporter(
+                lambda: endpoint, spool=Spool(self.settings.home / "spool"), token=self.settings.collector_token
+            )
             logger.info("agentgym: this process (owner of %s) serves OTLP at %s", self.store.path, self.server.endpoint)
 
     def close(self) -> None:
@@ -74,6 +83,8 @@ class HomeOwner:
             server, self.server = self.server, None
         if self.watcher is not None:
             self.watcher.stop()
+        if self.drainer is not None:
+            self.drainer.shutdown()
         if server is not None:
             server.stop()
         self.lock.release()
