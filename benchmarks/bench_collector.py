@@ -61,7 +61,9 @@ def _sender(endpoint: str, spans: int, seed: int) -> None:
     with httpx.Client(timeout=60) as client:
         for body in payloads:
             while True:
-                response = client.post(f"{endpoint}/v1/traces", content=body, headers={"content-type": "application/x-protobuf"})
+                response = client.post(
+                    f"{endpoint}/v1/traces", content=body, headers={"content-type": "application/x-protobuf"}
+                )
                 if response.status_code == 200:
                     break
                 time.sleep(float(response.headers.get("retry-after", "0.1")))
@@ -99,7 +101,8 @@ def throughput_collector(total: int) -> float:
             for seed in range(4)
         ]
         for sender in senders:
-            assert sender.stdout is not None and sender.stdout.readline().strip() == "ready"
+            assert sender.stdout is not None
+            assert sender.stdout.readline().strip() == "ready"
         start = time.perf_counter()
         for sender in senders:
             assert sender.stdin is not None
@@ -196,11 +199,15 @@ def main() -> None:
     print(machine())
     base = throughput_in_process(args.spans)
     through = statistics.median([throughput_collector(args.spans) for _ in range(2)])
-    print(f"spans/s into the store: in-process writer {base:,.0f}; collector from 4 processes {through:,.0f} "
-          f"({through / base:.2f}x; target >= 50,000)")
+    print(
+        f"spans/s into the store: in-process writer {base:,.0f}; collector from 4 processes {through:,.0f} "
+        f"({through / base:.2f}x; target >= 50,000)"
+    )
     local, remote = per_call_pair()
-    print(f"calling-thread cost per episode with one tool call: in-process {local / 1000:.1f} us; "
-          f"exporting to a collector {remote / 1000:.1f} us ({remote / local:.2f}x; target <= 1.2x)")
+    print(
+        f"calling-thread cost per episode with one tool call: in-process {local / 1000:.1f} us; "
+        f"exporting to a collector {remote / 1000:.1f} us ({remote / local:.2f}x; target <= 1.2x)"
+    )
 
 
 if __name__ == "__main__":

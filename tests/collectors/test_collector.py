@@ -51,7 +51,10 @@ def test_protobuf_gzip_and_json_bodies_land_once(served: CollectorServer) -> Non
     # The same body again (a retry): acknowledged, not written twice.
     assert _post(served, proto, **{"content-type": "application/x-protobuf"}).status_code == 200
     zipped = gzip.compress(encode_spans(_spans(2)).SerializeToString())
-    assert _post(served, zipped, **{"content-type": "application/x-protobuf", "content-encoding": "gzip"}).status_code == 200
+    assert (
+        _post(served, zipped, **{"content-type": "application/x-protobuf", "content-encoding": "gzip"}).status_code
+        == 200
+    )
     document = {
         "resourceSpans": [
             {
@@ -178,7 +181,9 @@ def test_sdk_exporter_and_openinference_langchain_spans_become_episodes(served: 
     store = served.collector.store
     calls = store.query("SELECT tool_name, outcome, agent FROM tool_calls ORDER BY tool_name")
     assert calls == [("lookup", "ok", "lc-agent"), ("refund", "tool_error", "lc-agent")]
-    episodes = store.query("SELECT agent, framework, tool_calls, tool_failures, tool_reliability, llm_calls FROM episodes")
+    episodes = store.query(
+        "SELECT agent, framework, tool_calls, tool_failures, tool_reliability, llm_calls FROM episodes"
+    )
     assert episodes == [("lc-agent", "openinference", 2, 1, 0.5, 1)]
     assert store.query("SELECT count(DISTINCT episode_id) FROM spans") == [(1,)]
 

@@ -301,7 +301,7 @@ def _map_foreign(
     operation = attributes.get(semconv.GEN_AI_OPERATION_NAME)
     tool_name = attributes.get(semconv.GEN_AI_TOOL_NAME)
     if operation is None:
-        if kind == "TOOL" or tool_name is not None:
+        if kind == "TOOL" or tool_name is not None or "tool.name" in attributes:
             operation = semconv.OP_EXECUTE_TOOL
         elif kind == "LLM" or _first(attributes, _MODEL_KEYS) is not None:
             operation = semconv.OP_CHAT
