@@ -209,3 +209,45 @@ def test_worker_exporter_spools_while_the_collector_is_down_and_delivers_once(tm
         server.stop()
     finally:
         exporter.shutdown()
+
+
+def test_agentgym_sql_from_a_shell_is_routed_to_the_owner(served: CollectorServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agentgym_runtime.cli.app import build_app
+    from agentgym_runtime.collectors.otlp.election import publish_endpoint
+
+    assert _post(served, encode_spans(_spans(3)).SerializeToString()).status_code == 200
+    home = tmp_path / "home"
+    home.mkdir()
+    publish_endpoint(home, served.endpoint)
+    runner = CliRunner()
+    app = build_app()
+    result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM tool_calls", "--home", str(home), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == '{"n": 3}'  # foreign gen_ai.tool.name spans become tool calls
+    result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM spans", "--home", str(home), "--json"])
+    assert result.output.strip() == '{"n": 3}'
+    refused = runner.invoke(app, ["sql", "DROP TABLE spans", "--home", str(home)])
+    assert refused.exit_code == 1
+    assert "only SELECT" in refused.output
+
+
+def test_agentgym_sql_in_the_owning_process(tmp_path: Path) -> None:
+    import agentgym_runtime as agentgym
+
+    agentgym.configure(home=tmp_path, share_home=False)
+    try:
+
+        @agentgym.train_online(name="bot")
+        def bot(x: int) -> int:
+            return x + 1
+
+        for i in range(4):
+            bot(i)
+        rows = agentgym.sql("SELECT agent, count(*) AS n FROM episodes WHERE agent = ? GROUP BY 1", params=["bot"])
+        assert rows == [{"agent": "bot", "n": 4}]
+        table = agentgym.sql("SELECT count(*) AS n FROM episodes", arrow=True)
+        assert table.to_pylist() == [{"n": 4}]
+    finally:
+        agentgym.shutdown()

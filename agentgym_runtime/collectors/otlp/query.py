@@ -79,7 +79,7 @@ def run_sql_arrow(store: TraceStore, query: str, params: Sequence[Any] | None = 
     check_read_only(query)
     cursor = store.connect().cursor()
     try:
-        return cursor.execute(query, list(params or [])).to_arrow_table()
+        return cursor.sql(query, params=list(params or [])).to_arrow_table()
     except duckdb.Error as exc:
         raise ConfigurationError(f"query failed: {exc}") from None
     finally:
