@@ -142,6 +142,8 @@ class Runtime:
         # Agents decorated with train_online(schedule=...) before this runtime existed.
         from agentgym_runtime.trainers.scheduler import registered_training
 
+        if self.collector_endpoint() is not None:
+            return  # another process owns the store: it runs the deployment's one scheduler
         if registered_training():
             self.scheduler.start()
 
