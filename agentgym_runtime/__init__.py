@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         reliability,
         rollback,
         shutdown,
+        sql,
         stats,
     )
     from agentgym_runtime.config import Settings
@@ -88,6 +89,7 @@ _EXPORTS: dict[str, str] = {
     "register_policy": "agentgym_runtime.api",
     "rollback": "agentgym_runtime.api",
     "shutdown": "agentgym_runtime.api",
+    "sql": "agentgym_runtime.api",
     "stats": "agentgym_runtime.api",
     "Settings": "agentgym_runtime.config",
     "Episode": "agentgym_runtime.recording.context",
@@ -148,6 +150,7 @@ __all__ = [
     "reliability",
     "rollback",
     "shutdown",
+    "sql",
     "stats",
     "tool",
     "train_online",

@@ -344,6 +344,42 @@ def stats() -> dict[str, Any]:
     return services.current().stats()
 
 
+def sql(query: str, params: Sequence[Any] | None = None, *, arrow: bool = False) -> Any:
+    """Run a read-only SQL query on the trace store, also while the service records.
+
+    In the process that owns the store the query runs on it directly; in the other workers
+    of a shared home (or with ``AGENTGYM_COLLECTOR_ENDPOINT``) it is routed to the owner.
+
+    Args:
+        query: One ``SELECT`` statement (tables ``episodes``, ``spans``, ``feedback``; views
+            ``tool_calls``, ``reliability``, ``llm_calls``).
+        params: Values for ``?`` placeholders.
+        arrow: Return a ``pyarrow.Table`` instead of a list of dicts.
+
+    Raises:
+        ConfigurationError: Not a single read statement, or the query failed (DuckDB's reason).
+
+    Example:
+        >>> import agentgym_runtime as agentgym
+        >>> _ = agentgym.configure(store=":memory:")
+        >>> agentgym.sql("SELECT count(*) AS n FROM episodes WHERE agent = ?", params=["bot"])
+        [{'n': 0}]
+        >>> agentgym.shutdown()
+    """
+    from agentgym_runtime.collectors.otlp.query import sql_via
+
+    runtime = services.current().runtime
+    runtime.flush()
+    return sql_via(
+        runtime.store,
+        runtime.collector_endpoint(),
+        query,
+        params,
+        token=runtime.settings.collector_token,
+        arrow=arrow,
+    )
+
+
 def export(
     path: str | Path,
     format: str = "parquet",

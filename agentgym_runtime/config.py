@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         backend, backend_order, ssh_*, ray_*, runpod_*, lambda_*, budget_*: where training jobs run
             (see :mod:`agentgym_runtime.trainers.backends.select`; API keys and passphrases come
             from the environment or a keyring, never from these settings).
+        collector_endpoint: An ``agentgym collect`` (or any OTLP/HTTP collector owning the store) to
+            send spans to, e.g. ``http://collector:4318``; unacknowledged batches wait in
+            ``<home>/spool``. Unset: the processes sharing the home elect the store's owner.
+        collector_token: Bearer token sent to (and required by) the collector.
+        share_home: Let the processes that share a file store elect one owner that serves OTLP
+            to the others (needs the ``collector`` extra); off: this process writes the file itself.
     """
 
     model_config = SettingsConfigDict(
@@ -137,6 +143,10 @@ class Settings(BaseSettings):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         return value
+
+    collector_endpoint: str | None = None
+    collector_token: str | None = None
+    share_home: bool = True
 
     @field_validator("home", mode="before")
     @classmethod

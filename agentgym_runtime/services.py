@@ -148,7 +148,7 @@ class Services:
     def training_registered(self, agent: str, config: TrainingConfig | None) -> None:
         """Follow a ``train_online(schedule=...)`` registration (``config``) or removal (``None``)."""
         if config is not None:
-            if self.runtime.started:
+            if self.runtime.started and self.runtime.collector_endpoint() is None:
                 self.scheduler.add_agent(config)
         elif self.has_scheduler:
             self.scheduler.remove_agent(agent)
@@ -161,6 +161,8 @@ class Services:
 
         # Registrations made from now on reach this configuration's scheduler.
         set_registration_listener(_follow_registrations)
+        if self.runtime.collector_endpoint() is not None:
+            return  # another process owns the store: it runs the deployment's one scheduler
         if registered_training():  # agents decorated before this runtime started
             self.scheduler.start()
 

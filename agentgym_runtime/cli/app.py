@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentgym_runtime.cli.scenario_commands",
     "agentgym_runtime.cli.demo_commands",
     "agentgym_runtime.cli.backend_commands",
+    "agentgym_runtime.cli.collect_commands",
 )
 
 

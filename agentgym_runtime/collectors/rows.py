@@ -224,6 +224,28 @@ def _row(span: ReadableSpan, attributes: Mapping[str, Any]) -> list[Any]:
         source[2], source[3], *_UNSET,
     ]
     # fmt: on
+    place_attributes(row, attributes)
+    # ``span.events`` / ``span.links`` copy the SDK's bounded lists into tuples (~0.4 µs each);
+    # the lists themselves answer "any?" for a tenth of that.
+    if _has_items(span, "_events", "events"):
+        row[_EVENTS_AT] = _events(span)
+    if _has_items(span, "_links", "links"):
+        row[_LINKS_AT] = _links(span)
+    return row
+
+
+def place_attributes(row: list[Any], attributes: Mapping[str, Any]) -> None:
+    """Put ``attributes`` into ``row``: promoted ones into their typed columns, the rest as JSON.
+
+    Shared by the in-process writer and the OTLP collector, so a span gives the same row
+    whichever way it reached the store.
+
+    Example:
+        >>> row = new_row()
+        >>> place_attributes(row, {"gen_ai.tool.name": "ping", "x": 1})
+        >>> row[SPAN_COLUMNS.index("tool_name")], row[SPAN_COLUMNS.index("attributes")]
+        ('ping', '{"x":1}')
+    """
     slots = _SLOTS
     rest: dict[str, Any] | None = None
     for key, value in attributes.items():
@@ -242,13 +264,21 @@ def _row(span: ReadableSpan, attributes: Mapping[str, Any]) -> list[Any]:
         row[index] = value
     if rest is not None:
         row[_REST_AT] = _rest_json(rest)
-    # ``span.events`` / ``span.links`` copy the SDK's bounded lists into tuples (~0.4 µs each);
-    # the lists themselves answer "any?" for a tenth of that.
-    if _has_items(span, "_events", "events"):
-        row[_EVENTS_AT] = _events(span)
-    if _has_items(span, "_links", "links"):
-        row[_LINKS_AT] = _links(span)
-    return row
+
+
+def new_row() -> list[Any]:
+    """A ``spans`` row with every column unset (``None``), in :data:`SPAN_COLUMNS` order."""
+    return [None] * _WIDTH
+
+
+def episode_row(attributes: Mapping[str, Any], trace_id: str, start: int, end: int) -> Row:
+    """The ``episodes`` row of an episode's root span (its counters travel as attributes)."""
+    return _episode_row(attributes, trace_id, start, end)
+
+
+def feedback_row(attributes: Mapping[str, Any], end: int) -> Row:
+    """The ``feedback`` row of a ``gen_ai.evaluation.result`` span."""
+    return _feedback_row(attributes, end)
 
 
 def _has_items(span: ReadableSpan, private: str, public: str) -> bool:

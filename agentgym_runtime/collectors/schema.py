@@ -260,6 +260,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             for name, sql_type in TRAINING_RUN_BACKEND_COLUMNS
         ),
     ),
+    Migration(
+        3,
+        "otlp_batches: the OTLP requests a collector committed, so a retried one is never written twice",
+        (
+            "CREATE TABLE IF NOT EXISTS otlp_batches "
+            "(batch_id VARCHAR NOT NULL, spans INTEGER NOT NULL, received_at TIMESTAMPTZ NOT NULL)",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanContext
 
 from agentgym_runtime import semconv
 from agentgym_runtime._version import __version__
-from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
+from agentgym_runtime.collectors.otlp.pipeline import build_exporter
 from agentgym_runtime.collectors.processor import EpisodeSpanProcessor, resolve_provider, router_for
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
@@ -112,7 +112,7 @@ class Runtime:
         self.last_episode: Episode | None = None
         self._last_by_thread: dict[int, Episode] = {}
         self.host_provider = False
-        self._exporter: DuckDBSpanExporter | None = None
+        self._exporter: Any = None  # a DuckDBSpanExporter or a CollectorSpanExporter: both retry_pending()
         self._batch: BatchSpanProcessor | None = None
         self._router: EpisodeSpanProcessor | None = None
         self._provider: TracerProvider | None = None
@@ -157,13 +157,8 @@ class Runtime:
             if self._started:
                 return self
             settings = self.settings
-            self._exporter = DuckDBSpanExporter(
-                self.store,
-                stats=self.pipeline_stats,
-                max_pending_rows=settings.max_pending_rows,
-                reopen_backoff_s=settings.reopen_backoff_s,
-                on_write=self.publish_status,
-            )
+            # In-process writer, elected owner of a shared home, or client of a collector.
+            self._exporter = build_exporter(settings, self.store, self.pipeline_stats, self.publish_status)
             self._batch = BatchSpanProcessor(
                 self._exporter,
                 max_queue_size=settings.max_queue_size,
@@ -228,6 +223,14 @@ class Runtime:
                 self.store.close()
                 self._started = False
                 self._tracer = None
+
+    def collector_endpoint(self) -> str | None:
+        """Where another process owns the store (reads go there); ``None`` if this process owns it."""
+        describe = getattr(self._exporter, "describe", None)
+        if describe is None:
+            return None
+        info = describe()
+        return None if info["local"] else info["endpoint"]
 
     # --- observability of the middleware itself ------------------------------------------
     def stats(self) -> dict[str, Any]:

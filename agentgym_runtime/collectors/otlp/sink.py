@@ -1,0 +1,303 @@
+"""The collector's writer: requests queue here, are committed in groups, then acknowledged.
+
+Every request waits for the transaction that holds its rows: a ``200`` means the spans are
+in the store, so a client that got no answer (the collector was killed, the connection
+dropped) keeps its batch and sends it again. A batch id (a hash of the request body, the
+same bytes on every retry) is committed in ``otlp_batches`` with the rows, so a retry of a
+batch that did commit is acknowledged without writing it twice, across restarts too.
+
+The queue is bounded in spans: past the bound :meth:`StoreSink.submit` raises
+:class:`Overloaded` and the server answers ``429`` with ``Retry-After`` instead of growing.
+
+Example:
+    >>> from agentgym_runtime.collectors.store import TraceStore
+    >>> sink = StoreSink(TraceStore(":memory:")).start()
+    >>> from agentgym_runtime.collectors.otlp.decode import DecodedRows
+    >>> sink.submit("b1", DecodedRows()).result(5)
+    'written'
+    >>> sink.submit("b1", DecodedRows()).result(5)
+    'duplicate'
+    >>> sink.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agentgym_runtime import semconv
+from agentgym_runtime.collectors.exporter import _append
+from agentgym_runtime.collectors.otlp.decode import DecodedRows
+from agentgym_runtime.collectors.rows import RowBatch
+from agentgym_runtime.collectors.store import TraceStore
+
+if TYPE_CHECKING:
+    import duckdb
+
+logger = logging.getLogger("agentgym_runtime.collector")
+
+#: Batch ids remembered in memory (older ones are still found in ``otlp_batches``).
+_RECENT_IDS = 200_000
+
+
+class Overloaded(Exception):
+    """The write queue is full; the client should retry after ``retry_after_s``."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"the collector's write queue is full; retry after {retry_after_s:.0f}s")
+        self.retry_after_s = retry_after_s
+
+
+def batch_id(body: bytes) -> str:
+    """The id of a request body: equal bytes (a retry, a spooled batch) give equal ids.
+
+    Example:
+        >>> batch_id(b"x") == batch_id(b"x") != batch_id(b"y")
+        True
+    """
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+@dataclass
+class SinkStats:
+    """Counters of the collector's writer (served on ``/v1/status``)."""
+
+    requests: int = 0
+    spans_received: int = 0
+    spans_written: int = 0
+    episodes_written: int = 0
+    duplicate_batches: int = 0
+    write_transactions: int = 0
+    write_failures: int = 0
+    rejected_overloaded: int = 0
+    malformed: int = 0
+    unauthorized: int = 0
+    too_large: int = 0
+    rate_limited: int = 0
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        """Add ``deltas`` to the named counters."""
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a dict."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass(slots=True)
+class _Item:
+    batch_id: str
+    rows: DecodedRows
+    future: Future[str]
+
+
+class StoreSink:
+    """Commit decoded requests into a :class:`TraceStore` from one writer thread.
+
+    Args:
+        store: The store this process owns.
+        max_queued_spans: Spans waiting for the writer before requests are refused (429).
+        max_transaction_spans: Spans committed in one transaction at most.
+        stats: Counters to update.
+    """
+
+    def __init__(
+        self,
+        store: TraceStore,
+        *,
+        max_queued_spans: int = 200_000,
+        max_transaction_spans: int = 50_000,
+        stats: SinkStats | None = None,
+    ) -> None:
+        self.store = store
+        self.stats = stats or SinkStats()
+        self._max_queued = max_queued_spans
+        self._max_txn = max_transaction_spans
+        self._queue: list[_Item] = []
+        self._queued_spans = 0
+        self._cond = threading.Condition()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._loaded = False
+
+    @property
+    def queued_spans(self) -> int:
+        """Spans waiting for the writer."""
+        return self._queued_spans
+
+    def start(self) -> StoreSink:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="agentgym-collector-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, batch_id: str, rows: DecodedRows) -> Future[str]:
+        """Queue ``rows``; the future gives ``"written"`` or ``"duplicate"`` once committed.
+
+        Raises:
+            Overloaded: The queue holds ``max_queued_spans`` already.
+        """
+        future: Future[str] = Future()
+        count = rows.span_count
+        with self._cond:
+            if self._closing:
+                raise Overloaded(1.0)
+            if self._queue and self._queued_spans + count > self._max_queued:
+                self.stats.add(rejected_overloaded=1)
+                raise Overloaded(1.0)
+            self._queue.append(_Item(batch_id, rows, future))
+            self._queued_spans += count
+            self._cond.notify()
+        self.stats.add(requests=1, spans_received=count)
+        return future
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop the writer."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # --- the writer thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                group: list[_Item] = []
+                spans = 0
+                while self._queue and (not group or spans + self._queue[0].rows.span_count <= self._max_txn):
+                    item = self._queue.pop(0)
+                    group.append(item)
+                    spans += item.rows.span_count
+            self._write_group(group)
+            with self._cond:
+                self._queued_spans -= spans
+
+    def _write_group(self, group: list[_Item]) -> None:
+        try:
+            self._load_recent_ids()
+            fresh: list[_Item] = []
+            seen: set[str] = set()
+            duplicates: list[_Item] = []
+            for item in group:
+                if item.batch_id in self._recent or item.batch_id in seen:
+                    duplicates.append(item)
+                else:
+                    seen.add(item.batch_id)
+                    fresh.append(item)
+            fresh_ids = [item.batch_id for item in fresh]
+            # Ids committed by an earlier run and no longer remembered in memory.
+            if fresh_ids:
+                known = self._committed_among(fresh_ids)
+                if known:
+                    duplicates += [item for item in fresh if item.batch_id in known]
+                    fresh = [item for item in fresh if item.batch_id not in known]
+            if fresh:
+                merged = RowBatch()
+                roots: dict[str, tuple[Any, ...]] = {}
+                for item in fresh:
+                    merged.extend(item.rows.batch)
+                    roots.update(item.rows.foreign_roots)
+                now = datetime.now(UTC)
+                marks = [(item.batch_id, item.rows.span_count, now) for item in fresh]
+                episodes = self.store.write(lambda con: _commit(con, merged, roots, marks))
+                self.stats.add(
+                    spans_written=len(merged.spans),
+                    episodes_written=len(merged.episodes) + episodes,
+                    write_transactions=1,
+                )
+                for item in fresh:
+                    self._remember(item.batch_id)
+            if duplicates:
+                self.stats.add(duplicate_batches=len(duplicates))
+        except Exception as exc:
+            self.stats.add(write_failures=1)
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("agentgym collector: could not write %d requests: %s", len(group), exc)
+            for item in group:
+                item.future.set_exception(exc)
+            return
+        for item in fresh:
+            item.future.set_result("written")
+        for item in duplicates:
+            item.future.set_result("duplicate")
+
+    def _remember(self, batch: str) -> None:
+        self._recent[batch] = None
+        if len(self._recent) > _RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    def _load_recent_ids(self) -> None:
+        if self._loaded:
+            return
+        rows = self.store.query(f"SELECT batch_id FROM otlp_batches ORDER BY received_at DESC LIMIT {_RECENT_IDS}")
+        for (batch,) in reversed(rows):
+            self._recent[batch] = None
+        self._loaded = True
+
+    def _committed_among(self, ids: list[str]) -> set[str]:
+        if len(self._recent) < _RECENT_IDS:
+            return set()  # every committed id is in memory
+        rows = self.store.query("SELECT batch_id FROM otlp_batches WHERE batch_id IN (SELECT unnest(?))", [ids])
+        return {row[0] for row in rows}
+
+
+def _commit(
+    con: duckdb.DuckDBPyConnection,
+    batch: RowBatch,
+    roots: dict[str, tuple[Any, ...]],
+    marks: list[tuple[str, int, datetime]],
+) -> int:
+    _append(con, batch)
+    con.executemany("INSERT INTO otlp_batches VALUES (?, ?, ?)", marks)
+    return _foreign_episodes(con, roots) if roots else 0
+
+
+_TOOL = f"operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL"
+_FOREIGN_EPISODE = f"""
+INSERT INTO episodes
+SELECT
+  ? AS episode_id, ? AS agent, 0, NULL, ? AS trace_id,
+  make_timestamptz(?::BIGINT // 1000), make_timestamptz(?::BIGINT // 1000), (?::BIGINT - ?::BIGINT) / 1e6,
+  ? AS status, ? AS error_type, ? AS framework, NULL, ? AS entrypoint,
+  count(*) FILTER (WHERE {_TOOL}),
+  count(*) FILTER (WHERE {_TOOL} AND tool_outcome <> '{semconv.ToolOutcome.OK}'),
+  CASE WHEN count(*) FILTER (WHERE {_TOOL}) = 0 THEN NULL
+       ELSE count(*) FILTER (WHERE {_TOOL} AND tool_outcome = '{semconv.ToolOutcome.OK}')
+            / count(*) FILTER (WHERE {_TOOL}) END,
+  count(*) FILTER (WHERE operation = '{semconv.OP_CHAT}'),
+  coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+  NULL, NULL, NULL, NULL
+FROM spans WHERE episode_id = ?
+"""
+
+
+def _foreign_episodes(con: duckdb.DuckDBPyConnection, roots: dict[str, tuple[Any, ...]]) -> int:
+    """Episode rows of foreign traces whose root arrived, counted from their spans in the store.
+
+    A trace's spans end before its root, so by the time the root is written its children are
+    in the store (or in this very transaction).
+    """
+    for episode_id, (agent, trace_id, start, end, status, error_type, framework, name) in roots.items():
+        con.execute(
+            _FOREIGN_EPISODE,
+            [episode_id, agent, trace_id, start, end, end, start, status, error_type, framework, name, episode_id],
+        )
+    return len(roots)
