@@ -91,7 +91,7 @@ def test_cli_errors_are_clear(populated: Path, tmp_path: Path) -> None:
     assert "no trace store at" in missing.stderr
     bad_format = _cli("export", str(tmp_path / "x.csv"), "--format", "csv", home=populated)
     assert bad_format.returncode == 2
-    assert "unknown export format 'csv'" in bad_format.stderr
+    assert "unknown export format 'csv'; supported formats: parquet, jsonl, otlp-json" in bad_format.stderr
 
 
 def test_reads_a_snapshot_while_another_process_writes(populated: Path) -> None:
