@@ -89,5 +89,5 @@ def text_column(table: Table, header: str) -> None:
 
 
 def number_column(table: Table, header: str) -> None:
-    """A right-aligned column of numbers; its header may wrap between words, never a number."""
-    table.add_column(header, justify="right", no_wrap=False, min_width=max(len(w) for w in header.split()))
+    """A right-aligned column of numbers, never wrapped."""
+    table.add_column(header, justify="right", no_wrap=True, min_width=len(header))

@@ -220,7 +220,7 @@ def render(table_rows: list[tuple[str, str, bool]], width: int, colour: bool) ->
     """A two-column box table titled ``agentgym status`` that fits ``width`` columns.
 
     Values wrap at spaces when the table would be wider than ``width``; a single word (a path,
-    a pid) is never cut, because users copy it.
+    a pid) is never cut, because users copy it: it overflows its line instead.
 
     Example:
         >>> print(render([("home", "/srv/gym", False)], 80, False))
@@ -230,9 +230,10 @@ def render(table_rows: list[tuple[str, str, bool]], width: int, colour: bool) ->
         ╰──────┴──────────╯
     """
     left = max(len(what) for what, _, _ in table_rows)
-    longest_word = max((len(word) for _, value, _ in table_rows for word in value.split()), default=1)
     natural = max(len(value) for _, value, _ in table_rows)
-    right = max(min(natural, width - left - 7), longest_word, 1)
+    # A word longer than the column (a deep path) overflows its own line rather than being cut
+    # or widening every other row past the terminal.
+    right = max(min(natural, width - left - 7), 8)
     lines = [f"╭{'─' * (left + 2)}┬{'─' * (right + 2)}╮"]
     for what, value, alarm in table_rows:
         for i, chunk in enumerate(_wrap(value, right)):

@@ -148,28 +148,37 @@ def reliability_rows(reader: Any, agent: str | None, by: str) -> list[dict[str, 
     return rows
 
 
+_OUTCOMES = (
+    ("unknown_tool", "unknown tool"),
+    ("invalid_arguments", "invalid args"),
+    ("tool_error", "tool error"),
+    ("error_result", "error result"),
+    ("not_executed", "not run"),
+)
+
+
 def render_reliability(rows: list[dict[str, Any]], by: str) -> Table:
-    """A Rich table of :func:`reliability_rows` (fits 80 columns: only headers wrap)."""
+    """A Rich table of :func:`reliability_rows`.
+
+    The failures by outcome share one wrapping column, so the table fits 80 columns with the
+    agent and tool names whole (they are what users type into ``--agent`` and ``--by``).
+    """
     table = Table(title=f"tool reliability by {_BY[by][1]}")
     typed_column(table, "agent")
     typed_column(table, _BY[by][1])
-    for header in ("calls", "ok", "unknown tool", "invalid args", "tool error", "error result", "not run"):
-        number_column(table, header)
+    number_column(table, "calls")
+    text_column(table, "failures")
     typed_column(table, "reliability", justify="right")
     for row in rows:
         share = row["successes"] / row["calls"] if row["calls"] else None
         colour = "green" if share is not None and share >= 0.95 else "yellow" if share and share >= 0.8 else "red"
         key = row["key"]
+        failures = " · ".join(f"{label} {fmt_number(row[name])}" for name, label in _OUTCOMES if row[name])
         table.add_row(
             Text(str(row["agent"])),
             Text(f"v{key}" if by == "policy" else str(key)),
             fmt_number(row["calls"]),
-            fmt_number(row["successes"]),
-            fmt_number(row["unknown_tool"]),
-            fmt_number(row["invalid_arguments"]),
-            fmt_number(row["tool_error"]),
-            fmt_number(row["error_result"]),
-            fmt_number(row["not_executed"]),
+            Text(failures or "—"),
             Text(fmt_ratio(share), style=colour),
         )
     return table
