@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentgym_runtime.cli.policy_commands",
     "agentgym_runtime.cli.scenario_commands",
     "agentgym_runtime.cli.demo_commands",
+    "agentgym_runtime.cli.ui_commands",
 )
 
 
