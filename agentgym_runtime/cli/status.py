@@ -224,7 +224,7 @@ def render(table_rows: list[tuple[str, str, bool]], width: int, colour: bool) ->
 
     Example:
         >>> print(render([("home", "/srv/gym", False)], 80, False))
-           agentgym status
+          agentgym status
         ╭──────┬──────────╮
         │ home │ /srv/gym │
         ╰──────┴──────────╯

@@ -1,4 +1,4 @@
-"""``agentgym report``: the home's charts as one self-contained HTML file."""
+"""``agentgym dashboard`` (live terminal UI) and ``agentgym report`` (one self-contained HTML file)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,33 @@ from agentgym_runtime.cli.common import HomeOption, StoreOption, console, settin
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``report`` to ``app``."""
+    """Add ``dashboard`` and ``report`` to ``app``."""
+    app.command("dashboard")(dashboard)
     app.command("report")(report)
+
+
+def dashboard(
+    home: Path | None = HomeOption,
+    store: str | None = StoreOption,
+    plain: bool = typer.Option(False, "--plain", help="Print the panels once as tables (no terminal UI)."),
+    refresh: float = typer.Option(2.0, "--refresh", min=0.2, help="Seconds between refreshes."),
+) -> None:
+    """Watch agents, reliability, the canary and gate, training runs and recent failures live."""
+    from agentgym_runtime.cli.dashboard import build_app, read_recent, registry_actions, render_plain
+    from agentgym_runtime.cli.sources import HomeSource
+
+    settings = settings_for(home, store)
+    source = HomeSource(settings.home, settings.store_path)
+    if plain or not console.is_terminal:
+        console.print(render_plain(read_recent(source)))
+        return
+    try:
+        app = build_app(source, registry_actions(settings.home), refresh)
+    except ImportError:
+        console.print("[yellow]textual is not installed (pip install 'agentgym-runtime[ui]'): plain view[/yellow]")
+        console.print(render_plain(read_recent(source)))
+        return
+    app.run()
 
 
 def report(
