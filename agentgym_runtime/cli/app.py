@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agentgym_runtime.cli.demo_commands",
     "agentgym_runtime.cli.backend_commands",
     "agentgym_runtime.cli.collect_commands",
+    "agentgym_runtime.cli.ui_commands",
 )
 
 

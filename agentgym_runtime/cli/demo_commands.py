@@ -32,6 +32,7 @@ def demo(
     home: Path | None = typer.Option(None, "--home", help="agentgym home (default ./.agentgym)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the tasks and the trainer."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as one JSON object on the last line."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the HTML report (charts) to this file."),
 ) -> None:
     """Watch a live agent's tool reliability climb: record, train (GRPO), canary, hot-swap, measure."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -56,5 +57,15 @@ def demo(
             run = Demo(config, on_update=lambda state: live.update(render_state(state, config)))
             summary = run.run()
     console.print(render_summary(summary))
+    if summary.get("store"):
+        from agentgym_runtime.recording.files import atomic_write_json
+
+        # Kept in the home so `agentgym report` shows the demo's before/after later too.
+        demo_home = Path(summary["store"]).parent
+        atomic_write_json(demo_home / "demo-summary.json", summary, mode=0o644)
+        if report is not None:
+            from agentgym_runtime.cli.report import write_report
+
+            console.print(f"report: {write_report(demo_home, report)}", highlight=False)
     if as_json:
         print(json.dumps(summary, default=str))

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agentgym_runtime.cli.common import console, err_console
+from agentgym_runtime.cli.common import JsonOption, console, err_console, print_json, text_column, typed_column
 from agentgym_runtime.scenarios import ScenarioNotFoundError, get_scenario, list_scenarios
 
 scenarios_app = typer.Typer(help="Scenarios: tools, tasks, rewards and success criteria.", no_args_is_help=True)
@@ -20,15 +20,20 @@ def register(app: typer.Typer) -> None:
 
 
 @scenarios_app.command("list")
-def list_command() -> None:
+def list_command(as_json: bool = JsonOption) -> None:
     """List the available scenarios."""
+    scenarios = [get_scenario(name) for name in list_scenarios()]
+    if as_json:
+        print_json([{**s.metadata(), "tools": [t.name for t in s.tools()]} for s in scenarios])
+        return
     table = Table(title="scenarios")
-    for column in ("name", "difficulty", "estimated time", "tools", "description"):
-        table.add_column(column)
-    for name in list_scenarios():
-        scenario = get_scenario(name)
+    typed_column(table, "name")
+    typed_column(table, "difficulty")
+    text_column(table, "tools")
+    text_column(table, "description")
+    for scenario in scenarios:
         tools = ", ".join(t.name for t in scenario.tools())
-        table.add_row(name, scenario.difficulty, scenario.estimated_time, tools, scenario.description)
+        table.add_row(Text(scenario.name), scenario.difficulty, Text(tools), Text(scenario.description))
     console.print(table)
 
 

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import threading
 from collections.abc import Sequence
@@ -46,7 +47,11 @@ class ScenarioNotFoundError(AgentGymError, LookupError):
     def __init__(self, scenario: str, available: Sequence[str]) -> None:
         self.scenario = scenario
         self.available = sorted(available)
-        super().__init__(f"unknown scenario {scenario!r}; available scenarios: {', '.join(self.available) or '(none)'}")
+        close = difflib.get_close_matches(scenario.replace("-", "_"), self.available, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(
+            f"unknown scenario {scenario!r}{hint}; available scenarios: {', '.join(self.available) or '(none)'}"
+        )
 
 
 def register_scenario(cls: S) -> S:

@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
-import pytest
 
 import agentgym_runtime as agentgym
-from agentgym_runtime.recording.capture import record_tool_failure
-from agentgym_runtime.semconv import ToolOutcome
-
-
-def _cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    if home is not None:
-        env["AGENTGYM_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "agentgym_runtime.cli", *args], capture_output=True, text=True, timeout=120, env=env
-    )
-
-
-@pytest.fixture
-def populated(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    agentgym.configure(home=home)
-
-    @agentgym.tool
-    def lookup(order_id: int) -> str:
-        return "ok"
-
-    for i in range(4):
-        with agentgym.episode(agent="support"):
-            lookup(order_id=i)
-            if i % 2:
-                record_tool_failure("refund_all", ToolOutcome.UNKNOWN_TOOL, call_id=f"x{i}")
-    agentgym.shutdown()
-    return home
+from tests.cli.conftest import run_cli as _cli
 
 
 def test_version() -> None:
@@ -91,7 +61,7 @@ def test_cli_errors_are_clear(populated: Path, tmp_path: Path) -> None:
     assert "no trace store at" in missing.stderr
     bad_format = _cli("export", str(tmp_path / "x.csv"), "--format", "csv", home=populated)
     assert bad_format.returncode == 2
-    assert "unknown export format 'csv'" in bad_format.stderr
+    assert "unknown export format 'csv'; supported formats: parquet, jsonl, otlp-json" in bad_format.stderr
 
 
 def test_reads_a_snapshot_while_another_process_writes(populated: Path) -> None:

@@ -30,7 +30,9 @@ def test_registry_lists_builtins_and_unknown_names_raise_with_the_list() -> None
     with pytest.raises(ScenarioNotFoundError) as info:
         get_scenario("customer_suport")
     message = str(info.value)
-    assert message.startswith("unknown scenario 'customer_suport'; available scenarios: ")
+    assert message.startswith(
+        "unknown scenario 'customer_suport' (did you mean 'customer_support'?); available scenarios: "
+    )
     for name in NAMES:
         assert name in message
     assert isinstance(info.value, LookupError)
