@@ -148,6 +148,11 @@ def test_crashing_jobs_back_off_then_pause_with_the_cause(agentgym_runtime: Runt
     status = json.loads((agentgym_runtime.settings.home / "training" / "status.json").read_text())
     assert status["agents"]["support"]["consecutive_failures"] == 2
     assert status["agents"]["support"]["held"] == rows[0]["reason"]
+    # `agentgym status` shows the pause and its cause, as an alarm.
+    from agentgym_runtime.cli import status as status_command
+
+    document = status_command.collect(str(agentgym_runtime.settings.home), agentgym_runtime.settings.store_path)
+    assert ("training support", rows[0]["reason"], True) in status_command.rows(document, time.time())
     # A manual run still goes ahead; its success resumes the schedule.
     fixed = scheduler.run_now("support", config=config("PromptTrainer"), force=True)
     assert fixed.status == "succeeded"
