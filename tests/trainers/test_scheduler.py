@@ -468,7 +468,7 @@ def test_cli_train_hands_the_run_to_the_service_holding_the_store(agentgym_runti
     assert "trainer_class must be 'module:Class', got 'not-a-path'" in rejected.stderr
     # What only the service can judge (its own config merged with the request) is rejected there.
     request_id = submit_request(home, "support", overrides={"min_new_episodes": 0})
-    assert scheduler.process_requests() == 1
+    scheduler.process_requests()  # or the background request job claims it first: either way it is judged once
     deadline = time.monotonic() + 10
     while (request_status(home, request_id) or {}).get("state") != "done" and time.monotonic() < deadline:
         time.sleep(0.05)
