@@ -384,6 +384,26 @@ def test_shutdown_stops_a_running_job_and_records_it(agentgym_runtime: Runtime) 
     store.close()
 
 
+def test_shutdown_with_a_reason_records_it_on_the_cancelled_run(agentgym_runtime: Runtime) -> None:
+    serve(3)
+    runs: list[Any] = []
+    scheduler = agentgym_runtime.scheduler
+    thread = threading.Thread(target=lambda: runs.append(scheduler.run_now("support", config=config("HangingTrainer"))))
+    thread.start()
+    while not scheduler.active_runs():
+        time.sleep(0.01)
+    run_id = scheduler.active_runs()["support"]
+    _job_pid(agentgym_runtime.settings.home / "training" / "support" / run_id)
+    scheduler.shutdown(wait=False, reason="the demo ended before the run finished")  # what the demo does
+    thread.join(timeout=30)
+
+    assert (runs[0].status, runs[0].reason) == ("cancelled", "cancelled: the demo ended before the run finished")
+    assert agentgym_runtime.store.query("SELECT status, reason FROM training_runs WHERE run_id = ?", [run_id]) == [
+        ("cancelled", "cancelled: the demo ended before the run finished")
+    ]
+    assert scheduler.active_runs() == {}
+
+
 def test_cli_train_and_runs(agentgym_runtime: Runtime) -> None:
     from typer.testing import CliRunner
 

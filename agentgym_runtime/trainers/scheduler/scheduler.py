@@ -154,6 +154,7 @@ class TrainingScheduler:
         self._in_flight = 0  # scheduled runs executing on APScheduler's threads
         self._idle = threading.Event()
         self._idle.set()
+        self._closing_reason = "the service is shutting down"
 
     # --- configuration ----------------------------------------------------------------------
     @property
@@ -330,9 +331,17 @@ class TrainingScheduler:
             self._aps.start()
         return self._aps
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop scheduling, kill running jobs (their runs are marked failed) and stop the thread."""
+    def shutdown(self, wait: bool = True, *, reason: str | None = None) -> None:
+        """Stop scheduling, kill running jobs (their runs are marked cancelled) and stop the thread.
+
+        Args:
+            wait: Wait for the scheduler thread to stop.
+            reason: Why (recorded on the cancelled runs as ``cancelled: <reason>``); default
+                "the service is shutting down".
+        """
         with self._lock:
+            if reason is not None and not self._closing:
+                self._closing_reason = reason
             self._closing = True
             handles = list(self._active.values())
         for handle in handles:
@@ -617,7 +626,7 @@ class TrainingScheduler:
         with self._lock:
             if self._closing:
                 run.status = RunStatus.CANCELLED
-                run.reason = "cancelled: the service is shutting down"
+                run.reason = f"cancelled: {self._closing_reason}"
                 update_run(store, run, ended=True)
                 return
             handle = backend.submit(spec)
@@ -684,7 +693,7 @@ class TrainingScheduler:
             run.error = f"the job ran longer than its timeout of {config.timeout_s:g}s and was killed"
         elif self._closing and code != EXIT_OK:
             run.status = RunStatus.CANCELLED
-            run.reason = "cancelled: the service is shutting down"
+            run.reason = f"cancelled: {self._closing_reason}"
             run.error = f"the job was stopped (exit code {code})"
         elif code == EXIT_UNAVAILABLE:
             run.reason = "trainer unavailable"
