@@ -99,7 +99,11 @@ def test_the_collector_runs_the_schedule_its_workers_registered(tmp_path: Path) 
         )
     finally:
         collector.send_signal(signal.SIGTERM)
-        _, stderr = collector.communicate(timeout=60)
+        try:
+            _, stderr = collector.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            collector.kill()  # never leave the collector behind
+            _, stderr = collector.communicate()
     assert collector.returncode == 0, stderr.decode()
     trainer, episodes, candidate, metrics = succeeded[0]
     assert (trainer, episodes, candidate) == ("fake", 6, 1)
