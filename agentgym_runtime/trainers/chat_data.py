@@ -154,11 +154,7 @@ def _outcomes(target: Mapping[str, Any], recorded: Sequence[RecordedToolCall], u
         if match is None:
             wanted = (function["name"], _canonical(function["arguments"]))
             match = next(
-                (
-                    i
-                    for i, r in enumerate(recorded)
-                    if i not in used and (r.name, _canonical(r.arguments)) == wanted
-                ),
+                (i for i, r in enumerate(recorded) if i not in used and (r.name, _canonical(r.arguments)) == wanted),
                 None,
             )
         if match is None:
@@ -272,7 +268,7 @@ def render_prompt(
 
 
 def target_text(tokenizer: Any, sample: ChatSample, fmt: ToolCallFormat) -> str:
-    """The target turn as the model writes it, without the end-of-turn marker (a GRPO guide).
+    r"""The target turn as the model writes it, without the end-of-turn marker (a GRPO guide).
 
     Example:
         >>> target_text(tokenizer, sample, "hermes")  # doctest: +SKIP
@@ -315,7 +311,9 @@ class OutcomeReward:
 
         parsed = parse_completion(completion, self.fmt)
         task = sample.task
-        sandbox = ToolSandbox(tools=sample.tools or (task.tools if task else []), recorded=task.tool_calls if task else [])
+        sandbox = ToolSandbox(
+            tools=sample.tools or (task.tools if task else []), recorded=task.tool_calls if task else []
+        )
         failed = {
             (r.name, _canonical(r.arguments))
             for r in (task.tool_calls if task else [])
@@ -377,9 +375,7 @@ def guides(samples: Sequence[ChatSample], texts: Sequence[str]) -> list[list[str
     return result
 
 
-def split_samples(
-    samples: Sequence[ChatSample], heldout: Sequence[Task]
-) -> tuple[list[ChatSample], list[ChatSample]]:
+def split_samples(samples: Sequence[ChatSample], heldout: Sequence[Task]) -> tuple[list[ChatSample], list[ChatSample]]:
     """``(train, held-out)`` samples, following the tasks' session split.
 
     Example:

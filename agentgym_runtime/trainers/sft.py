@@ -157,7 +157,13 @@ def sft_train(
 
 
 def heldout_accuracy(
-    model: Any, tokenizer: Any, prompts: Sequence[str], samples: Sequence[Any], reward: Any, max_new_tokens: int, device: str
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    samples: Sequence[Any],
+    reward: Any,
+    max_new_tokens: int,
+    device: str,
 ) -> float:
     """Mean outcome reward of greedy completions of held-out ``prompts`` (one per sample).
 
@@ -201,7 +207,13 @@ class SFTTrainer:
         """Read the samples, train, measure held-out accuracy before and after, save the adapter."""
         from transformers import AutoModelForCausalLM
 
-        from agentgym_runtime.trainers.chat_data import OutcomeReward, gguf_kwargs, load_job_data, render_prompt, render_sample
+        from agentgym_runtime.trainers.chat_data import (
+            OutcomeReward,
+            gguf_kwargs,
+            load_job_data,
+            render_prompt,
+            render_sample,
+        )
         from agentgym_runtime.trainers.grpo import resolve_device, save_adapter
         from agentgym_runtime.trainers.lightning.common import import_object
 
@@ -231,9 +243,15 @@ class SFTTrainer:
             )
             model = before_model.unload()
         else:
-            before = heldout_accuracy(model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device)
-        peft_model, metrics = sft_train(model, data.tokenizer, pairs, config, device=device, progress=progress, init_adapter=init)
-        after = heldout_accuracy(peft_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device)
+            before = heldout_accuracy(
+                model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
+            )
+        peft_model, metrics = sft_train(
+            model, data.tokenizer, pairs, config, device=device, progress=progress, init_adapter=init
+        )
+        after = heldout_accuracy(
+            peft_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
+        )
         save_adapter(peft_model, spec.output_dir)
         progress(1.0, "adapter saved")
         return TrainingResult(

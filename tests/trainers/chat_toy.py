@@ -18,6 +18,18 @@ CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+#: A compact Qwen-style template with tool support (tool names only, to keep the fast tests' prompts short).
+QWEN_LIKE = (
+    "{% if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n{% endif %}"
+    "tools:{% for t in tools %} {{ t['function']['name'] }}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'system' and tools %}"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}<|im_start|>assistant\n{% for c in m['tool_calls'] %}"
+    "<tool_call>\n{\"name\": \"{{ c['function']['name'] }}\", \"arguments\": {{ c['function']['arguments'] | tojson }}}"
+    "\n</tool_call>{% endfor %}<|im_end|>\n"
+    "{% elif m['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m['content'] }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SYSTEM = "You are a support agent."
 
 
@@ -97,8 +109,7 @@ def build_tokenizer(directory: Path, *, pad: bool = True, template: str | None =
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from agentgym_runtime.models.chat_format import render_tool_calls, tool_block
-    from agentgym_runtime.models.chat_format import ToolCall
+    from agentgym_runtime.models.chat_format import ToolCall, render_tool_calls, tool_block
 
     block = tool_block([get_order.definition(), refund_order.definition()], "hermes")
     corpus = [f"<|im_start|>system\n{SYSTEM}\n\n{block}<|im_end|>\n"]
