@@ -132,3 +132,37 @@ def test_bad_input_is_refused_with_a_clear_error(agentgym_runtime: Runtime, tmp_
         PolicyArtifactError, match=r"was trained on base model .*model.* but .* serves 'org/other-model'"
     ):
         write_artifact(other, tmp_path / "registry", tmp_path / "out" / "adapter")
+
+
+def test_grpo_with_only_a_model_path_trains_on_the_recorded_chats_with_the_outcome_reward(
+    agentgym_runtime: Runtime, tmp_path: Path
+) -> None:
+    from agentgym_runtime.trainers.grpo import GRPOTrainer
+
+    record_support("support", list(range(10, 22)), typo_every=3)
+    assert agentgym_runtime.flush()
+    write_snapshot(agentgym_runtime.store, "support", tmp_path / "snap", run_id="r1")
+    model = build_model(tmp_path / "model", template=QWEN_LIKE)
+    spec = _spec(tmp_path, tmp_path / "snap", model).model_copy(
+        update={
+            "trainer": "grpo",
+            "options": {
+                "model_path": str(model),
+                "steps": 2,
+                "group_size": 2,
+                "prompts_per_step": 2,
+                "max_new_tokens": 4,
+            },
+        }
+    )
+    messages: list[str] = []
+
+    result = GRPOTrainer().train(spec, lambda f, m: messages.append(m))
+
+    assert messages[0].startswith("GRPO on ") and messages[0].endswith("(cpu, hermes tool calls)")
+    assert result.metrics["tool_format"] == "hermes"
+    assert result.metrics["samples"] == 2 * 2 * 2
+    # Four tokens of a random model are never a valid call: the outcome reward scores them 0.
+    assert result.metrics["train_reward_first_step"] == 0.0
+    assert result.metrics["guided_samples"] >= 1  # the recorded calls guide the groups
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
