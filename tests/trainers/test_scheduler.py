@@ -289,7 +289,7 @@ def test_decorator_validates_training_options_and_schedules_the_agent(
         ({"schedule": "61 * * * *"}, "schedule '61 \\* \\* \\* \\*' is not a valid cron string"),
         ({"gpu": "tpu"}, "gpu must be one of 'auto', 'cpu', 'local', got 'tpu'"),
         ({"min_new_episodes": 0}, "min_new_episodes must be an integer >= 1, got 0"),
-        ({"trainer": "magic"}, "unknown trainer 'magic'; choose one of: apo, demos, grpo, verl"),
+        ({"trainer": "magic"}, "unknown trainer 'magic'; choose one of: apo, demos, grpo, sft, verl"),
         ({"trainer": "verl", "gpu": "cpu"}, "trainer 'verl' needs a CUDA GPU; gpu='cpu' cannot work"),
         ({"trainer_options": {"x": object()}}, "trainer_options must be JSON-serialisable"),
     ]
