@@ -213,7 +213,9 @@ def test_the_gate_rolls_back_a_harmful_candidate_by_itself(tmp_path: Path) -> No
     assert service.stop() == 143
 
     state = registry.state("my-support")
-    assert (state.live, state.canary) == (0, None)
+    # v0 stays live; the schedule goes on, so a newer candidate (v2) may already be in canary.
+    assert state.live == 0 and state.canary in (None, 2)
+    assert state.versions[1].status == "rolled_back"
     rollback = [e for e in registry.events("my-support") if e.version == 1 and e.to_status == "rolled_back"]
     assert len(rollback) == 1 and rollback[0].actor == "gate"
     assert rollback[0].reason and "gate" in rollback[0].reason
@@ -221,6 +223,7 @@ def test_the_gate_rolls_back_a_harmful_candidate_by_itself(tmp_path: Path) -> No
     # While it was the canary, its calls were worse; after the rollback every call is v0's again.
     canary_calls = [call for call in service.calls[:served_after] if call["version"] == 1]
     assert canary_calls and not any(call["ok"] for call in canary_calls)
-    assert {call["version"] for call in service.calls[served_after + 4 :]} == {0}
+    after = {call["version"] for call in service.calls[served_after + 4 :]}
+    assert 0 in after and 1 not in after  # v1 never serves again
     stored = _stored_episodes(home)
     assert len(service.calls) <= stored <= len(service.calls) + 1
