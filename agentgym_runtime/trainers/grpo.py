@@ -576,6 +576,32 @@ def save_adapter(peft_model: Any, output_dir: str | Path) -> Path:
     return target
 
 
+def check_lora_trainer(name: str, spec: TrainingJobSpec) -> None:
+    """What every LoRA trainer (``grpo``, ``sft``) needs: the ``train`` extra, ``model_path``, the device.
+
+    Raises:
+        TrainerUnavailable: Missing ``model_path`` or a module of the ``train`` extra, or CUDA asked
+            for without CUDA.
+    """
+    require_modules(name, {"torch": "train", "transformers": "train", "peft": "train"})
+    if not spec.options.get("model_path"):
+        raise TrainerUnavailable(
+            f"the {name!r} trainer needs options['model_path']: a local Hugging Face causal LM directory"
+        )
+    resolve_device(spec.device)
+
+
+def adapter_result(
+    name: str, peft_model: Any, spec: TrainingJobSpec, model_path: str, metrics: dict[str, Any], progress: ProgressFn
+) -> TrainingResult:
+    """Save the trained adapter into the job's output and describe it as the candidate's LLM."""
+    save_adapter(peft_model, spec.output_dir)
+    progress(1.0, "adapter saved")
+    return TrainingResult(
+        trainer=name, llm=LLMConfig(model=model_path, adapter="adapter"), adapter="adapter", metrics=metrics
+    )
+
+
 class GRPOTrainer:
     """The ``grpo`` trainer for a job: model from ``options["model_path"]``, reward from ``options["reward"]``.
 
@@ -597,12 +623,7 @@ class GRPOTrainer:
 
     def check_available(self, spec: TrainingJobSpec) -> None:
         """Needs torch, transformers and peft (the ``train`` extra) and a ``model_path``."""
-        require_modules(self.name, {"torch": "train", "transformers": "train", "peft": "train"})
-        if not spec.options.get("model_path"):
-            raise TrainerUnavailable(
-                "the 'grpo' trainer needs options['model_path']: a local Hugging Face causal LM directory"
-            )
-        resolve_device(spec.device)
+        check_lora_trainer(self.name, spec)
 
     def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
         """Load the snapshot, model and tokenizer; run :func:`grpo_train`; save the adapter."""
@@ -653,19 +674,9 @@ class GRPOTrainer:
             ],
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
-        save_adapter(peft_model, spec.output_dir)
-        progress(1.0, "adapter saved")
-        return TrainingResult(
-            trainer=self.name,
-            llm=LLMConfig(model=model_path, adapter="adapter"),
-            adapter="adapter",
-            metrics={
-                **metrics,
-                "train_tasks": len(train),
-                "heldout_tasks": len(heldout),
-                "train_prompts": len(pairs),
-                "heldout_prompts": len(held),
-            },
+        counts = {"train_tasks": len(train), "heldout_tasks": len(heldout), "train_prompts": len(pairs)}
+        return adapter_result(
+            self.name, peft_model, spec, model_path, {**metrics, **counts, "heldout_prompts": len(held)}, progress
         )
 
     def _train_on_traces(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
@@ -717,14 +728,8 @@ class GRPOTrainer:
             prompt_weights=[1.0 if s.successful else config.failed_episode_weight for s in train],
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
-        save_adapter(peft_model, spec.output_dir)
-        progress(1.0, "adapter saved")
-        return TrainingResult(
-            trainer=self.name,
-            llm=LLMConfig(model=model_path, adapter="adapter"),
-            adapter="adapter",
-            metrics={**metrics, "train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt},
-        )
+        counts = {"train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt}
+        return adapter_result(self.name, peft_model, spec, model_path, {**metrics, **counts}, progress)
 
 
 def _has_chat_spans(spec: TrainingJobSpec) -> bool:

@@ -31,9 +31,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentgym_runtime.recording.policy import LLMConfig
 from agentgym_runtime.trainers.base import ProgressFn, TrainerUnavailable, TrainingJobSpec, TrainingResult
-from agentgym_runtime.trainers.lightning.common import require_modules, trainer_options
+from agentgym_runtime.trainers.lightning.common import trainer_options
 
 
 class SFTConfig(BaseModel):
@@ -194,14 +193,9 @@ class SFTTrainer:
 
     def check_available(self, spec: TrainingJobSpec) -> None:
         """Needs torch, transformers and peft (the ``train`` extra) and a ``model_path``."""
-        from agentgym_runtime.trainers.grpo import resolve_device
+        from agentgym_runtime.trainers.grpo import check_lora_trainer
 
-        require_modules(self.name, {"torch": "train", "transformers": "train", "peft": "train"})
-        if not spec.options.get("model_path"):
-            raise TrainerUnavailable(
-                "the 'sft' trainer needs options['model_path']: a local Hugging Face causal LM directory"
-            )
-        resolve_device(spec.device)
+        check_lora_trainer(self.name, spec)
 
     def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
         """Read the samples, train, measure held-out accuracy before and after, save the adapter."""
@@ -214,7 +208,7 @@ class SFTTrainer:
             render_prompt,
             render_sample,
         )
-        from agentgym_runtime.trainers.grpo import resolve_device, save_adapter
+        from agentgym_runtime.trainers.grpo import adapter_result, resolve_device
         from agentgym_runtime.trainers.lightning.common import import_object
 
         self.check_available(spec)
@@ -252,19 +246,13 @@ class SFTTrainer:
         after = heldout_accuracy(
             peft_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
         )
-        save_adapter(peft_model, spec.output_dir)
-        progress(1.0, "adapter saved")
-        return TrainingResult(
-            trainer=self.name,
-            llm=LLMConfig(model=model_path, adapter="adapter"),
-            adapter="adapter",
-            metrics={
-                **metrics,
-                "heldout_reward_before": before,
-                "heldout_reward_after": after,
-                "train_samples": len(pairs),
-                "heldout_samples": len(heldout),
-                "teacher_models": sorted({s.model for s in chosen if s.model}),
-                "tool_format": fmt,
-            },
-        )
+        metrics = {
+            **metrics,
+            "heldout_reward_before": before,
+            "heldout_reward_after": after,
+            "train_samples": len(pairs),
+            "heldout_samples": len(heldout),
+            "teacher_models": sorted({s.model for s in chosen if s.model}),
+            "tool_format": fmt,
+        }
+        return adapter_result(self.name, peft_model, spec, model_path, metrics, progress)
