@@ -47,7 +47,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,9 @@ from agentgym_runtime.trainers.grpo_math import (
     grpo_loss,
 )
 from agentgym_runtime.trainers.lightning.common import import_object, require_modules, trainer_options
+
+if TYPE_CHECKING:
+    from agentgym_runtime.trainers.sft import SFTConfig
 
 RewardFn = Callable[[int, str], float]
 GuideFn = Callable[[int], Sequence[str]]
@@ -426,23 +429,10 @@ def grpo_train(
         >>> peft_model, metrics = grpo_train(model, tok, prompts, reward, GRPOConfig(steps=2))  # doctest: +SKIP
     """
     import torch
-    from peft import LoraConfig, get_peft_model
 
     report = progress or (lambda fraction, message: None)
     torch.manual_seed(config.seed)
-    if init_adapter is not None:
-        from peft import PeftModel
-
-        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True).to(device)
-    else:
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        peft_model = get_peft_model(model, lora).to(device)
+    peft_model = lora_model(model, config, device, init_adapter)
     heldout_fn = heldout_reward or train_reward
     before = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
     selecting = bool(config.eval_every and heldout_prompts)
@@ -574,6 +564,25 @@ def save_adapter(peft_model: Any, output_dir: str | Path) -> Path:
     target = Path(output_dir) / "adapter"
     peft_model.save_pretrained(str(target), safe_serialization=True)
     return target
+
+
+def lora_model(model: Any, config: GRPOConfig | SFTConfig, device: str, init_adapter: str | Path | None = None) -> Any:
+    """``model`` with a trainable LoRA: a fresh one from ``config``, or ``init_adapter`` to continue from.
+
+    Shared by the LoRA trainers (``grpo``, ``sft``), whose configs carry the same LoRA fields.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True).to(device)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora).to(device)
 
 
 def check_lora_trainer(name: str, spec: TrainingJobSpec) -> None:

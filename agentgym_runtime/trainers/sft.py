@@ -98,23 +98,14 @@ def sft_train(
         >>> peft_model, metrics = sft_train(model, tok, [("Q: 1+1? A:", " 2")], SFTConfig())  # doctest: +SKIP
     """
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from agentgym_runtime.trainers.grpo import lora_model
 
     report = progress or (lambda fraction, message: None)
     if not pairs:
         raise ValueError("sft_train needs at least one (prompt, completion) pair")
     torch.manual_seed(config.seed)
-    if init_adapter is not None:
-        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True).to(device)
-    else:
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        peft_model = get_peft_model(model, lora).to(device)
+    peft_model = lora_model(model, config, device, init_adapter)
     encoded = [_encode(tokenizer, p, c, config.max_length) for p, c in pairs]
     optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
     order = torch.Generator().manual_seed(config.seed)
