@@ -24,11 +24,15 @@ are resolved on first access.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime._version import __version__
 
+# Not `typing.TYPE_CHECKING`: `agentgym --version` and `agentgym status` import this package, and
+# importing `typing` is a measurable share of their start-up; type checkers honour the name alone.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from agentgym_runtime.api import (
         configure,
         current_episode,

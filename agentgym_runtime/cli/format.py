@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: `agentgym status` starts without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 #: What every formatter prints for a missing value.
 MISSING = "—"

@@ -23,9 +23,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from agentgym_runtime.cli.format import fmt_ago, fmt_number, fmt_time, json_default
+
+TYPE_CHECKING = False  # not typing's: `agentgym status` starts without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 COUNTS_CACHE = ".status-counts.json"
 #: ``status.json`` counters shown, in order; the ones that mean data was lost are marked.
