@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agentgym_runtime.collectors.pricing import DEFAULT_PRICES, check_prices
 
 #: Keys whose values are never stored (matched case-insensitively, anywhere in the key).
 DEFAULT_SECRET_KEY_PATTERN = (
@@ -78,6 +80,9 @@ class Settings(BaseSettings):
         collector_token: Bearer token sent to (and required by) the collector.
         share_home: Let the processes that share a file store elect one owner that serves OTLP
             to the others (needs the ``collector`` extra); off: this process writes the file itself.
+        token_prices: USD per million (input, output) tokens by model name or ``fnmatch`` pattern,
+            ``"*"`` for the rest: what reports and the demo bill an episode at (see
+            :mod:`agentgym_runtime.collectors.pricing`).
     """
 
     model_config = SettingsConfigDict(
@@ -147,6 +152,21 @@ class Settings(BaseSettings):
     collector_endpoint: str | None = None
     collector_token: str | None = None
     share_home: bool = True
+    token_prices: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES)
+    )
+
+    @field_validator("token_prices", mode="before")
+    @classmethod
+    def _check_prices(cls, value: Any) -> Any:
+        if isinstance(value, str):  # environment form: JSON {"model or pattern": [input, output]}
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f'token_prices must be JSON like {{"*": [0.15, 0.6]}}: {exc}') from None
+        if not isinstance(value, Mapping):
+            raise ValueError(f"token_prices must map model names to [input, output], got {type(value).__name__}")
+        return check_prices(value)
 
     @field_validator("home", mode="before")
     @classmethod

@@ -10,7 +10,6 @@ before/after when the home holds a demo summary.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,7 @@ from typing import Any
 from agentgym_runtime.cli.format import fmt_clock, fmt_cost, fmt_percent, fmt_signed, fmt_time
 from agentgym_runtime.cli.sources import Snapshot
 from agentgym_runtime.cli.svg import bar_chart, line_chart
-
-
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """Price per million tokens (input, output), in the user's currency.
-
-    Example:
-        >>> Prices(1.0, 2.0).per_episode(1000, 500)
-        0.002
-    """
-
-    input_per_million: float = 0.15
-    output_per_million: float = 0.60
-
-    def per_episode(self, input_tokens: float, output_tokens: float) -> float:
-        """The cost of an episode with these token counts."""
-        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
-
+from agentgym_runtime.collectors.pricing import TokenPrices
 
 _CSS = (
     "body{font-family:sans-serif;margin:2rem;max-width:960px;color:#111}"
@@ -136,27 +118,31 @@ def _training(snap: Snapshot) -> str:
     )
 
 
-def _costs(snap: Snapshot, prices: Prices) -> str:
+def _costs(snap: Snapshot, prices: TokenPrices) -> str:
     names = [f"{c['agent']} v{c['version']}" for c in snap.costs]
-    values = [prices.per_episode(float(c["input_tokens"] or 0), float(c["output_tokens"] or 0)) for c in snap.costs]
+    values = [float(c["cost_per_episode_usd"]) for c in snap.costs]
     rows = [
         [
             name,
             f"{c['episodes']}",
-            f"{float(c['input_tokens'] or 0):.0f}",
-            f"{float(c['output_tokens'] or 0):.0f}",
+            f"{float(c['llm_calls_per_episode']):.2f}",
+            f"{float(c['input_tokens_per_episode']):.0f}",
+            f"{float(c['output_tokens_per_episode']):.0f}",
             fmt_cost(v),
         ]
         for name, c, v in zip(names, snap.costs, values, strict=True)
     ]
     note = (
-        f"<p>Prices: {prices.input_per_million:g} per million input tokens, "
-        f"{prices.output_per_million:g} per million output tokens (set with --price-in / --price-out).</p>"
+        f"<p>The provider's bill per episode, each LLM call at its model's price: {escape(prices.describe())} "
+        "(set <code>token_prices</code>, or --price-in / --price-out for every model).</p>"
     )
     return (
         bar_chart("Cost per episode per policy version", names, {"cost": values}, y_fmt="{:.2g}")
         + note
-        + _table(["version", "episodes", "input tokens/episode", "output tokens/episode", "cost/episode"], rows)
+        + _table(
+            ["version", "episodes", "LLM calls/episode", "input tokens/ep.", "output tokens/ep.", "cost/episode"],
+            rows,
+        )
     )
 
 
@@ -185,14 +171,14 @@ def _demo(demo: dict[str, Any] | None) -> str:
     return chart + test + _table(["version", "held-out tool reliability", "task success"], rows)
 
 
-def build_report(snap: Snapshot, prices: Prices | None = None) -> str:
+def build_report(snap: Snapshot, prices: TokenPrices | None = None) -> str:
     """The report's HTML for ``snap``.
 
     Example:
         >>> "<h1>" in build_report(Snapshot(label="home", taken_at=0.0))
         True
     """
-    prices = prices or Prices()
+    prices = prices or TokenPrices()
     sections = [
         ("reliability", "Reliability", _reliability(snap)),
         ("failures", "Failures", _failures(snap)),
@@ -210,11 +196,11 @@ def build_report(snap: Snapshot, prices: Prices | None = None) -> str:
     )
 
 
-def write_report(home: Path, out: Path, prices: Prices | None = None, store_path: str | None = None) -> Path:
+def write_report(home: Path, out: Path, prices: TokenPrices | None = None, store_path: str | None = None) -> Path:
     """Read ``home`` and write its report to ``out`` (atomically); return ``out``."""
     from agentgym_runtime.cli.sources import HomeSource
     from agentgym_runtime.recording.files import atomic_write_text
 
-    html = build_report(HomeSource(home, store_path).read(), prices)
+    html = build_report(HomeSource(home, store_path, prices).read(), prices)
     atomic_write_text(out, html, mode=0o644)
     return out

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agentgym_runtime.collectors.pricing import TokenPrices, bill_by_version
+
 _REWARD = re.compile(r"reward (-?[0-9]*\.?[0-9]+)")
 
 
@@ -62,9 +64,10 @@ class HomeSource:
         []
     """
 
-    def __init__(self, home: Path, store_path: str | None = None) -> None:
+    def __init__(self, home: Path, store_path: str | None = None, prices: TokenPrices | None = None) -> None:
         self.home = Path(home)
         self.store_path = store_path or str(self.home / "traces.duckdb")
+        self.prices = prices or TokenPrices()
 
     def read(self, *, failures_since: float | None = None) -> Snapshot:
         """Read the store, the policies and the training jobs now."""
@@ -142,11 +145,7 @@ class HomeSource:
                     "GROUP BY ALL ORDER BY calls DESC, agent, tool LIMIT 50",
                     [since],
                 )
-                snap.costs = store.query_dicts(
-                    "SELECT agent, policy_version AS version, count(*) AS episodes, "
-                    "avg(input_tokens) AS input_tokens, avg(output_tokens) AS output_tokens "
-                    "FROM episodes GROUP BY ALL ORDER BY agent, version"
-                )
+                snap.costs = bill_by_version(store, self.prices)
                 snap.runs = store.query_dicts(
                     "SELECT run_id, agent, trainer, status, reason, epoch(scheduled_at) AS scheduled_at, "
                     "epoch(started_at) AS started_at, epoch(ended_at) AS ended_at, episodes, candidate_version, "

@@ -41,14 +41,24 @@ def dashboard(
 
 def report(
     out: Path = typer.Argument(Path("agentgym-report.html"), help="HTML file to write."),
-    price_in: float = typer.Option(0.15, "--price-in", min=0, help="Price per million input tokens."),
-    price_out: float = typer.Option(0.60, "--price-out", min=0, help="Price per million output tokens."),
+    price_in: float | None = typer.Option(
+        None, "--price-in", min=0, help="USD per million input tokens, every model (default: token_prices)."
+    ),
+    price_out: float | None = typer.Option(
+        None, "--price-out", min=0, help="USD per million output tokens, every model (default: token_prices)."
+    ),
     home: Path | None = HomeOption,
     store: str | None = StoreOption,
 ) -> None:
     """Write charts of reliability, failures, the gate, training and cost to one HTML file (no network needed)."""
-    from agentgym_runtime.cli.report import Prices, write_report
+    from agentgym_runtime.cli.report import write_report
+    from agentgym_runtime.collectors.pricing import TokenPrices
 
     settings = settings_for(home, store)
-    written = write_report(settings.home, out, Prices(price_in, price_out), settings.store_path)
+    prices = TokenPrices(settings.token_prices)
+    if price_in is not None or price_out is not None:  # one price for every model, as the options say
+        base_in, base_out = prices.table.get("*", (0.0, 0.0))
+        chosen = (base_in if price_in is None else price_in, base_out if price_out is None else price_out)
+        prices = TokenPrices({"*": chosen})
+    written = write_report(settings.home, out, prices, settings.store_path)
     console.print(f"wrote {written} ({written.stat().st_size:,} bytes)", highlight=False)

@@ -417,9 +417,13 @@ class Demo:
             current.scheduler.shutdown(wait=False, reason="the demo ended before the run finished")
 
     def _summary(self, runtime: Any, scenario: Scenario, demo_model: Any, served: list[Task]) -> dict[str, Any]:
+        from agentgym_runtime.collectors.pricing import TokenPrices
         from agentgym_runtime.demo.model.evaluate import evaluate_model
         from agentgym_runtime.recording.policy import resolve_adapter_path
 
+        # The bill as the user's price table has it, at the name the demo's model records on its spans.
+        prices = TokenPrices(runtime.settings.token_prices)
+        model_name = f"{scenario.name}-tiny"
         served_prompts = {t.prompt for t in served}
         # Held-out tasks that were never served: the versions are compared on unseen requests.
         candidates = scenario.tasks("heldout", self.config.eval_tasks * 2, seed=self.config.seed + 7)
@@ -429,6 +433,7 @@ class Demo:
         if self.agent_name in runtime.policies.agents():
             known += [p.version for p in runtime.policies.policies(self.agent_name) if p.version]
         evaluations: dict[int, Any] = {}
+        bills: dict[int, float] = {}
         for version in sorted(set(known)):
             adapter = None
             if version:
@@ -440,6 +445,7 @@ class Demo:
             tally = self.state.by_version.get(version, _VersionTally())
             live = tally.reliability()
             result = evaluations[version]
+            bills[version] = prices.bill(model_name, result.input_tokens_per_episode, result.output_tokens_per_episode)
             versions.append(
                 {
                     "version": version,
@@ -447,6 +453,7 @@ class Demo:
                     "heldout_task_success": round(result.task_success, 4),
                     "heldout_llm_calls_per_episode": round(result.llm_calls_per_episode, 3),
                     "heldout_tokens_per_episode": round(result.tokens_per_episode, 1),
+                    "heldout_cost_per_episode_usd": bills[version],
                     "episodes": tally.episodes,
                     "live_tool_reliability": None if live is None else round(live, 4),
                 }
@@ -460,6 +467,7 @@ class Demo:
             "passed": False,
             "minutes": round((time.monotonic() - self.state.started) / 60, 2),
             "episodes_served": self.state.served,
+            "prices": prices.describe(),
             "training_runs": [
                 {k: r[k] for k in ("run_id", "trainer", "status", "reason", "candidate_version")}
                 for r in self.state.runs
@@ -473,7 +481,10 @@ class Demo:
                 round(after.tool_reliability * after.tool_calls),
                 after.tool_calls,
             )
-            report = scenario.evaluate_success(before.to_dict(), after.to_dict())
+            report = scenario.evaluate_success(
+                {**before.to_dict(), "cost_per_episode_usd": bills[0]},
+                {**after.to_dict(), "cost_per_episode_usd": bills[promoted]},
+            )
             summary["improvement"] = {
                 "test": "one-sided two-proportion z-test on held-out tool calls",
                 "z": round(z, 2),

@@ -63,7 +63,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[tuple[str, bool]]:
         >>> for line, _ in verdict_lines(summary)[:2]:
         ...     print(line)
         MET      held-out tool reliability of v1: 96.0% (needed >= 95.0%)
-        NOT MET  cost reduction vs v0: 12.0% (needed >= 30.0%)
+        NOT MET  cost reduction vs v0 (provider's bill per episode): 12.0% (needed >= 30.0%)
     """
     promoted = summary.get("promoted_version")
     report = summary.get("success_criteria")
@@ -74,7 +74,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[tuple[str, bool]]:
         wanted, met = report["criteria"], report["met"]
         figures = {
             "tool_reliability": (f"held-out tool reliability of v{promoted}", report.get("tool_reliability")),
-            "cost_reduction": ("cost reduction vs v0", report.get("cost_reduction")),
+            "cost_reduction": ("cost reduction vs v0 (provider's bill per episode)", report.get("cost_reduction")),
         }
         for name, threshold in wanted.items():
             label, value = figures.get(name, (name, report.get(name)))
@@ -92,6 +92,11 @@ def verdict_lines(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     return lines
 
 
+def _usd(value: float | None) -> str:
+    """A per-episode bill: fractions of a cent need significant digits, not two decimals."""
+    return "—" if value is None else f"${value:.3g}"
+
+
 def render_summary(summary: dict[str, Any]) -> Any:
     """The before/after table against the success criteria."""
     from rich.console import Group
@@ -104,6 +109,7 @@ def render_summary(summary: dict[str, Any]) -> Any:
         "held-out tool reliability",
         "task success",
         "LLM calls/episode",
+        "cost/episode",
         "live episodes",
         "live reliability",
     ):
@@ -116,6 +122,7 @@ def render_summary(summary: dict[str, Any]) -> Any:
             f"{row['heldout_tool_reliability']:.1%}",
             f"{row['heldout_task_success']:.1%}",
             f"{row['heldout_llm_calls_per_episode']:.2f}",
+            _usd(row.get("heldout_cost_per_episode_usd")),
             str(row["episodes"]),
             "—" if live is None else f"{live:.1%}",
         )
@@ -125,6 +132,13 @@ def render_summary(summary: dict[str, Any]) -> Any:
     improvement = summary.get("improvement")
     if improvement:
         parts.append(Text(f"{improvement['test']}: z = {improvement['z']}, p = {improvement['p_value']:.2e}"))
+    if summary.get("prices"):
+        report = summary.get("success_criteria") or {}
+        calls = report.get("llm_call_reduction")
+        beside = ""
+        if calls is not None:
+            beside = f"; LLM calls per episode (latency): {abs(calls):.1%} {'fewer' if calls >= 0 else 'more'}"
+        parts.append(Text(f"cost = the provider's bill at {summary['prices']}{beside}", style="dim"))
     if summary.get("promoted_version") is None:
         parts.append(Text("no version was promoted within the time budget", style="yellow"))
     parts.append(Text(f"traces: {summary.get('store')}  ·  Parquet export: {summary.get('export')}", style="dim"))

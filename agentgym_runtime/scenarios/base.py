@@ -128,8 +128,9 @@ class SuccessReport:
     Attributes:
         criteria: The thresholds (``tool_reliability``, ``cost_reduction``).
         tool_reliability: Held-out tool reliability after training.
-        cost_reduction: Mean of the available reductions below (``None``: no cost data).
-        llm_call_reduction: ``1 - after/before`` LLM calls per episode.
+        cost_reduction: ``1 - after/before`` of the provider's bill per episode (tokens at the
+            model's input and output prices; ``None``: no bill in the metrics).
+        llm_call_reduction: ``1 - after/before`` LLM calls per episode (the latency side).
         token_reduction: ``1 - after/before`` tokens per episode.
         met: Per criterion, whether it is met.
     """
@@ -309,16 +310,16 @@ class Scenario(ABC):
     def evaluate_success(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> SuccessReport:
         """Check the criteria, given version 0's (``before``) and the candidate's (``after``) metrics.
 
-        Both mappings may hold ``tool_reliability``, ``llm_calls_per_episode`` and
-        ``tokens_per_episode``. Cost reduction is ``1 - after/before`` for each cost that both
-        report, averaged.
+        Both mappings may hold ``tool_reliability``, ``cost_per_episode_usd`` (the provider's bill,
+        see :mod:`agentgym_runtime.collectors.pricing`), ``llm_calls_per_episode`` and
+        ``tokens_per_episode``. The cost criterion is the bill: ``1 - after/before`` of
+        ``cost_per_episode_usd``; LLM calls and tokens are reported beside it, not averaged into it.
         """
         criteria = self.success_criteria()
         reliability = _number(after.get("tool_reliability"))
         llm_reduction = _reduction(before.get("llm_calls_per_episode"), after.get("llm_calls_per_episode"))
         token_reduction = _reduction(before.get("tokens_per_episode"), after.get("tokens_per_episode"))
-        available = [r for r in (llm_reduction, token_reduction) if r is not None]
-        cost_reduction = sum(available) / len(available) if available else None
+        cost_reduction = _reduction(before.get("cost_per_episode_usd"), after.get("cost_per_episode_usd"))
         met = {
             "tool_reliability": reliability is not None and reliability >= criteria["tool_reliability"],
             "cost_reduction": cost_reduction is not None and cost_reduction >= criteria["cost_reduction"],

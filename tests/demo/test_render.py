@@ -30,7 +30,7 @@ def test_each_criterion_is_stated_with_its_figures_and_the_exit_status() -> None
     lines = verdict_lines(_summary(0.946, 0.121, passed=False))
     assert lines == [
         ("NOT MET  held-out tool reliability of v2: 94.6% (needed >= 95.0%)", False),
-        ("NOT MET  cost reduction vs v0: 12.1% (needed >= 30.0%)", False),
+        ("NOT MET  cost reduction vs v0 (provider's bill per episode): 12.1% (needed >= 30.0%)", False),
         ("FAILED: not every criterion met (stopped: time budget spent); exit status 1", False),
     ]
     passed = verdict_lines(_summary(0.962, 0.31, passed=True))
@@ -50,6 +50,36 @@ def test_no_promotion_is_a_failure_said_plainly() -> None:
     text = console.export_text()
     assert "NOT MET  no version was promoted" in text
     assert "exit status 1" in text
+
+
+def test_the_final_screen_shows_each_versions_bill_and_the_price_table() -> None:
+    summary = _summary(0.962, 0.181, passed=False)
+    summary["success_criteria"]["llm_call_reduction"] = 0.214
+    summary["prices"] = "*: $0.15 in / $0.6 out per 1M tokens"
+    row = {"heldout_task_success": 0.8, "episodes": 10, "live_tool_reliability": None}
+    summary["versions"] = [
+        {
+            **row,
+            "version": 0,
+            "heldout_tool_reliability": 0.63,
+            "heldout_llm_calls_per_episode": 2.8,
+            "heldout_cost_per_episode_usd": 0.000123456,
+        },
+        {
+            **row,
+            "version": 2,
+            "heldout_tool_reliability": 0.962,
+            "heldout_llm_calls_per_episode": 2.2,
+            "heldout_cost_per_episode_usd": 0.0001011,
+        },
+    ]
+    console = Console(record=True, width=160)
+    console.print(render_summary(summary))
+    text = console.export_text()
+    assert "cost/episode" in text and "$0.000123" in text and "$0.000101" in text
+    assert "cost = the provider's bill at *: $0.15 in / $0.6 out per 1M tokens; " in text
+    assert "LLM calls per episode (latency): 21.4% fewer" in text
+    assert "NOT MET  cost reduction vs v0 (provider's bill per episode): 18.1% (needed >= 30.0%)" in text
 
 
 def test_the_demo_stops_on_the_live_versions_own_traffic() -> None:

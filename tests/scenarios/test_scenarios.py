@@ -194,19 +194,32 @@ def test_reward_finds_the_task_among_the_agent_inputs(agentgym_runtime: Any, rec
 
 def test_evaluate_success_reports_each_criterion() -> None:
     support = get_scenario("customer_support")
-    before = {"tool_reliability": 0.65, "llm_calls_per_episode": 3.0, "tokens_per_episode": 400.0}
+    before = {"tool_reliability": 0.65, "cost_per_episode_usd": 0.0010, "llm_calls_per_episode": 3.0}
+    before["tokens_per_episode"] = 400.0
     good = support.evaluate_success(
-        before, {"tool_reliability": 0.97, "llm_calls_per_episode": 2.0, "tokens_per_episode": 260.0}
+        before,
+        {
+            "tool_reliability": 0.97,
+            "cost_per_episode_usd": 0.0006,
+            "llm_calls_per_episode": 2.0,
+            "tokens_per_episode": 260.0,
+        },
     )
     assert good.passed and good.met == {"tool_reliability": True, "cost_reduction": True}
+    assert good.cost_reduction == pytest.approx(0.4)  # the bill, not an average with calls or tokens
     assert good.llm_call_reduction == pytest.approx(1 / 3)
     assert good.token_reduction == pytest.approx(0.35)
-    assert good.cost_reduction == pytest.approx((1 / 3 + 0.35) / 2)
-    bad = support.evaluate_success(before, {"tool_reliability": 0.90, "llm_calls_per_episode": 2.9})
+    # Fewer calls and tokens, but a bill only 20% lower (say, longer answers at the output price).
+    bad = support.evaluate_success(
+        before, {"tool_reliability": 0.90, "cost_per_episode_usd": 0.0008, "llm_calls_per_episode": 2.0}
+    )
     assert not bad.passed
     assert bad.met == {"tool_reliability": False, "cost_reduction": False}
-    assert bad.token_reduction is None and bad.cost_reduction == pytest.approx(1 - 2.9 / 3)
+    assert bad.cost_reduction == pytest.approx(0.2) and bad.llm_call_reduction == pytest.approx(1 / 3)
+    assert bad.token_reduction is None
     assert bad.to_dict()["passed"] is False
+    unbilled = support.evaluate_success(before, {"tool_reliability": 0.97, "llm_calls_per_episode": 1.0})
+    assert unbilled.cost_reduction is None and unbilled.met["cost_reduction"] is False
 
 
 def test_users_register_their_own_scenario() -> None:

@@ -40,6 +40,9 @@ class EvaluationResult:
         llm_calls_per_episode: Mean LLM calls per episode.
         tokens_per_episode: Mean input + output tokens per episode.
         mean_reward: Mean of the scenario's reward formula over the episodes.
+        input_tokens_per_episode: Mean input (prompt) tokens per episode.
+        output_tokens_per_episode: Mean output (completion) tokens per episode; providers bill
+            these at a higher price, so the bill is not proportional to ``tokens_per_episode``.
         outcomes: Tool calls per outcome.
     """
 
@@ -52,6 +55,8 @@ class EvaluationResult:
     llm_calls_per_episode: float
     tokens_per_episode: float
     mean_reward: float
+    input_tokens_per_episode: float = 0.0
+    output_tokens_per_episode: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +70,8 @@ class EvaluationResult:
             "task_success": self.task_success,
             "llm_calls_per_episode": self.llm_calls_per_episode,
             "tokens_per_episode": self.tokens_per_episode,
+            "input_tokens_per_episode": self.input_tokens_per_episode,
+            "output_tokens_per_episode": self.output_tokens_per_episode,
             "mean_reward": self.mean_reward,
             "outcomes": dict(self.outcomes),
         }
@@ -101,6 +108,8 @@ class EpisodeRun:
         done: Whether the episode ended.
         llm_calls: LLM calls made.
         tokens: Input + output tokens over those calls.
+        input_tokens: Input tokens over those calls.
+        output_tokens: Output tokens over those calls.
         success: Whether the answer holds the task's expected answer.
     """
 
@@ -112,6 +121,8 @@ class EpisodeRun:
     done: bool = False
     llm_calls: int = 0
     tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
     success: bool = False
 
     @property
@@ -144,6 +155,8 @@ def run_episodes(
         for run, (text, n_in, n_out) in zip(active, completions, strict=True):
             run.llm_calls += 1
             run.tokens += n_in + n_out
+            run.input_tokens += n_in
+            run.output_tokens += n_out
             parsed = parse_completion(text)
             if parsed.kind == "answer":
                 run.done = True
@@ -225,5 +238,7 @@ def evaluate_model(
         llm_calls_per_episode=sum(r.llm_calls for r in runs) / episodes,
         tokens_per_episode=sum(r.tokens for r in runs) / episodes,
         mean_reward=sum(rewards) / episodes,
+        input_tokens_per_episode=sum(r.input_tokens for r in runs) / episodes,
+        output_tokens_per_episode=sum(r.output_tokens for r in runs) / episodes,
         outcomes=dict(outcomes),
     )
