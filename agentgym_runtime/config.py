@@ -170,6 +170,13 @@ class Settings(BaseSettings):
     inference_server_timeout_s: float = Field(default=30.0, gt=0)
     inference_server_retries: int = Field(default=2, ge=0, le=10)
 
+    @field_validator("inference_server_url")
+    @classmethod
+    def _check_server_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError(f"inference server URL {value!r} must start with http:// or https://")
+        return value
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:

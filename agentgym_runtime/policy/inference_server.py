@@ -332,10 +332,19 @@ class ServerAdapters:
 
     @property
     def endpoints(self) -> LoraEndpoints:
-        """The HTTP client (built on first use: a registry without server traffic needs no ``httpx``)."""
+        """The HTTP client (built on first use: a registry without server traffic needs no ``httpx``).
+
+        Raises:
+            InferenceServerError: ``httpx`` is not installed (the message names the extra).
+        """
         with self._lock:
             if self._endpoints is None:
-                self._endpoints = LoraEndpoints(self.server)
+                try:
+                    self._endpoints = LoraEndpoints(self.server)
+                except MissingExtraError as exc:  # a version that cannot be served, never a crash
+                    raise InferenceServerError(
+                        str(exc), url=self.server.url, status=None, server_message=str(exc)
+                    ) from exc
             return self._endpoints
 
     def close(self) -> None:

@@ -326,3 +326,13 @@ def test_sglang_endpoints_and_model_syntax(tmp_path: Path) -> None:
             ]
         finally:
             agentgym.shutdown()
+
+
+def test_a_server_url_without_scheme_is_a_settings_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must start with http:// or https://"):
+        agentgym.Settings(inference_server_url="vllm:8000")
+    assert InferenceServer.from_settings(agentgym.Settings(inference_server_url="http://vllm:8000/v1/")) == (
+        InferenceServer(url="http://vllm:8000", api_key_env="VLLM_API_KEY")
+    )

@@ -196,7 +196,9 @@ class PolicyRegistry:
 
         Without a server, or for a version without an adapter, that is :meth:`load`'s policy. With
         one, the version's adapter is loaded first if this process has not loaded it (another process
-        may have promoted it), and the policy's ``llm.model`` names it there.
+        may have promoted it), and the policy's ``llm.model`` names it there. That load happens on the
+        router's refresh, so the first call after such a promotion waits for it (at most the server's
+        timeout times its attempts); a promotion made through this registry has loaded it already.
 
         Raises:
             PolicyArtifactError: As :meth:`load`.
