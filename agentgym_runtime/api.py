@@ -537,6 +537,29 @@ def policies(agent_name: str) -> list[PolicyInfo]:
     return services.current().policies.policies(agent_name)
 
 
+def served_model(default: str | None = None) -> str | None:
+    """The model name the current call should send: the pinned policy's ``llm.model``, else ``default``.
+
+    With an inference server configured (``AGENTGYM_INFERENCE_SERVER_URL``), a version that carries
+    a LoRA adapter is served there under its own name (``support-v3-<digest>``): read this per call
+    to send that name, and the agent's own model otherwise (the baseline, a version without
+    adapter, outside an episode, or after a rollback). The server's OpenAI-compatible URL is the
+    policy's ``llm.endpoint``.
+
+    Example:
+        >>> import agentgym_runtime as agentgym, tempfile
+        >>> _ = agentgym.configure(home=tempfile.mkdtemp())
+        >>> with agentgym.episode(agent="support"):
+        ...     agentgym.served_model("Qwen/Qwen2.5-0.5B-Instruct")
+        'Qwen/Qwen2.5-0.5B-Instruct'
+        >>> agentgym.shutdown()
+    """
+    policy = current_policy()
+    if policy is not None and policy.llm is not None and policy.llm.model:
+        return policy.llm.model
+    return default
+
+
 def load_policy(ref: str) -> TrainedPolicy:
     """Load a registered policy to seed a fresh agent: ``"agent@v3"``, ``"agent@live"``, ``"agent@canary"``.
 
@@ -583,6 +606,7 @@ __all__ = [
     "register_policy",
     "reliability",
     "rollback",
+    "served_model",
     "shutdown",
     "stats",
 ]

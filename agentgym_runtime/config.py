@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -83,6 +83,20 @@ class Settings(BaseSettings):
         token_prices: USD per million (input, output) tokens by model name or ``fnmatch`` pattern,
             ``"*"`` for the rest: what reports and the demo bill an episode at (see
             :mod:`agentgym_runtime.collectors.pricing`).
+        inference_server_url: Base URL of the user's vLLM or SGLang server (e.g. ``http://vllm:8000``).
+            Set: a version with a LoRA adapter is loaded into it (its LoRA-loading endpoints) before any
+            call is routed to it, and the policy's ``llm.model`` becomes the adapter's model name there
+            (see :mod:`agentgym_runtime.policy.inference_server`; needs the ``inference`` extra).
+        inference_server_kind: ``vllm`` (``/v1/load_lora_adapter``; start it with ``--enable-lora`` and
+            ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``) or ``sglang`` (``/load_lora_adapter``).
+        inference_server_model: The base model the server serves (its served model name); adapters
+            trained on another base model are refused at registration.
+        inference_server_adapter_root: Where the server sees ``<home>/policies`` (a shared filesystem
+            mounted elsewhere on the server); unset: the same path as here.
+        inference_server_api_key_env: The environment variable holding the server's API key (sent as
+            a bearer token; the key itself is never a setting).
+        inference_server_timeout_s: Timeout of one request to the server (loading an adapter included).
+        inference_server_retries: Retries of a request that got no answer or a 5xx (never of a 4xx).
     """
 
     model_config = SettingsConfigDict(
@@ -167,6 +181,22 @@ class Settings(BaseSettings):
         if not isinstance(value, Mapping):
             raise ValueError(f"token_prices must map model names to [input, output], got {type(value).__name__}")
         return check_prices(value)
+
+    # --- the user's inference server, serving trained LoRA adapters (secrets are never settings) ---
+    inference_server_url: str | None = None
+    inference_server_kind: Literal["vllm", "sglang"] = "vllm"
+    inference_server_model: str | None = None
+    inference_server_adapter_root: str | None = None
+    inference_server_api_key_env: str | None = "VLLM_API_KEY"
+    inference_server_timeout_s: float = Field(default=30.0, gt=0)
+    inference_server_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("inference_server_url")
+    @classmethod
+    def _check_server_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError(f"inference server URL {value!r} must start with http:// or https://")
+        return value
 
     @field_validator("home", mode="before")
     @classmethod

@@ -4,7 +4,8 @@ A :class:`Services` is one configuration of agentgym-runtime, put together:
 
 * the recording :class:`~agentgym_runtime.recording.runtime.Runtime` (settings, the span
   pipeline into the DuckDB store, the tracer, the error sink ``internal_error``, ``flush``);
-* the :class:`~agentgym_runtime.policy.registry.PolicyRegistry` on ``<home>/policies`` and the
+* the :class:`~agentgym_runtime.policy.registry.PolicyRegistry` on ``<home>/policies`` (with the
+  user's inference server, when ``inference_server_url`` names one) and the
   :class:`~agentgym_runtime.policy.router.PolicyRouter`, which becomes the runtime's
   ``policy_resolver``;
 * the :class:`~agentgym_runtime.trainers.scheduler.TrainingScheduler`, started when an agent
@@ -101,6 +102,7 @@ class Services:
         if router is None:
             with self._lock:
                 if self._router is None:
+                    from agentgym_runtime.policy.inference_server import ServerAdapters
                     from agentgym_runtime.policy.registry import PolicyRegistry
 
                     runtime = self.runtime
@@ -108,6 +110,7 @@ class Services:
                         runtime.settings.policies_dir,
                         store=runtime.store if runtime.settings.enabled else None,
                         on_error=runtime.internal_error,
+                        server=ServerAdapters.from_settings(runtime.settings),
                     )
                     self._router = build_router(
                         registry,
@@ -230,6 +233,8 @@ class Services:
     def _close_registry(self) -> None:
         if self._router is not None:
             self._router.registry.close()  # the last policy mirror; the store is never reopened
+            if self._router.registry.server is not None:
+                self._router.registry.server.close()
 
     # --- the recording runtime, for callers of configure() ---------------------------------------
     @property

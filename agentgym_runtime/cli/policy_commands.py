@@ -62,7 +62,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _registry(home: Path | None) -> PolicyRegistry:
-    return PolicyRegistry(settings_for(home).policies_dir, actor=f"cli:{default_actor()}")
+    from agentgym_runtime.policy.inference_server import ServerAdapters
+
+    settings = settings_for(home)
+    # With AGENTGYM_INFERENCE_SERVER_URL set, a promotion from the shell loads the adapter first.
+    server = ServerAdapters.from_settings(settings)
+    return PolicyRegistry(settings.policies_dir, actor=f"cli:{default_actor()}", server=server)
 
 
 def _fail(exc: Exception) -> typer.Exit:

@@ -59,3 +59,27 @@ class UntrustedFileError(PolicyArtifactError):
         >>> issubclass(UntrustedFileError, PolicyArtifactError)
         True
     """
+
+
+class InferenceServerError(PolicyError, RuntimeError):
+    """The inference server (vLLM, SGLang) refused, failed or did not answer an adapter request.
+
+    The version it was about stays unserved: the live version keeps serving.
+
+    Attributes:
+        url: The request's URL.
+        status: The HTTP status the server answered with (``None``: no answer, e.g. down or timed out).
+        server_message: What the server said (its error message), or why there was no answer.
+
+    Example:
+        >>> error = InferenceServerError("load refused", url="http://vllm:8000/v1/load_lora_adapter", status=400,
+        ...                              server_message="No adapter found")
+        >>> error.status, error.server_message
+        (400, 'No adapter found')
+    """
+
+    def __init__(self, message: str, *, url: str, status: int | None, server_message: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.server_message = server_message

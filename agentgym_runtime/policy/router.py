@@ -18,7 +18,8 @@ seen within that interval; one made through this process's registry is seen by t
 * Fallback: when a policy's endpoint fails, :func:`fallback_to_incumbent` reports it and
   re-pins the incumbent for the rest of the call; repeated failures roll the version back.
 * A corrupt or tampered artifact is refused (logged, listed in :attr:`PolicyRouter.refused`)
-  and the policy that was serving stays live.
+  and the policy that was serving stays live; so is a version whose LoRA adapter the inference
+  server refuses or cannot be reached to load (:meth:`PolicyRegistry.load_served`).
 
 Example:
     >>> import tempfile
@@ -52,7 +53,13 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from agentgym_runtime import semconv
-from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyError, PolicyNotFoundError
+from agentgym_runtime.policy.errors import (
+    InferenceServerError,
+    PolicyArtifactError,
+    PolicyConflictError,
+    PolicyError,
+    PolicyNotFoundError,
+)
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState
 from agentgym_runtime.recording.context import AgentScope, current_agent_var, current_episode_var
@@ -297,8 +304,8 @@ class PolicyRouter:
 
     def _load(self, agent: str, version: int) -> Policy | None:
         try:
-            return self.registry.load(agent, version)
-        except (PolicyArtifactError, PolicyNotFoundError) as exc:
+            return self.registry.load_served(agent, version)
+        except (PolicyArtifactError, PolicyNotFoundError, InferenceServerError) as exc:
             if (agent, version) not in self.refused:
                 logger.error("agentgym: refusing policy %s@v%d (the current policy stays): %s", agent, version, exc)
             self.refused[(agent, version)] = str(exc)
@@ -444,6 +451,10 @@ class PolicyRouter:
                 )
         except PolicyConflictError as exc:
             decision = GateDecision("hold", f"superseded by a concurrent change: {exc}", decision.numbers)
+            with self._lock:
+                self.decisions[index] = (agent, decision)
+        except InferenceServerError as exc:  # logged by the registry; the live version keeps serving
+            decision = GateDecision("hold", f"the inference server cannot serve it: {exc}", decision.numbers)
             with self._lock:
                 self.decisions[index] = (agent, decision)
         logger.info("agentgym: gate on %s@v%d: %s — %s", agent, state.canary, decision.action, decision.reason)

@@ -33,21 +33,30 @@ from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy import artifact as artifacts
-from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyError, PolicyNotFoundError
+from agentgym_runtime.policy.errors import (
+    InferenceServerError,
+    PolicyArtifactError,
+    PolicyError,
+    PolicyNotFoundError,
+)
 from agentgym_runtime.policy.redaction import redact_llm, redact_mapping
 from agentgym_runtime.policy.registry import transitions
 from agentgym_runtime.policy.registry.files import ChangeFn, PolicyFiles
 from agentgym_runtime.policy.registry.mirror import StoreMirror, utc
-from agentgym_runtime.policy.registry.state import PolicyEvent, PolicyInfo, PolicyState, parse_version
+from agentgym_runtime.policy.registry.state import PolicyEvent, PolicyInfo, PolicyState, PolicyStatus, parse_version
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 
 if TYPE_CHECKING:
     from agentgym_runtime.collectors.store import TraceStore
+    from agentgym_runtime.policy.inference_server import ServerAdapters
 
 logger = logging.getLogger("agentgym_runtime.policy")
 
-#: The actors whose events are automatic decisions (the gate; the router after endpoint failures).
-DECISION_ACTORS = frozenset({"gate", "router"})
+#: The actors whose events are automatic decisions (the gate; the router after endpoint failures; the
+#: inference server refusing or failing to load or unload an adapter).
+DECISION_ACTORS = frozenset({"gate", "router", "server"})
+#: The actor of the inference server's logged refusals and failures.
+SERVER_ACTOR = "server"
 
 
 def default_actor() -> str:
@@ -74,6 +83,10 @@ class PolicyRegistry:
         on_error: Where mirroring failures go (the runtime's ``internal_error``); they never fail
             a registry change.
         actor: Who the changes are attributed to by default.
+        server: The user's inference server that serves versions with a LoRA adapter
+            (:mod:`~agentgym_runtime.policy.inference_server`): their adapter is loaded before a
+            version enters canary, is promoted or pinned, unloaded after a rollback, and the policy
+            calls pin names it (:meth:`load_served`). ``None``: adapters are served in-process.
 
     Example:
         >>> import tempfile
@@ -89,9 +102,11 @@ class PolicyRegistry:
         store: TraceStore | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
         actor: str | None = None,
+        server: ServerAdapters | None = None,
     ) -> None:
         self.root = Path(root)
         self.actor = actor or default_actor()
+        self.server = server
         self.files = PolicyFiles(self.root)
         self.mirror = StoreMirror(self.files, store, rows=self._mirror_rows, on_error=on_error)
         self._cache: dict[tuple[str, int], Policy] = {}
@@ -175,6 +190,38 @@ class PolicyRegistry:
         with self._cache_lock:
             self._cache[key] = policy
         return policy
+
+    def load_served(self, agent: str, version: int) -> Policy:
+        """The policy calls of ``agent`` pin for ``version``: :meth:`load`, routed to the inference server.
+
+        Without a server, or for a version without an adapter, that is :meth:`load`'s policy. With
+        one, the version's adapter is loaded first if this process has not loaded it (another process
+        may have promoted it), and the policy's ``llm.model`` names it there. That load happens on the
+        router's refresh, so the first call after such a promotion waits for it (at most the server's
+        timeout times its attempts); a promotion made through this registry has loaded it already.
+
+        Raises:
+            PolicyArtifactError: As :meth:`load`.
+            PolicyNotFoundError: As :meth:`load`.
+            InferenceServerError: The server refused or did not answer: the version cannot serve.
+        """
+        policy = self.load(agent, version)
+        server = self.server
+        if server is None or not server.serves(policy):
+            return policy
+        digest = self._digest(agent, version)
+        server.deploy(policy, digest)
+        return server.routed(policy, digest)
+
+    def _digest(self, agent: str, version: int) -> str | None:
+        state = self.read_state(agent)
+        record = state.versions.get(version) if state is not None else None
+        if record is not None and record.digest:
+            return record.digest
+        try:
+            return artifacts.manifest_digest(self.artifact_path(agent, version))
+        except PolicyArtifactError:
+            return None
 
     def _check_digest(self, agent: str, version: int, path: Path, state: PolicyState | None) -> None:
         actual = artifacts.manifest_digest(path)
@@ -339,6 +386,8 @@ class PolicyRegistry:
                     f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
                 )
                 raise ConfigurationError(f"invalid policy for {agent!r}: {problems}") from None
+            if self.server is not None:
+                self.server.check(policy, adapter_dir)  # an adapter it cannot serve: refused now, not later
             path = artifacts.write_artifact(policy, self.root, adapter_dir)
             policy = artifacts.read_artifact(path, agent=agent, version=version)
             with self._cache_lock:
@@ -380,12 +429,15 @@ class PolicyRegistry:
         number = self.resolve_ref(agent, version)
         if number:
             self._verify(agent, number)
+            self._deploy(agent, number, "promotion")
         who = actor or self.actor
-        return self._transact(
+        state = self._transact(
             agent,
             lambda state, now: transitions.promote(state, number, now, actor=who, reason=reason, details=details),
             expected_sequence=expected_sequence,
         )
+        self._unload_unneeded(state)
+        return state
 
     def start_canary(
         self,
@@ -413,6 +465,7 @@ class PolicyRegistry:
         number = self.resolve_ref(agent, version)
         if number:
             self._verify(agent, number)
+            self._deploy(agent, number, "canary")
         who = actor or self.actor
         return self._transact(
             agent,
@@ -447,11 +500,24 @@ class PolicyRegistry:
         """
         wanted = None if version is None else parse_version(version)
         who = actor or self.actor
-        return self._transact(
+        before = self.read_state(agent)
+        state = self._transact(
             agent,
             lambda state, now: transitions.rollback(state, wanted, now, actor=who, reason=reason, details=details),
             expected_sequence=expected_sequence,
         )
+        if self.server is not None and before is not None:
+            rolled_back = [
+                v
+                for v, record in state.versions.items()
+                if record.status is PolicyStatus.ROLLED_BACK
+                and (v not in before.versions or before.versions[v].status is not PolicyStatus.ROLLED_BACK)
+            ]
+            if state.live != before.live and state.live:
+                self._deploy(agent, state.live, "rollback target", raise_error=False)
+            for number in rolled_back:
+                self._unload(agent, number, "rolled back")
+        return state
 
     def reject(
         self,
@@ -480,6 +546,7 @@ class PolicyRegistry:
         number = self.resolve_ref(agent, version)
         if number:
             self._verify(agent, number)
+            self._deploy(agent, number, "pin")
         who = actor or self.actor
         return self._transact(agent, lambda state, now: transitions.pin(state, number, now, actor=who, reason=reason))
 
@@ -507,6 +574,84 @@ class PolicyRegistry:
             agent,
             lambda state, now: transitions.log_decision(state, version, now, actor=who, reason=reason, details=details),
         )
+
+    # --- the inference server ---------------------------------------------------------------------
+    def _deploy(self, agent: str, version: int, why: str, *, raise_error: bool = True) -> None:
+        """Load ``version``'s adapter into the inference server before any pointer names it.
+
+        A refusal or a server that does not answer is logged as the server's decision (with its
+        message) and raised, so the pointers do not change and the live version keeps serving.
+        """
+        server = self.server
+        if server is None:
+            return
+        policy = self.load(agent, version)
+        if not server.serves(policy):
+            return
+        digest = self._digest(agent, version)
+        try:
+            server.deploy(policy, digest)
+        except InferenceServerError as exc:
+            state = self.read_state(agent)
+            live = state.live if state is not None else 0
+            stays = f"v{live} stays live" if why != "rollback target" else f"v{live} is live but not loaded"
+            details = {
+                "action": f"load ({why})",
+                "server": server.server.url,
+                "lora_name": server.lora_name(policy, digest),
+                "lora_path": server.server_path(policy),
+                "status": exc.status,
+                "server_message": exc.server_message,
+            }
+            try:
+                self.log_decision(agent, version, f"inference server: {exc}; {stays}", details, actor=SERVER_ACTOR)
+            except PolicyError as log_error:  # the refusal itself is what the caller must see
+                logger.error("agentgym: cannot log the inference server's refusal for %s: %s", policy.ref, log_error)
+            if raise_error:
+                raise
+            logger.error("agentgym: %s", exc)
+
+    def _unload(self, agent: str, version: int, why: str) -> None:
+        """Unload ``version``'s adapter; a failure is logged as the server's decision, never raised."""
+        server = self.server
+        if server is None or version == 0:
+            return
+        try:
+            policy = self.load(agent, version)
+        except PolicyError:
+            return
+        if not server.serves(policy):
+            return
+        digest = self._digest(agent, version)
+        try:
+            server.retire(policy, digest)
+        except InferenceServerError as exc:
+            details = {
+                "action": f"unload ({why})",
+                "server": server.server.url,
+                "lora_name": server.lora_name(policy, digest),
+                "status": exc.status,
+                "server_message": exc.server_message,
+            }
+            try:
+                self.log_decision(agent, version, f"inference server: {exc}", details, actor=SERVER_ACTOR)
+            except PolicyError as log_error:
+                logger.error("agentgym: cannot log the inference server's failure for %s: %s", policy.ref, log_error)
+
+    def _unload_unneeded(self, state: PolicyState) -> None:
+        """After a promotion: unload what no pointer needs (the previous live version stays, for rollback)."""
+        server = self.server
+        if server is None:
+            return
+        keep = {state.live, state.canary, state.pinned}
+        for previous in reversed(state.live_history):
+            record = state.versions.get(previous)
+            if record is not None and record.status not in (PolicyStatus.ROLLED_BACK, PolicyStatus.REJECTED):
+                keep.add(previous)
+                break
+        for version in sorted(server.loaded_versions(state.agent)):
+            if version not in keep:
+                self._unload(state.agent, version, "no longer needed")
 
     def _verify(self, agent: str, version: int) -> None:
         with self._cache_lock:
