@@ -17,19 +17,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-import agentgym_runtime as agentgym
 from agentgym_runtime.cli.dashboard import build_app, registry_actions
 from agentgym_runtime.cli.format import fmt_probability, fmt_signed
 from agentgym_runtime.cli.sources import HomeSource
-from agentgym_runtime.policy.gate import GateConfig
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
-from agentgym_runtime.policy.router import RouterConfig
 from agentgym_runtime.policy.statistics import obrien_fleming_spending, two_proportion_z
-from agentgym_runtime.trainers.scheduler import training_config
-from tests.cli.dashboard_agent import AGENT, expected_outcomes, support
-
-ROOT = Path(__file__).resolve().parents[2]
-PLANNED_CALLS = 1000  # the gate's horizon: the first look holds, the canary stays for the keys
+from tests.cli.conftest import PLANNED_CALLS, fill_trained_home
+from tests.cli.dashboard_agent import AGENT, expected_outcomes
 
 
 def _screen(app: Any) -> str:
@@ -55,32 +49,9 @@ def _row(text: str, *cells: str) -> str:
 
 
 @pytest.fixture
-def trained_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[int, int]]]:
-    """12 episodes under v0, a training run, its candidate canaried at 50%, 40 more episodes, one gate look."""
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the job subprocess imports the tiny trainer from tests/
+def trained_home(tmp_path: Path) -> tuple[Path, list[tuple[int, int]]]:
     home = tmp_path / "home"
-    runtime = agentgym.configure(home=home, strict=True, schedule_delay_ms=20)
-    try:
-        for order in range(12):
-            assert support(order, f"before-{order}") == 0
-        config = training_config(
-            AGENT,
-            trainer="tiny",
-            gpu="cpu",
-            min_new_episodes=1,
-            canary_share=0.5,
-            trainer_options={"trainer_class": "tests.cli.tiny_trainer:RoundsTrainer", "rounds": 3, "round_s": 0.0},
-        )
-        run = runtime.scheduler.run_now(AGENT, config=config)
-        assert (run.status, run.candidate_version) == ("succeeded", 1), (run.reason, run.error, run.log_tail)
-        gate = GateConfig(min_tool_calls=10, max_tool_calls=PLANNED_CALLS)
-        runtime.router.set_config(RouterConfig(gate=gate, evaluate_every=10**6))  # one look, when asked
-        canary = [(order, support(order, f"after-{order}")) for order in range(40)]
-        decision = runtime.router.evaluate(AGENT)
-        assert decision.action == "hold" and decision.look is not None, decision.reason
-    finally:
-        agentgym.shutdown()
-    return home, canary
+    return home, fill_trained_home(home)
 
 
 def test_dashboard_shows_every_promised_item_and_its_keys_change_the_registry(
