@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from agentgym_runtime.cli.common import HomeOption, console, settings_for
+from agentgym_runtime.cli.common import (
+    HomeOption,
+    JsonOption,
+    console,
+    print_json,
+    settings_for,
+    text_column,
+    typed_column,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +31,7 @@ def register(app: typer.Typer) -> None:
 def check(
     name: list[str] = typer.Argument(None, help="Backends to check (default: local and every configured one)."),
     home: Path | None = HomeOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Show which backends can take a job now and, for the others, why not."""
     from agentgym_runtime.trainers.backends.select import BACKEND_NAMES, check_backend, local_cuda
@@ -29,20 +40,30 @@ def check(
     names = list(
         name or [n for n in BACKEND_NAMES if n == "local" or n in settings.backend_order or n == settings.backend]
     )
-    table = Table(title="training backends")
-    table.add_column("backend")
-    table.add_column("ready")
-    table.add_column("why")
     has_cuda, why = local_cuda()
-    table.add_row("cuda (local)", "yes" if has_cuda else "no", why)
-    failed = 0
+    checked: list[dict[str, Any]] = [{"backend": "cuda (local)", "ready": has_cuda, "why": why}]
     for backend in names:
         ok, message = check_backend(backend, settings)
-        failed += not ok
-        table.add_row(backend, "[green]yes[/green]" if ok else "[red]no[/red]", message)
-    console.print(table)
-    if settings.backend_order:
-        console.print(f"gpu='auto' tries: local CUDA, then {', '.join(settings.backend_order)}, then local CPU")
+        checked.append({"backend": backend, "ready": ok, "why": message})
+    failed = sum(not row["ready"] for row in checked[1:])
+    if as_json:
+        print_json(checked)
+    else:
+        table = Table(title="training backends")
+        typed_column(table, "backend")
+        typed_column(table, "ready")
+        text_column(table, "why")
+        for row in checked:
+            ready = "yes" if row["ready"] else "no"
+            colour = "green" if row["ready"] else "red"
+            table.add_row(
+                Text(str(row["backend"])),
+                Text(ready, style="" if row is checked[0] else colour),
+                Text(str(row["why"])),
+            )
+        console.print(table)
+        if settings.backend_order:
+            console.print(f"gpu='auto' tries: local CUDA, then {', '.join(settings.backend_order)}, then local CPU")
     if failed:
         raise typer.Exit(1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,16 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from agentgym_runtime.cli.common import HomeOption, StoreOption, console, err_console, reading_store, settings_for
+from agentgym_runtime.cli.common import (
+    HomeOption,
+    JsonOption,
+    StoreOption,
+    console,
+    err_console,
+    print_json,
+    reading_store,
+    settings_for,
+)
 from agentgym_runtime.errors import AgentGymError, StoreUnavailableError
 
 
@@ -73,7 +81,7 @@ def sql(
     query: str = typer.Argument(..., help="One SELECT statement."),
     home: Path | None = HomeOption,
     store: str | None = StoreOption,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Run a read-only SQL query on the store (through its owner while a service records)."""
     from agentgym_runtime.collectors.otlp.election import read_endpoint
@@ -97,8 +105,7 @@ def sql(
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     if as_json:
-        for row in rows:
-            typer.echo(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+        print_json([dict(zip(columns, row, strict=True)) for row in rows])
         return
     table = Table(*columns)
     for row in rows:

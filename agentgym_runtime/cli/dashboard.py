@@ -1,8 +1,9 @@
 """``agentgym dashboard``: a live terminal view of a home (or any :class:`~agentgym_runtime.cli.sources.Source`).
 
-Panels: agents and their pointers with a reliability sparkline per version; the canary and
-the gate (calls, reliability of both arms, z against the boundary, spent alpha, the last
-decision and why); training runs with progress and the log tail; the failing tools of the
+Panels: agents and their pointers with a reliability sparkline per version; the reliability of
+every tool per version (calls, successes, hourly trend); the canary and the gate (share, both
+arms' calls, z against the boundary, alpha spent of alpha, the last decision and why); training
+runs with progress, the last reward and the newest run's log tail; the failing tools of the
 last hour with an example call. Keys ``p`` pin, ``P`` promote and ``r`` roll back the
 selected agent's canary (or live version) after a confirmation, through the policy
 registry; nothing else is written. Where a full terminal UI cannot run (not a terminal,
@@ -21,7 +22,16 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agentgym_runtime.cli.format import fmt_ago, fmt_eta, fmt_percent, fmt_signed, fmt_version
+from agentgym_runtime.cli.common import number_column, text_column, typed_column
+from agentgym_runtime.cli.format import (
+    fmt_ago,
+    fmt_eta,
+    fmt_number,
+    fmt_percent,
+    fmt_probability,
+    fmt_signed,
+    fmt_version,
+)
 from agentgym_runtime.cli.sources import Snapshot, Source
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
@@ -38,19 +48,28 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BLOCKS[min(len(_BLOCKS) - 1, max(0, round(v * (len(_BLOCKS) - 1))))] for v in values)
 
 
+def _series(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[tuple[int, int]]]:
+    """``(calls, successes)`` per hour bucket, oldest first, grouped by ``keys``."""
+    series: dict[tuple[Any, ...], list[tuple[int, int]]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: float(r["bucket"])):
+        series[tuple(row[k] for k in keys)].append((int(row["calls"]), int(row["successes"])))
+    return series
+
+
 def agents_table(snap: Snapshot) -> Table:
     """Agents, pointers and reliability over time per version."""
-    series: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for row in snap.reliability:
-        series[(str(row["agent"]), int(row["version"]))].append(row["successes"] / row["calls"])
+    series = _series(snap.reliability, "agent", "version")
     table = Table(title="agents", title_justify="left", expand=True)
-    for header in ("agent", "live", "canary", "pinned", "reliability per version (hourly)"):
-        table.add_column(header, no_wrap=header != "reliability per version (hourly)")
+    typed_column(table, "agent")
+    for header in ("live", "canary", "pinned"):
+        typed_column(table, header)
+    text_column(table, "reliability per version (hourly)")
     for agent in snap.agents:
         name = str(agent["agent"])
         lines = [
-            f"{fmt_version(v)} {sparkline(values)} {fmt_percent(values[-1])}"
-            for (a, v), values in sorted(series.items())
+            f"{fmt_version(int(v))} {sparkline([k / n for n, k in points])} {fmt_percent(last_k / last_n)}"
+            for (a, v), points in sorted(series.items())
+            for last_n, last_k in [points[-1]]
             if a == name
         ]
         canary = f"{fmt_version(agent['canary'])} ({fmt_percent(agent['canary_share'], 0)})" if agent["canary"] else "—"
@@ -58,64 +77,151 @@ def agents_table(snap: Snapshot) -> Table:
     return table
 
 
-def gate_table(snap: Snapshot) -> Table:
-    """The last gate look and decision of each agent."""
-    table = Table(title="canary and gate", title_justify="left", expand=True)
-    for header in ("agent", "version", "calls", "z", "boundary", "alpha spent", "last decision"):
-        table.add_column(header, no_wrap=header != "last decision", overflow="fold")
-    last_look = {(lk["agent"], lk["version"]): lk for lk in snap.looks}
-    last_decision: dict[str, dict[str, Any]] = {}
-    for decision in snap.decisions:
-        if decision["actor"] == "gate" or decision["to_status"] in ("live", "rolled_back", "rejected"):
-            last_decision[str(decision["agent"])] = decision
-    for agent, decision in sorted(last_decision.items()):
-        look = last_look.get((agent, decision["version"]), {})
+def tools_table(snap: Snapshot) -> Table:
+    """Reliability of every tool per policy version: all calls, and the hourly trend."""
+    table = Table(title="tool reliability per version", title_justify="left", expand=True)
+    typed_column(table, "agent")
+    typed_column(table, "tool")
+    typed_column(table, "version")
+    number_column(table, "calls")
+    number_column(table, "ok")
+    number_column(table, "reliability")
+    text_column(table, "hourly")
+    for (agent, tool, version), points in sorted(_series(snap.tool_reliability, "agent", "tool", "version").items()):
+        calls, ok = sum(n for n, _ in points), sum(k for _, k in points)
         table.add_row(
-            Text(agent),
-            fmt_version(decision["version"]),
-            str(look.get("tool_calls", "—")),
-            fmt_signed(look.get("z")),
-            fmt_signed(look.get("boundary_z")),
-            fmt_percent(look.get("alpha_spent"), 2),
-            Text(f"{decision['to_status']}: {decision['reason'] or ''} ({fmt_ago(decision['at'], snap.taken_at)})"),
+            Text(str(agent)),
+            Text(str(tool)),
+            fmt_version(int(version)),
+            fmt_number(calls),
+            fmt_number(ok),
+            fmt_percent(ok / calls if calls else None),
+            sparkline([k / n for n, k in points]),
         )
     return table
 
 
-def runs_table(snap: Snapshot) -> Table:
-    """Training runs: status, progress with ETA, the last log line."""
+def _gate_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """Per agent with a canary or a decision: the version judged, its last look and the last decision."""
+    last_look = {(lk["agent"], lk["version"]): lk for lk in snap.looks}
+    last_decision: dict[str, dict[str, Any]] = {}
+    last_judged: dict[tuple[str, int], dict[str, Any]] = {}  # the last gate decision with both arms' numbers
+    for event in snap.decisions:
+        if event["actor"] == "gate" and event.get("candidate"):
+            last_judged[(str(event["agent"]), int(event["version"]))] = event
+        if event["actor"] == "gate" or event["to_status"] in ("canary", "live", "rolled_back", "rejected"):
+            last_decision[str(event["agent"])] = event
+    rows = []
+    for agent in snap.agents:
+        name = str(agent["agent"])
+        decision = last_decision.get(name)
+        version = agent["canary"] if agent["canary"] is not None else decision["version"] if decision else None
+        if version is None:
+            continue
+        look = last_look.get((name, version), {})
+        if agent["canary"] is not None and float(look.get("at", 0.0)) < float(agent.get("canary_since") or 0.0):
+            look = {}  # a look at an earlier canary of the same version
+        judged = last_judged.get((name, int(version)))
+        since = float(agent.get("canary_since") or 0.0) if agent["canary"] is not None else 0.0
+        if judged is not None and judged["at"] < since:
+            judged = None  # it judged an earlier canary of the same version
+        rows.append(
+            {
+                "agent": name,
+                "version": version,
+                "share": agent["canary_share"] if agent["canary"] is not None else None,
+                "candidate_calls": ((judged or {}).get("candidate") or {}).get("tool_calls"),
+                "incumbent_calls": ((judged or {}).get("incumbent") or {}).get("tool_calls"),
+                "look": look,
+                "decision": decision,
+            }
+        )
+    return rows
+
+
+def gate_table(snap: Snapshot) -> RenderableType:
+    """The canary and the gate: share, both arms' calls, the last look, and the last decision with why.
+
+    The look is the gate's z against the promotion boundary and the alpha spent so far.
+    """
+    table = Table(title="canary and gate", title_justify="left", expand=True)
+    typed_column(table, "agent")
+    typed_column(table, "version")
+    number_column(table, "share")
+    number_column(table, "calls vs live")
+    number_column(table, "z vs boundary")
+    text_column(table, "alpha spent")
+    why: list[Text] = []
+    for row in _gate_rows(snap):
+        look, decision = row["look"], row["decision"]
+        calls = row["candidate_calls"] if row["candidate_calls"] is not None else look.get("tool_calls")
+        crossed = look and look.get("boundary_z") is not None and look["z"] >= look["boundary_z"]
+        table.add_row(
+            Text(row["agent"]),
+            fmt_version(row["version"]),
+            fmt_percent(row["share"], 0),
+            f"{fmt_number(calls)} vs {fmt_number(row['incumbent_calls'])}",
+            f"{fmt_signed(look.get('z'))} {'≥' if crossed else '<'} {fmt_signed(look.get('boundary_z'))}"
+            if look
+            else "—",
+            f"{fmt_probability(look.get('alpha_spent'))} of {fmt_probability(look.get('alpha'))}" if look else "—",
+        )
+        if decision is not None:
+            when = fmt_ago(decision["at"], snap.taken_at)
+            why.append(
+                Text(
+                    f"{row['agent']} {fmt_version(decision['version'])} {decision['to_status']} · "
+                    f"{decision['actor']} · {when}: {decision['reason'] or ''}"
+                )
+            )
+    return Group(table, *why)
+
+
+LOG_LINES = 5
+
+
+def runs_table(snap: Snapshot) -> RenderableType:
+    """Training runs: status, progress with the reward and ETA, and the newest run's log tail."""
     table = Table(title="training runs", title_justify="left", expand=True)
-    for header in ("run", "agent", "trainer", "status", "progress", "log"):
-        table.add_column(header, no_wrap=header not in ("progress", "log"), overflow="fold")
+    typed_column(table, "run")
+    typed_column(table, "agent")
+    typed_column(table, "trainer")
+    typed_column(table, "status")
+    text_column(table, "progress")
     for run in snap.runs[:5]:
         progress = run.get("progress") or {}
         fraction = progress.get("fraction")
         elapsed = snap.taken_at - float(run["started_at"]) if run.get("started_at") else 0.0
         eta = f" · ETA {fmt_eta(fraction, elapsed)}" if run["status"] == "running" else ""
-        shown = f"{fmt_percent(fraction, 0)} {progress.get('message', '')}{eta}" if fraction is not None else "—"
-        log = (run.get("log_tail") or "").strip().splitlines()
+        rewards = run.get("rewards") or []
+        reward = f" · reward {fmt_number(rewards[-1], 3)}" if rewards else ""
+        message = progress.get("message", "")
+        shown = f"{fmt_percent(fraction, 0)}{reward}{eta} · {message}" if fraction is not None else "—"
         table.add_row(
-            Text(str(run["run_id"])),
-            Text(str(run["agent"])),
-            str(run["trainer"]),
-            str(run["status"]),
-            Text(shown),
-            Text(log[-1] if log else ""),
+            Text(str(run["run_id"])), Text(str(run["agent"])), str(run["trainer"]), str(run["status"]), Text(shown)
         )
-    return table
+    if not snap.runs:
+        return table
+    newest = snap.runs[0]
+    lines = (newest.get("log_tail") or "").strip().splitlines()[-LOG_LINES:]
+    tail = [Text(f"log of run {newest['run_id']} (last {len(lines)} lines):", style="bold")]
+    return Group(table, *tail, *(Text(f"  {line}") for line in lines))
 
 
 def failures_table(snap: Snapshot) -> Table:
     """Failing tools and outcomes of the last hour with an example call."""
     table = Table(title="failures in the last hour", title_justify="left", expand=True)
-    for header in ("agent", "tool", "outcome", "calls", "example"):
-        table.add_column(header, no_wrap=header != "example", overflow="fold")
+    typed_column(table, "agent")
+    typed_column(table, "tool")
+    typed_column(table, "outcome")
+    number_column(table, "calls")
+    text_column(table, "example")
     for failure in snap.failures[:10]:
         table.add_row(
             Text(str(failure["agent"])),
             Text(str(failure["tool"])),
             str(failure["outcome"]),
-            str(failure["calls"]),
+            fmt_number(failure["calls"]),
             Text(f"{failure['tool']}({failure['example_arguments'] or ''}) → {failure['example_result'] or ''}"),
         )
     return table
@@ -128,6 +234,7 @@ def render_plain(snap: Snapshot) -> RenderableType:
         Text(f"agentgym dashboard · {snap.label}", style="bold"),
         *problems,
         agents_table(snap),
+        tools_table(snap),
         gate_table(snap),
         runs_table(snap),
         failures_table(snap),
@@ -239,6 +346,8 @@ def build_app(source: Source, actions: dict[str, tuple[str, Action]], refresh_s:
             if [str(agents.get_option_at_index(i).prompt) for i in range(agents.option_count)] != names:
                 agents.clear_options()
                 agents.add_options(names)
+                # Wide enough for the longest name: it is what users type into the other commands.
+                agents.styles.width = min(max((len(n) for n in names), default=20) + 4, 64)
                 if names:
                     agents.highlighted = 0
             self.query_one("#panels", Static).update(render_plain(self.snapshot))

@@ -125,6 +125,18 @@ def fmt_signed(value: float | None, digits: int = 2) -> str:
     return f"{value:+.{digits}f}"
 
 
+def fmt_probability(value: float | None) -> str:
+    """A probability or an alpha, to two significant digits (``6.3e-20``, ``0.05``), as the gate writes it.
+
+    Example:
+        >>> fmt_probability(6.3e-20), fmt_probability(0.05), fmt_probability(None)
+        ('6.3e-20', '0.05', '—')
+    """
+    if value is None or not math.isfinite(value):
+        return MISSING
+    return f"{value:.2g}"
+
+
 def fmt_cost(value: float | None) -> str:
     """Money in the price table's currency, to four significant decimals for cents and below.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agentgym_runtime.cli.common import (
     HomeOption,
@@ -24,8 +25,11 @@ from agentgym_runtime.cli.common import (
     console,
     err_console,
     fmt_ratio,
+    number_column,
     reading_store,
     settings_for,
+    text_column,
+    typed_column,
 )
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.errors import PolicyError
@@ -182,18 +186,20 @@ def list_policies(
                 }
             )
             continue
-        table = Table(title=f"{name} · live v{state.live} · sequence {state.sequence}", title_justify="left")
-        for header in ("version", "status", "serving", "trainer", "parent", "created", "system prompt"):
-            table.add_column(header)
+        table = Table(title=Text(f"{name} · live v{state.live} · sequence {state.sequence}"), title_justify="left")
+        for header in ("version", "status", "trainer", "parent"):
+            typed_column(table, header)
+        for header in ("serving", "created", "system prompt"):
+            text_column(table, header)
         for info in infos:
             colour = _STATUS_COLOURS[info.status]
             policy = info.policy
             table.add_row(
                 f"v{info.version}",
                 f"[{colour}]{info.status.value}[/{colour}]",
-                _pointer_note(state, info.version),
-                (policy.trainer or "—") if policy else "—",
+                Text((policy.trainer or "—") if policy else "—"),
                 "—" if policy is None or policy.parent_version is None else f"v{policy.parent_version}",
+                _pointer_note(state, info.version) or "—",
                 _when(info.created_at),
                 _short(policy.system_prompt) if policy else f"[red]refused: {info.error}[/red]",
             )
@@ -267,18 +273,12 @@ def show(
     rows = _store_metrics(home, store, agent)
     if rows is None:
         return
-    metrics = Table(title=f"{agent}: live metrics per version", title_justify="left")
-    for header in (
-        "version",
-        "status",
-        "episodes",
-        "tool calls",
-        "reliability",
-        "errors",
-        "avg reward",
-        "last episode",
-    ):
-        metrics.add_column(header, justify="left" if header in ("version", "status", "last episode") else "right")
+    metrics = Table(title=Text(f"{agent}: live metrics per version"), title_justify="left")
+    typed_column(metrics, "version")
+    typed_column(metrics, "status")
+    for header in ("episodes", "calls", "reliability", "errors", "reward"):
+        number_column(metrics, header)
+    text_column(metrics, "last episode")
     for row in rows:
         v = int(row["policy_version"])
         calls = int(row["tool_calls"] or 0)
@@ -331,7 +331,14 @@ def diff(
     left, right = _fields(a), _fields(b)
     if as_json:
         keys = [k for k in sorted(set(left) | set(right)) if left.get(k, "") != right.get(k, "")]
-        _echo_json({"old": a.version, "new": b.version, "changed": {k: [left.get(k), right.get(k)] for k in keys}})
+        _echo_json(
+            {
+                "agent": agent,
+                "old": a.version,
+                "new": b.version,
+                "changed": {k: [left.get(k), right.get(k)] for k in keys},
+            }
+        )
         return
     table = Table(title=f"{agent}: v{a.version} → v{b.version}", title_justify="left")
     table.add_column("field", style="bold")
@@ -395,8 +402,8 @@ def evaluate(
         _echo_json({"agent": agent, "action": decision.action, "reason": decision.reason, "numbers": decision.numbers})
         return
     colour = {"promote": "green", "rollback": "red"}.get(decision.action, "yellow")
-    console.print(f"[{colour}]{decision.action}[/{colour}] {agent}: ", end="")
-    console.print(decision.reason, markup=False)
+    # One Text, so the line wraps at the terminal's width (the reason is data, never markup).
+    console.print(Text.assemble((decision.action, colour), f" {agent}: {decision.reason}"))
 
 
 def canary_command(

@@ -41,6 +41,7 @@ def list_command(as_json: bool = JsonOption) -> None:
 def show_command(
     name: str = typer.Argument(..., help="Scenario name."),
     samples: int = typer.Option(3, "--samples", "-n", min=0, help="Sample tasks to show per split."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Show one scenario: metadata, success criteria, tools with their schemas, sample tasks."""
     try:
@@ -48,6 +49,26 @@ def show_command(
     except ScenarioNotFoundError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(code=1) from None
+    if as_json:
+        print_json(
+            {
+                **scenario.metadata(),
+                "success_criteria": scenario.success_criteria(),
+                "tools": scenario.tool_definitions(),
+                "tasks": [
+                    {
+                        "split": split,
+                        "id": task.id,
+                        "prompt": task.prompt,
+                        "expected_calls": [{"name": c.name, "arguments": c.arguments} for c in task.expected_calls],
+                        "expected_answer": task.expected_answer,
+                    }
+                    for split in ("train", "heldout")
+                    for task in (scenario.tasks(split, samples, seed=0) if samples else [])
+                ],
+            }
+        )
+        return
     meta = Table(title=f"scenario {scenario.name}", show_header=False)
     meta.add_column("what", style="bold")
     meta.add_column("value")
@@ -61,8 +82,9 @@ def show_command(
     console.print(meta)
 
     tools = Table(title="tools")
-    for column in ("tool", "description", "parameters (JSON schema)"):
-        tools.add_column(column)
+    typed_column(tools, "tool")
+    text_column(tools, "description")
+    text_column(tools, "parameters (JSON schema)")
     for definition in scenario.tool_definitions():
         tools.add_row(
             definition["name"], Text(definition["description"]), Text(json.dumps(definition["parameters"], indent=1))
@@ -71,8 +93,10 @@ def show_command(
 
     if samples:
         tasks = Table(title="sample tasks")
-        for column in ("split", "id", "prompt", "expected calls", "expected answer"):
-            tasks.add_column(column)
+        typed_column(tasks, "split")
+        typed_column(tasks, "id")
+        for column in ("prompt", "expected calls", "expected answer"):
+            text_column(tasks, column)
         for split in ("train", "heldout"):
             for task in scenario.tasks(split, samples, seed=0):
                 calls = "; ".join(f"{c.name}({json.dumps(c.arguments)})" for c in task.expected_calls)

@@ -29,6 +29,7 @@ class Snapshot:
     taken_at: float
     agents: list[dict[str, Any]] = field(default_factory=list)
     reliability: list[dict[str, Any]] = field(default_factory=list)
+    tool_reliability: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -97,6 +98,7 @@ class HomeSource:
                     "live": state.live,
                     "canary": state.canary,
                     "canary_share": state.canary_share,
+                    "canary_since": state.canary_since,
                     "pinned": state.pinned,
                     "versions": {str(v): r.status.value for v, r in sorted(state.versions.items())},
                 }
@@ -105,7 +107,10 @@ class HomeSource:
                 sequential = event.details.get("sequential")
                 look = sequential.get("look") if isinstance(sequential, dict) else None
                 if event.actor == "gate" and isinstance(look, dict):
-                    snap.looks.append({"agent": agent, "version": event.version, "at": event.occurred_at, **look})
+                    alpha = sequential.get("alpha") if isinstance(sequential, dict) else None
+                    snap.looks.append(
+                        {"agent": agent, "version": event.version, "at": event.occurred_at, "alpha": alpha, **look}
+                    )
                 if event.from_status != event.to_status or event.actor == "gate":
                     snap.decisions.append(
                         {
@@ -135,6 +140,12 @@ class HomeSource:
                     "SELECT agent, policy_version AS version, epoch(date_trunc('hour', started_at)) AS bucket, "
                     "count(*) AS calls, count(*) FILTER (WHERE outcome = 'ok') AS successes "
                     "FROM tool_calls GROUP BY ALL ORDER BY bucket, agent, version"
+                )
+                snap.tool_reliability = store.query_dicts(
+                    "SELECT agent, tool_name AS tool, policy_version AS version, "
+                    "epoch(date_trunc('hour', started_at)) AS bucket, count(*) AS calls, "
+                    "count(*) FILTER (WHERE outcome = 'ok') AS successes "
+                    "FROM tool_calls GROUP BY ALL ORDER BY agent, tool, version, bucket"
                 )
                 since = datetime.fromtimestamp(failures_since or 0.0, tz=UTC)
                 snap.failures = store.query_dicts(

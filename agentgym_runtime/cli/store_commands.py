@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -132,31 +133,34 @@ _OUTCOMES = (
 )
 
 
-def render_reliability(rows: list[dict[str, Any]], by: str) -> Table:
-    """A Rich table of :func:`reliability_rows`.
+def render_reliability(rows: list[dict[str, Any]], by: str) -> RenderableType:
+    """Rich tables of :func:`reliability_rows`, one per agent (its name whole in the title).
 
-    The failures by outcome share one wrapping column, so the table fits 80 columns with the
+    The failures by outcome share one wrapping column, so each table fits 80 columns with the
     agent and tool names whole (they are what users type into ``--agent`` and ``--by``).
     """
-    table = Table(title=f"tool reliability by {_BY[by][1]}")
-    typed_column(table, "agent")
-    typed_column(table, _BY[by][1])
-    number_column(table, "calls")
-    text_column(table, "failures")
-    typed_column(table, "reliability", justify="right")
-    for row in rows:
-        share = row["successes"] / row["calls"] if row["calls"] else None
-        colour = "green" if share is not None and share >= 0.95 else "yellow" if share and share >= 0.8 else "red"
-        key = row["key"]
-        failures = " · ".join(f"{label} {fmt_number(row[name])}" for name, label in _OUTCOMES if row[name])
-        table.add_row(
-            Text(str(row["agent"])),
-            Text(f"v{key}" if by == "policy" else str(key)),
-            fmt_number(row["calls"]),
-            Text(failures or "—"),
-            Text(fmt_ratio(share), style=colour),
-        )
-    return table
+    tables: list[Table] = []
+    for agent in dict.fromkeys(str(row["agent"]) for row in rows):
+        table = Table(title=Text(f"tool reliability by {_BY[by][1]} · {agent}"), title_justify="left")
+        typed_column(table, _BY[by][1])
+        number_column(table, "calls")
+        text_column(table, "failures")
+        typed_column(table, "reliability", justify="right")
+        for row in rows:
+            if str(row["agent"]) != agent:
+                continue
+            share = row["successes"] / row["calls"] if row["calls"] else None
+            colour = "green" if share is not None and share >= 0.95 else "yellow" if share and share >= 0.8 else "red"
+            key = row["key"]
+            failures = " · ".join(f"{label} {fmt_number(row[name])}" for name, label in _OUTCOMES if row[name])
+            table.add_row(
+                Text(f"v{key}" if by == "policy" else str(key)),
+                fmt_number(row["calls"]),
+                Text(failures or "—"),
+                Text(fmt_ratio(share), style=colour),
+            )
+        tables.append(table)
+    return Group(*tables)
 
 
 def reliability(

@@ -9,8 +9,21 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from agentgym_runtime.cli.common import HomeOption, StoreOption, console, err_console, reading_store, settings_for
+from agentgym_runtime.cli.common import (
+    HomeOption,
+    JsonOption,
+    StoreOption,
+    console,
+    err_console,
+    print_json,
+    reading_store,
+    settings_for,
+    text_column,
+    typed_column,
+)
+from agentgym_runtime.cli.format import fmt_duration
 from agentgym_runtime.cli.progress import TrainingProgress
 from agentgym_runtime.errors import ConfigurationError, StoreUnavailableError
 
@@ -217,41 +230,50 @@ def _when(value: Any) -> str:
 def runs(
     agent: str | None = typer.Option(None, "--agent", "-a", help="Only this agent's runs."),
     limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newest first."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    as_json: bool = JsonOption,
     home: Path | None = HomeOption,
     store: str | None = StoreOption,
 ) -> None:
     """List training runs: status, episodes, candidate version, reason or error."""
+    from agentgym_runtime.cli.store_commands import check_agent
     from agentgym_runtime.trainers.scheduler import list_runs
 
     settings = settings_for(home, store)
     with reading_store(settings) as reader:
+        check_agent(reader, agent)
         rows = list_runs(reader, agent, limit)
     if as_json:
-        for row in rows:
-            typer.echo(json.dumps(row, default=str))
+        print_json(rows)
         return
     if not rows:
         console.print("[dim]no training runs yet[/dim]")
         return
-    table = Table(title="training runs")
-    table.add_column("run", no_wrap=True)
-    for column in ("agent", "trainer", "status", "episodes", "candidate", "started", "duration", "reason"):
-        table.add_column(column)
-    for row in rows:
-        started, ended = row["started_at"], row["ended_at"]
-        duration = f"{(ended - started).total_seconds():.1f}s" if started and ended else "—"
-        color = {"succeeded": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "white")
-        detail = row["error"] or row["reason"] or ""
-        table.add_row(
-            row["run_id"],
-            row["agent"],
-            row["trainer"],
-            f"[{color}]{row['status']}[/{color}]",
-            "—" if row["episodes"] is None else str(row["episodes"]),
-            "—" if row["candidate_version"] is None else f"v{row['candidate_version']}",
-            _when(started or row["scheduled_at"]),
-            duration,
-            detail if len(detail) <= 80 else detail[:77] + "...",
-        )
-    console.print(table)
+    # One table per agent, its name whole in the title: run ids and names are what users type.
+    for name in dict.fromkeys(str(row["agent"]) for row in rows):
+        table = Table(title=Text(f"training runs · {name}"), title_justify="left")
+        typed_column(table, "run")
+        typed_column(table, "trainer")
+        typed_column(table, "status")
+        typed_column(table, "candidate")
+        text_column(table, "details")
+        for row in rows:
+            if row["agent"] != name:
+                continue
+            started, ended = row["started_at"], row["ended_at"]
+            duration = fmt_duration((ended - started).total_seconds()) if started and ended else None
+            color = {"succeeded": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "white")
+            detail = row["error"] or row["reason"] or ""
+            details = [
+                _when(started or row["scheduled_at"]),
+                *([f"took {duration}"] if duration else []),
+                *([f"{row['episodes']} episodes"] if row["episodes"] is not None else []),
+                *([detail if len(detail) <= 80 else detail[:77] + "..."] if detail else []),
+            ]
+            table.add_row(
+                Text(row["run_id"]),
+                Text(row["trainer"]),
+                Text(row["status"], style=color),
+                "—" if row["candidate_version"] is None else f"v{row['candidate_version']}",
+                Text(" · ".join(details)),
+            )
+        console.print(table)

@@ -38,7 +38,8 @@ def test_status_traces_reliability_export(populated: Path, tmp_path: Path) -> No
 
     by_tool = _cli("reliability", "--by", "tool", home=populated)
     assert by_tool.returncode == 0, by_tool.stderr
-    lines = [line for line in by_tool.stdout.splitlines() if "support" in line]
+    assert "tool reliability by tool · support" in by_tool.stdout  # one table per agent, named in its title
+    lines = by_tool.stdout.splitlines()
     assert any("lookup" in line and "100.0%" in line for line in lines)
     assert any("refund_all" in line and "0.0%" in line for line in lines)
 

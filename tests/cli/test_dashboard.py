@@ -55,7 +55,7 @@ def test_dashboard_shows_the_home_and_promotes_after_confirmation(populated: Pat
     assert "refund_all" in first and "unknown_tool" in first
     assert "cancelled" in cancelled
     assert "promoted support v1" in promoted
-    assert "live: promoted from the dashboard" in promoted
+    assert "support v1 live · dashboard:" in promoted and ": promoted from the dashboard" in promoted
     assert registry.state("support").live == version
     assert any(e.actor.startswith("dashboard:") and e.to_status == "live" for e in registry.events("support"))
 

@@ -225,9 +225,9 @@ def test_agentgym_sql_from_a_shell_is_routed_to_the_owner(served: CollectorServe
     app = build_app()
     result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM tool_calls", "--home", str(home), "--json"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == '{"n": 3}'  # foreign gen_ai.tool.name spans become tool calls
+    assert result.output.strip() == '[{"n": 3}]'  # foreign gen_ai.tool.name spans become tool calls
     result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM spans", "--home", str(home), "--json"])
-    assert result.output.strip() == '{"n": 3}'
+    assert result.output.strip() == '[{"n": 3}]'
     refused = runner.invoke(app, ["sql", "DROP TABLE spans", "--home", str(home)])
     assert refused.exit_code == 1
     assert "only SELECT" in refused.output

@@ -438,7 +438,7 @@ def test_cli_train_and_runs(agentgym_runtime: Runtime) -> None:
 
     listed = runner.invoke(app, ["runs", "--agent", "support", "--json", "--home", home])
     assert listed.exit_code == 0, listed.output
-    rows = [json.loads(line) for line in listed.output.splitlines()]
+    rows = json.loads(listed.output)
     assert [r["status"] for r in rows] == ["skipped", "succeeded", "failed"]
     assert rows[1]["candidate_version"] == 1
     assert rows[2]["reason"] == "trainer unavailable"

@@ -203,7 +203,7 @@ def test_cli_refuses_unknown_agents_without_a_run_row_and_explains_verl(agentgym
     assert "trainer 'verl' needs its options (model_path: field required)" in " ".join(verl.output.split())
     assert "validation error" not in verl.output
     listed = runner.invoke(app, ["runs", "--json", "--home", home])
-    assert listed.output.strip() == ""  # neither left a run row
+    assert listed.output.strip() == "[]"  # neither left a run row
 
 
 def test_entrypoints_a_job_cannot_import_again_are_refused_with_the_fix() -> None:
