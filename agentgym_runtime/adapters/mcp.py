@@ -105,6 +105,9 @@ def take_verdict(span: Any, tool: str) -> McpVerdict | None:
     span_id = _span_id(span)
     with _lock:
         queue = _by_tool.get(tool)
+        if queue is None:
+            # CrewAI names an MCP tool "<server>_<tool>": the server knows it as "<tool>".
+            queue = next((q for name, q in _by_tool.items() if q and tool.endswith("_" + name)), None)
         verdict = _by_span.pop(span_id, None) if span_id is not None else None
         if verdict is None and queue:
             verdict = queue[0]

@@ -210,3 +210,47 @@ def test_autogen_mcp_timeout_is_tool_error(agentgym_runtime: Runtime, recorded: 
     _autogen_run(StreamableHttpServerParams(url=http_server, sse_read_timeout=0.5), calls, "ag_mcp_slow")
     (row,) = recorded.episodes("ag_mcp_slow")
     assert recorded.outcomes(row["episode_id"]) == {"tool_error": 1}
+
+
+# --- CrewAI: an Agent with native ``mcps`` ---------------------------------------------------------
+
+
+def test_crewai_native_mcps_over_streamable_http(
+    agentgym_runtime: Runtime, recorded: Recorded, http_server: str
+) -> None:
+    from crewai import Agent, Crew, Task
+    from crewai.mcp import MCPServerHTTP
+
+    from tests.adapters.test_crewai import ScriptedLLM
+
+    def step(tool: str, args: dict[str, Any]) -> str:
+        return f"Thought: use it\nAction: {tool}\nAction Input: {json.dumps(args)}"
+
+    server = MCPServerHTTP(url=http_server)
+    # CrewAI names each MCP tool "<server>_<tool>" (the server from the URL).
+    prefix = http_server.removeprefix("http://").replace(".", "_").replace("/", "_") + "_"
+    replies = [step(prefix + tool, args) for tool, args, _ in CALLS]
+    llm = ScriptedLLM([*replies, "Thought: done\nFinal Answer: shipped"])
+    agent = Agent(
+        role="support",
+        goal="answer order questions",
+        backstory="You help.",
+        llm=llm,
+        mcps=[server],
+        verbose=False,
+        max_iter=10,
+    )
+    task = Task(description="Where is order A1?", expected_output="status", agent=agent)
+    crew = agentgym.train_online(Crew(agents=[agent], tasks=[task], verbose=False), name="crew_mcp")
+    crew.kickoff()
+    (row,) = recorded.episodes("crew_mcp")
+    # CrewAI retries a call its own validation refused: three attempts of the invalid one.
+    assert recorded.outcomes(row["episode_id"]) == {"ok": 1, "invalid_arguments": 3, "error_result": 1}
+    spans = [{**s, **_attrs(s)} for s in recorded.spans(row["episode_id"]) if s["operation"] == "execute_tool"]
+    assert [s["tool_outcome"] for s in spans] == ["ok", *["invalid_arguments"] * 3, "error_result"]
+    for span in (spans[0], spans[-1]):  # the two calls that reached the server
+        # The server's name; CrewAI opens its transport outside the context our transport
+        # wrapper marks, so the transport is not known on CrewAI's spans yet.
+        assert span[semconv.MCP_SERVER_NAME] == "orders"
+    assert "order_id: 7 is not of type 'string'" in spans[1][semconv.TOOL_ERROR_MESSAGE]
+    assert "cannot be refunded" in spans[-1][semconv.TOOL_ERROR_MESSAGE]
