@@ -14,8 +14,8 @@ EXPECTED = {
     # example -> lines that must appear in its output
     "plain_python_agent.py": [
         "tool reliability by tool",
-        "│ plain-support │ get_order_status │     4 │ invalid args 2 · tool error 1 │       25.0% │",
-        "│ plain-support │ cancel_order     │     1 │ unknown tool 1                │        0.0% │",
+        "│ plain-support │ get_order_status │     4 │  1 │            0 │            2 │          1 │            0 │            0 │       25.0% │",
+        "│ plain-support │ cancel_order     │     1 │  0 │            1 │            0 │          0 │            0 │            0 │        0.0% │",
     ],
 }
 

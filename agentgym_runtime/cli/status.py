@@ -186,7 +186,24 @@ def collect(home: str | None = None, store: str | None = None) -> dict[str, Any]
         document["last_error"] = published.get("stats", {}).get("last_error")
     alive = document["process"] is not None and document["process"]["state"] != "exited"
     document["counts"] = store_counts(home_path, store_path, process_alive=alive)
+    document["training"] = training_status(home_path)
     return document
+
+
+def training_status(home: Path) -> dict[str, Any]:
+    """The scheduler's last ``<home>/training/status.json``: per agent its failure streak and hold.
+
+    Example:
+        >>> import tempfile
+        >>> training_status(Path(tempfile.mkdtemp()))
+        {}
+    """
+    try:
+        published = json.loads((home / "training" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    agents = published.get("agents") if isinstance(published, dict) else None
+    return agents if isinstance(agents, dict) else {}
 
 
 def rows(document: dict[str, Any], now: float) -> list[tuple[str, str, bool]]:
@@ -214,6 +231,19 @@ def rows(document: dict[str, Any], now: float) -> list[tuple[str, str, bool]]:
         out.append(("agents", fmt_number(counts["agents"]), False))
         if counts["source"] == "cache":
             out.append(("counted", f"{fmt_time(counts['counted_at'])} ({fmt_ago(counts['counted_at'], now)})", False))
+    for agent, state in sorted(document.get("training", {}).items()):
+        if not isinstance(state, dict):
+            continue
+        if state.get("held"):  # paused after repeated failures, or backing off: say why
+            out.append((f"training {agent}", str(state["held"]), True))
+        elif state.get("active_run"):
+            out.append((f"training {agent}", f"running ({state['active_run']})", False))
+        else:
+            streak = int(state.get("consecutive_failures") or 0)
+            failures = f", {streak} failed run(s) in a row" if streak else ""
+            out.append(
+                (f"training {agent}", f"next run {state.get('next_run') or 'on request'}{failures}", bool(streak))
+            )
     return out
 
 

@@ -20,10 +20,10 @@ Example:
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from agentgym_runtime.policy.errors import UntrustedFileError
+from agentgym_runtime.recording.files import untrusted_reason
 
 
 def check_trusted(path: Path, what: str) -> os.stat_result:
@@ -38,18 +38,9 @@ def check_trusted(path: Path, what: str) -> os.stat_result:
         UntrustedFileError: A symlink, another user's, or world-writable; the message says which
             and how to fix it.
     """
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UntrustedFileError(f"refusing {what} {path}: it is a symbolic link (copy the file in place instead)")
-    uid = os.geteuid()
-    if st.st_uid != uid:
-        raise UntrustedFileError(
-            f"refusing {what} {path}: owned by uid {st.st_uid}, not the service's user (uid {uid}); "
-            f"only files the service's user owns are read (chown it if it is yours)"
-        )
-    if st.st_mode & stat.S_IWOTH:
-        raise UntrustedFileError(
-            f"refusing {what} {path}: it is world-writable (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"run `chmod o-w {path}` if its content is yours"
-        )
-    return st
+    info, reason = untrusted_reason(path, group_may_write=True)
+    if reason is None:
+        return info
+    fixes = {"owned": " (chown it if it is yours)", "it is world-writable": f"; run `chmod o-w {path}` if it is yours"}
+    hint = next((fix for start, fix in fixes.items() if reason.startswith(start)), "")
+    raise UntrustedFileError(f"refusing {what} {path}: {reason}{hint}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,40 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} exists and is not a directory")
     return directory
+
+
+def untrusted_reason(
+    path: str | os.PathLike[str], *, group_may_write: bool = False, uid: int | None = None
+) -> tuple[os.stat_result, str | None]:
+    """``lstat(path)`` and why its content may not be trusted (``None``: it may be).
+
+    The one ownership rule for files other processes could have planted (policy pointers and
+    artifacts, training request files): no symbolic link (never followed), owned by ``uid``
+    (default: the service's effective user), not writable by others (nor by the group unless
+    ``group_may_write``: shared service groups may write policies, not requests).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> directory = Path(tempfile.mkdtemp())
+        >>> directory.chmod(0o777)
+        >>> untrusted_reason(directory)[1]
+        'it is writable by group or others (mode 777)'
+    """
+    owner = os.geteuid() if uid is None else uid
+    info = os.lstat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return info, "it is a symbolic link (copy the file in place instead)"
+    if info.st_uid != owner:
+        return info, f"owned by uid {info.st_uid}, not the service's user (uid {owner})"
+    if not group_may_write and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return info, f"it is writable by group or others (mode {mode:o})"
+    if info.st_mode & stat.S_IWOTH:
+        return info, f"it is world-writable (mode {mode:o})"
+    return info, None
 
 
 def _sync_directory(directory: Path) -> None:

@@ -88,7 +88,8 @@ def test_planted_requests_never_run_programs_or_foreign_code(agentgym_runtime: R
     assert "may not set trainer option 'replay'" in statuses["replay"]["error"]
     assert (
         statuses["writable"]["error"]
-        == f"{writable.with_suffix('').with_suffix('.claimed.json')} is writable by group or others (mode 0o622)"
+        == f"refusing request file {writable.with_suffix('').with_suffix('.claimed.json')}: "
+        "it is writable by group or others (mode 622)"
     )
     assert list_runs(agentgym_runtime.store, "support") == []  # no run was even started
     # What the service configured itself is accepted from a request, and runs.
@@ -107,12 +108,12 @@ def test_untrusted_request_files_and_directories_are_refused(tmp_path: Path) -> 
     link.symlink_to(target)
     with pytest.raises(RequestRejected, match="is a symbolic link"):
         check_trusted(link)
-    with pytest.raises(RequestRejected, match=r"is owned by uid \d+, not by the service's user"):
+    with pytest.raises(RequestRejected, match=r"owned by uid \d+, not the service's user"):
         check_trusted(target, uid=os.geteuid() + 1)
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
-    with pytest.raises(RequestRejected, match=r"writable by group or others \(mode 0o777\)"):
+    with pytest.raises(RequestRejected, match=r"writable by group or others \(mode 777\)"):
         check_trusted(open_dir)
     assert stat.S_IMODE(check_trusted(target).st_mode) == 0o600
 
@@ -147,6 +148,11 @@ def test_crashing_jobs_back_off_then_pause_with_the_cause(agentgym_runtime: Runt
     status = json.loads((agentgym_runtime.settings.home / "training" / "status.json").read_text())
     assert status["agents"]["support"]["consecutive_failures"] == 2
     assert status["agents"]["support"]["held"] == rows[0]["reason"]
+    # `agentgym status` shows the pause and its cause, as an alarm.
+    from agentgym_runtime.cli import status as status_command
+
+    document = status_command.collect(str(agentgym_runtime.settings.home), agentgym_runtime.settings.store_path)
+    assert ("training support", rows[0]["reason"], True) in status_command.rows(document, time.time())
     # A manual run still goes ahead; its success resumes the schedule.
     fixed = scheduler.run_now("support", config=config("PromptTrainer"), force=True)
     assert fixed.status == "succeeded"

@@ -39,7 +39,10 @@ def _run_app(home: Path, rounds: int) -> None:
 @pytest.mark.slow
 def test_a_script_agent_is_trained_from_its_episodes_and_canaried(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    _run_app(home, rounds=4)  # 16 episodes; the hard half fails
+    # 40 episodes, the hard half failing. Without session ids every episode is its own session, so
+    # the held-out half is a random draw of episodes: with 10 of each hard kind, the chance that it
+    # misses one kind (and the chosen set need not cover it) is about 4 in 10,000.
+    _run_app(home, rounds=10)
 
     runtime = agentgym.configure(home=home)
     try:
@@ -56,11 +59,11 @@ def test_a_script_agent_is_trained_from_its_episodes_and_canaried(tmp_path: Path
             min_new_episodes=4,
             gpu="cpu",
             entrypoint=f"{APP}:support",
-            trainer_options={"embedder": "lexical"},
+            trainer_options={"embedder": "lexical", "heldout_fraction": 0.5},
         )
         run = runtime.scheduler.run_now("my-support", config=config)
         assert run.status == "succeeded", (run.reason, run.error, run.log_tail)
-        assert run.episodes == 16
+        assert run.episodes == 40
         tasks = read_tasks(run.snapshot_path or "")
         assert {t["name"] for t in tasks[0].tools} == {"get_order", "refund"}  # tools reached the trainer
         metrics = run.metrics

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import AgentGymError
-from agentgym_runtime.recording.files import atomic_write_json
+from agentgym_runtime.recording.files import atomic_write_json, untrusted_reason
 from agentgym_runtime.trainers.scheduler.runs import new_run_id, safe_name
 
 REQUESTS_DIR = "requests"
@@ -77,16 +77,11 @@ def check_trusted(path: Path, *, uid: int | None = None) -> os.stat_result:
         >>> directory.chmod(0o777)
         >>> check_trusted(directory)  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
-        RequestRejected: ... is writable by group or others (mode 0o777)
+        RequestRejected: refusing request file ...: it is writable by group or others (mode 777)
     """
-    owner = os.geteuid() if uid is None else uid
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode):
-        raise RequestRejected(f"{path} is a symbolic link; requests must be plain files")
-    if info.st_uid != owner:
-        raise RequestRejected(f"{path} is owned by uid {info.st_uid}, not by the service's user (uid {owner})")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise RequestRejected(f"{path} is writable by group or others (mode {oct(stat.S_IMODE(info.st_mode))})")
+    info, reason = untrusted_reason(path, uid=uid)
+    if reason is not None:
+        raise RequestRejected(f"refusing request file {path}: {reason}")
     return info
 
 
