@@ -234,7 +234,7 @@ def train_online(
             ``"1d"``) or a 5-field cron string (``"0 3 * * *"``, UTC).
         min_new_episodes: Skip a scheduled run unless this many episodes ended since the last
             successful one (default 20).
-        trainer: ``"demos"`` (default), ``"apo"``, ``"grpo"``, ``"verl"`` or your own
+        trainer: ``"demos"`` (default), ``"apo"``, ``"grpo"``, ``"sft"``, ``"verl"`` or your own
             (``AGENTGYM_EXTRA_TRAINERS`` or ``trainer_options={"trainer_class": "module:Class"}``).
         gpu: ``"auto"`` (CUDA when available, else CPU; default), ``"cpu"`` or ``"local"`` (this
             machine's GPU, required).

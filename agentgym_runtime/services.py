@@ -48,6 +48,7 @@ from agentgym_runtime.recording.runtime import (
 if TYPE_CHECKING:
     from opentelemetry import trace
 
+    from agentgym_runtime.collectors.otlp.registrations import RegistrationFollower
     from agentgym_runtime.collectors.store import TraceStore
     from agentgym_runtime.policy.registry import PolicyRegistry
     from agentgym_runtime.policy.router import PolicyRouter
@@ -80,6 +81,7 @@ class Services:
         self._lock = threading.RLock()
         self._router: PolicyRouter | None = None
         self._scheduler: TrainingScheduler | None = None
+        self._registrations: RegistrationFollower | None = None
         if runtime.policy_resolver is baseline_policy:  # a resolver set by the host stays
             runtime.policy_resolver = self._resolve
         runtime.add_hook("start", "training schedules", self._start_schedules)
@@ -148,6 +150,8 @@ class Services:
     def training_registered(self, agent: str, config: TrainingConfig | None) -> None:
         """Follow a ``train_online(schedule=...)`` registration (``config``) or removal (``None``)."""
         if config is not None:
+            if self.runtime.started:
+                self._record_registration(config)
             if self.runtime.started and self.runtime.collector_endpoint() is None:
                 self.scheduler.add_agent(config)
         elif self.has_scheduler:
@@ -161,12 +165,59 @@ class Services:
 
         # Registrations made from now on reach this configuration's scheduler.
         set_registration_listener(_follow_registrations)
+        for config in registered_training().values():
+            self._record_registration(config)
+        settings = self.runtime.settings
+        if settings.collector_endpoint or (settings.share_home and self.runtime.store.path != ":memory:"):
+            self.follow_registrations()  # this process may own the shared store, now or after a takeover
         if self.runtime.collector_endpoint() is not None:
             return  # another process owns the store: it runs the deployment's one scheduler
         if registered_training():  # agents decorated before this runtime started
             self.scheduler.start()
 
+    def follow_registrations(self, interval_s: float = 1.0) -> None:
+        """While this process owns the store, schedule the agents that other processes registered.
+
+        Workers that send to a collector (or to the elected owner of their home) record each
+        ``train_online(schedule=...)`` registration in the store
+        (:mod:`~agentgym_runtime.collectors.otlp.registrations`); the owner's scheduler reads them.
+        """
+        from agentgym_runtime.collectors.otlp.registrations import RegistrationFollower
+
+        with self._lock:
+            if self._registrations is not None:
+                return
+            runtime = self.runtime
+            self._registrations = RegistrationFollower(
+                runtime.store,
+                self._registered_elsewhere,
+                is_owner=lambda: runtime.started and runtime.collector_endpoint() is None,
+                interval_s=interval_s,
+            ).start()
+
+    def _registered_elsewhere(self, agent: str, document: dict[str, Any]) -> None:
+        from agentgym_runtime.trainers.scheduler import TrainingConfig
+
+        config = TrainingConfig.model_validate(document)
+        scheduler = self.scheduler
+        if scheduler.configs.get(agent) != config:
+            scheduler.add_agent(config)
+        scheduler.start()
+
+    def _record_registration(self, config: TrainingConfig) -> None:
+        if config.schedule is None or not self.runtime.settings.enabled:
+            return
+        from agentgym_runtime.collectors.otlp.registrations import record_registration
+
+        try:
+            record_registration(self.runtime.tracer, config.agent, config.model_dump(mode="json"))
+        except Exception as exc:
+            self.runtime.internal_error("training registration", exc)
+
     def _stop_scheduler(self) -> None:
+        registrations, self._registrations = self._registrations, None
+        if registrations is not None:
+            registrations.stop()
         with self._lock:
             scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:

@@ -32,9 +32,9 @@ def collect(
     requests_per_s: float = typer.Option(5000.0, "--rate", help="Requests per second per client."),
 ) -> None:
     """Own the trace store and receive spans over OTLP/HTTP (/v1/traces); serve status and SQL reads."""
+    from agentgym_runtime import services
     from agentgym_runtime.collectors.otlp.election import HomeLock, publish_endpoint, read_endpoint
     from agentgym_runtime.collectors.otlp.server import Collector, CollectorServer, Limits
-    from agentgym_runtime.recording.runtime import Runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = settings_for(home, store)
@@ -45,13 +45,19 @@ def collect(
             f"waiting for the process that owns {settings.home} (pid {holder.get('pid', '?')}) to exit...",
         )
         lock.acquire()
-    # This process owns the store: its runtime writes in-process and runs the training scheduler.
-    runtime = Runtime(settings.model_copy(update={"share_home": False, "collector_endpoint": None})).start()
+    # This process owns the store: its runtime writes in-process, and it runs the deployment's one
+    # training scheduler, for the agents the workers register (their registrations arrive as spans).
+    wired = services.configure(
+        settings.model_copy(update={"share_home": False, "collector_endpoint": None, "handle_sigterm": False})
+    )
+    runtime = wired.runtime
+    wired.follow_registrations()
     try:
         limits = Limits(max_body_bytes=max_body_mb * 1024 * 1024, requests_per_s=requests_per_s)
         server = CollectorServer(Collector(runtime.store, token=token, limits=limits), host=host, port=port)
     except AgentGymError as exc:
         err_console.print(f"[red]{exc}[/red]")
+        wired.shutdown()
         lock.release()
         raise typer.Exit(2) from None
     publish_endpoint(settings.home, server.endpoint, store=runtime.store.path)
@@ -59,7 +65,7 @@ def collect(
     try:
         server.run()
     finally:
-        runtime.shutdown()
+        wired.shutdown()
         lock.release()
 
 

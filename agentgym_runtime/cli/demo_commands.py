@@ -69,3 +69,6 @@ def demo(
             console.print(f"report: {write_report(demo_home, report)}", highlight=False)
     if as_json:
         print(json.dumps(summary, default=str))
+    # The exit status says what the final screen says: 0 only when every criterion was met.
+    if not summary.get("passed"):
+        raise typer.Exit(1)

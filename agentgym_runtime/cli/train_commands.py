@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agentgym_runtime.cli.common import HomeOption, StoreOption, console, err_console, reading_store, settings_for
+from agentgym_runtime.cli.progress import TrainingProgress
 from agentgym_runtime.errors import ConfigurationError, StoreUnavailableError
 
 
@@ -116,25 +116,11 @@ def train(
         except ConfigurationError as exc:
             err_console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
-        with Progress(
-            TextColumn("[bold]{task.fields[agent]}[/bold]"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=console,
-            transient=False,
-        ) as bar:
-            task = bar.add_task("starting", total=1.0, agent=f"{agent} ({config.trainer})")
-
-            def progress(fraction: float, message: str) -> None:
-                bar.update(task, completed=fraction, description=message)
-
-            run = runtime.scheduler.run_now(agent, config=config, force=now, since=since_at, progress=progress)
-            if run.status == "succeeded":
-                bar.update(task, completed=1.0, description="done")
+        with TrainingProgress(f"{agent} ({config.trainer})", console) as view:
+            run = runtime.scheduler.run_now(agent, config=config, force=now, since=since_at, progress=view.update)
     finally:
         shutdown()
+    console.print(view.summary(run.status), markup=False, highlight=False)
     _print_run(run.status, run.run_id, run.reason, run.error, run.candidate_version, run.metrics, run.log_tail)
     if run.status == "failed":
         raise typer.Exit(1)
@@ -165,26 +151,17 @@ def _train_through_service(
     )
     deadline = time.monotonic() + pickup_timeout
     status: dict[str, Any] | None = None
-    with Progress(
-        TextColumn("[bold]{task.fields[agent]}[/bold]"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    ) as bar:
-        task = bar.add_task("waiting for the service", total=1.0, agent=agent)
+    with TrainingProgress(agent, console) as view:
         while True:
             status = request_status(home, request_id)
             if status is None and time.monotonic() > deadline and withdraw_request(home, request_id):
                 break
             if status is not None:
-                bar.update(
-                    task, completed=float(status.get("fraction") or 0.0), description=str(status.get("message", ""))
-                )
+                if status.get("message"):
+                    view.update(float(status.get("fraction") or 0.0), str(status["message"]))
                 if status.get("state") == "done":
                     break
-            time.sleep(0.2)
+            time.sleep(0.1)
     if status is None:
         err_console.print(
             f"[red]no service took the request within {pickup_timeout:g}s[/red]: the process holding the store "
@@ -195,6 +172,7 @@ def _train_through_service(
     if status.get("status") == "rejected":
         err_console.print(f"[red]the service rejected the request: {status.get('error')}[/red]")
         raise typer.Exit(2)
+    console.print(view.summary(str(status.get("status"))), markup=False, highlight=False)
     _print_run(
         str(status.get("status")),
         str(status.get("run_id")),

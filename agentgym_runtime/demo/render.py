@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +52,46 @@ def render_state(state: DemoState, config: DemoConfig) -> Any:
     return Group(header, versions, runs, decisions)
 
 
+def verdict_lines(summary: dict[str, Any]) -> list[tuple[str, bool]]:
+    """One plain line per success criterion, with its figures, then the overall verdict and why the demo stopped.
+
+    Example:
+        >>> summary = {"promoted_version": 1, "stopped": "criteria met on live traffic", "passed": False,
+        ...     "success_criteria": {"criteria": {"tool_reliability": 0.95, "cost_reduction": 0.3},
+        ...     "tool_reliability": 0.96, "cost_reduction": 0.12, "met": {"tool_reliability": True,
+        ...     "cost_reduction": False}}}
+        >>> for line, _ in verdict_lines(summary)[:2]:
+        ...     print(line)
+        MET      held-out tool reliability of v1: 96.0% (needed >= 95.0%)
+        NOT MET  cost reduction vs v0: 12.0% (needed >= 30.0%)
+    """
+    promoted = summary.get("promoted_version")
+    report = summary.get("success_criteria")
+    lines: list[tuple[str, bool]] = []
+    if not report:
+        lines.append(("NOT MET  no version was promoted, so no criterion could be met", False))
+    else:
+        wanted, met = report["criteria"], report["met"]
+        figures = {
+            "tool_reliability": (f"held-out tool reliability of v{promoted}", report.get("tool_reliability")),
+            "cost_reduction": ("cost reduction vs v0", report.get("cost_reduction")),
+        }
+        for name, threshold in wanted.items():
+            label, value = figures.get(name, (name, report.get(name)))
+            shown = "n/a" if value is None else f"{value:.1%}"
+            ok = bool(met.get(name))
+            lines.append((f"{'MET     ' if ok else 'NOT MET '} {label}: {shown} (needed >= {threshold:.1%})", ok))
+    passed = bool(summary.get("passed"))
+    lines.append(
+        (
+            f"{'PASSED' if passed else 'FAILED'}: {'every' if passed else 'not every'} criterion met "
+            f"(stopped: {summary.get('stopped', 'unknown')}); exit status {0 if passed else 1}",
+            passed,
+        )
+    )
+    return lines
+
+
 def render_summary(summary: dict[str, Any]) -> Any:
     """The before/after table against the success criteria."""
     from rich.console import Group
@@ -81,9 +120,8 @@ def render_summary(summary: dict[str, Any]) -> Any:
             "—" if live is None else f"{live:.1%}",
         )
     parts: list[Any] = [table]
-    criteria = summary.get("success_criteria")
-    if criteria:
-        parts.append(Text(json.dumps(criteria, indent=2), style="bold"))
+    for line, met in verdict_lines(summary):
+        parts.append(Text(line, style="bold green" if met else "bold red"))
     improvement = summary.get("improvement")
     if improvement:
         parts.append(Text(f"{improvement['test']}: z = {improvement['z']}, p = {improvement['p_value']:.2e}"))

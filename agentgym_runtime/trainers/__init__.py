@@ -9,7 +9,7 @@ serving process never loads torch or Agent Lightning.
 Example:
     >>> from agentgym_runtime.trainers import TRAINERS
     >>> sorted(TRAINERS)
-    ['apo', 'demos', 'grpo', 'verl']
+    ['apo', 'demos', 'grpo', 'sft', 'verl']
 """
 
 from __future__ import annotations

@@ -24,13 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentgym_runtime.errors import AgentGymError
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig
 
-TrainerName = Literal["demos", "apo", "grpo", "verl"]
+TrainerName = Literal["demos", "apo", "grpo", "sft", "verl"]
 
 #: trainer name -> "module:Class"; modules are imported only inside the job process.
 TRAINERS: dict[str, str] = {
     "demos": "agentgym_runtime.trainers.demos:DemosTrainer",
     "apo": "agentgym_runtime.trainers.apo:APOTrainer",
     "grpo": "agentgym_runtime.trainers.grpo:GRPOTrainer",
+    "sft": "agentgym_runtime.trainers.sft:SFTTrainer",
     "verl": "agentgym_runtime.trainers.verl:VERLTrainer",
 }
 

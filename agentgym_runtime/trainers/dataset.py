@@ -143,6 +143,7 @@ def write_snapshot(
     run_id: str,
     since: datetime | None = None,
     until: datetime | None = None,
+    limit: int | None = None,
 ) -> SnapshotManifest:
     """Copy ``agent``'s episodes that ended in ``(since, until]``, their spans and feedback to Parquet.
 
@@ -157,6 +158,7 @@ def write_snapshot(
         run_id: The training run this snapshot is for.
         since: Exclusive lower bound on ``episodes.ended_at`` (``None``: everything).
         until: Inclusive upper bound (default: now).
+        limit: Copy only the ``limit`` most recent of those episodes (``None``: all).
 
     Returns:
         The manifest written.
@@ -173,8 +175,10 @@ def write_snapshot(
     where = "agent = ? AND ended_at <= ?" + (" AND ended_at > ?" if since is not None else "")
     window: list[Any] = [agent, until] + ([since] if since is not None else [])
     selected = f"SELECT episode_id FROM episodes WHERE {where}"
+    if limit is not None:
+        selected += f" ORDER BY ended_at DESC LIMIT {int(limit)}"
     queries = {
-        "episodes": (f"SELECT * FROM episodes WHERE {where} ORDER BY started_at", window),
+        "episodes": (f"SELECT * FROM episodes WHERE episode_id IN ({selected}) ORDER BY started_at", window),
         "spans": (f"SELECT * FROM spans WHERE episode_id IN ({selected}) ORDER BY start_unix_nano", window),
         "feedback": (f"SELECT * FROM feedback WHERE episode_id IN ({selected}) ORDER BY created_at", window),
     }

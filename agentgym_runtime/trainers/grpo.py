@@ -51,6 +51,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentgym_runtime import semconv
 from agentgym_runtime.recording.policy import LLMConfig
 from agentgym_runtime.trainers.base import (
     GPUNotAvailableError,
@@ -575,6 +576,32 @@ def save_adapter(peft_model: Any, output_dir: str | Path) -> Path:
     return target
 
 
+def check_lora_trainer(name: str, spec: TrainingJobSpec) -> None:
+    """What every LoRA trainer (``grpo``, ``sft``) needs: the ``train`` extra, ``model_path``, the device.
+
+    Raises:
+        TrainerUnavailable: Missing ``model_path`` or a module of the ``train`` extra, or CUDA asked
+            for without CUDA.
+    """
+    require_modules(name, {"torch": "train", "transformers": "train", "peft": "train"})
+    if not spec.options.get("model_path"):
+        raise TrainerUnavailable(
+            f"the {name!r} trainer needs options['model_path']: a local Hugging Face causal LM directory"
+        )
+    resolve_device(spec.device)
+
+
+def adapter_result(
+    name: str, peft_model: Any, spec: TrainingJobSpec, model_path: str, metrics: dict[str, Any], progress: ProgressFn
+) -> TrainingResult:
+    """Save the trained adapter into the job's output and describe it as the candidate's LLM."""
+    save_adapter(peft_model, spec.output_dir)
+    progress(1.0, "adapter saved")
+    return TrainingResult(
+        trainer=name, llm=LLMConfig(model=model_path, adapter="adapter"), adapter="adapter", metrics=metrics
+    )
+
+
 class GRPOTrainer:
     """The ``grpo`` trainer for a job: model from ``options["model_path"]``, reward from ``options["reward"]``.
 
@@ -596,12 +623,7 @@ class GRPOTrainer:
 
     def check_available(self, spec: TrainingJobSpec) -> None:
         """Needs torch, transformers and peft (the ``train`` extra) and a ``model_path``."""
-        require_modules(self.name, {"torch": "train", "transformers": "train", "peft": "train"})
-        if not spec.options.get("model_path"):
-            raise TrainerUnavailable(
-                "the 'grpo' trainer needs options['model_path']: a local Hugging Face causal LM directory"
-            )
-        resolve_device(spec.device)
+        check_lora_trainer(self.name, spec)
 
     def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
         """Load the snapshot, model and tokenizer; run :func:`grpo_train`; save the adapter."""
@@ -613,6 +635,8 @@ class GRPOTrainer:
         model_path = str(spec.options["model_path"])
         reward_path = spec.options.get("reward")
         prompt_path = spec.options.get("prompt")
+        if not prompt_path and not spec.options.get("guide") and _has_chat_spans(spec):
+            return self._train_on_traces(spec, progress)
         config = GRPOConfig.model_validate({"seed": spec.seed, **trainer_options(spec.options)})
         train, heldout = load_snapshot_tasks(spec)
         if not train:
@@ -650,20 +674,80 @@ class GRPOTrainer:
             ],
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
-        save_adapter(peft_model, spec.output_dir)
-        progress(1.0, "adapter saved")
-        return TrainingResult(
-            trainer=self.name,
-            llm=LLMConfig(model=model_path, adapter="adapter"),
-            adapter="adapter",
-            metrics={
-                **metrics,
-                "train_tasks": len(train),
-                "heldout_tasks": len(heldout),
-                "train_prompts": len(pairs),
-                "heldout_prompts": len(held),
-            },
+        counts = {"train_tasks": len(train), "heldout_tasks": len(heldout), "train_prompts": len(pairs)}
+        return adapter_result(
+            self.name, peft_model, spec, model_path, {**metrics, **counts, "heldout_prompts": len(held)}, progress
         )
+
+    def _train_on_traces(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        """The default with only ``model_path``: the recorded chats, the outcome reward, guides from the traces.
+
+        Prompts are the recorded messages and tools in the model's chat template; the reward is
+        :class:`~agentgym_runtime.trainers.chat_data.OutcomeReward` (plus ``options["reward"]``
+        when given); the guides are the successful calls and recoveries of any version.
+        """
+        from transformers import AutoModelForCausalLM
+
+        from agentgym_runtime.trainers.chat_data import (
+            OutcomeReward,
+            gguf_kwargs,
+            guides,
+            load_job_data,
+            render_prompt,
+            target_text,
+        )
+
+        config = GRPOConfig.model_validate({"seed": spec.seed, **trainer_options(spec.options)})
+        data = load_job_data(spec)
+        fmt: Any = data.fmt
+        train = [s for s in data.train if s.is_tool_call]
+        heldout = [s for s in data.heldout if s.is_tool_call]
+        if not train:
+            raise TrainerUnavailable("the traces hold no recorded tool call to train on")
+        extra = spec.options.get("reward")
+        reward = OutcomeReward(fmt, import_object(extra) if extra else None)
+        prompts = [render_prompt(data.tokenizer, s, fmt) for s in train]
+        held = [render_prompt(data.tokenizer, s, fmt) for s in heldout]
+        texts = [target_text(data.tokenizer, s, fmt) for s in train]
+        guided = guides(train, texts)
+        model_path = str(spec.options["model_path"])
+        model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, **gguf_kwargs(model_path))
+        device = resolve_device(spec.device)
+        progress(0.05, f"GRPO on {len(prompts)} recorded calls ({device}, {fmt} tool calls)")
+        peft_model, metrics = grpo_train(
+            model,
+            data.tokenizer,
+            prompts,
+            lambda i, text: float(reward(train[i], text)),
+            config,
+            heldout_prompts=held,
+            heldout_reward=lambda i, text: float(reward(heldout[i], text)),
+            device=device,
+            progress=progress,
+            guides=lambda i: guided[i],
+            prompt_weights=[1.0 if s.successful else config.failed_episode_weight for s in train],
+            init_adapter=spec.base_adapter if config.continue_from_base else None,
+        )
+        counts = {"train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt}
+        return adapter_result(self.name, peft_model, spec, model_path, {**metrics, **counts}, progress)
+
+
+def _has_chat_spans(spec: TrainingJobSpec) -> bool:
+    """Whether the snapshot recorded LLM calls with their messages (the trace-derived default applies)."""
+    import duckdb
+
+    path = "'" + str(Path(spec.snapshot_dir) / "spans.parquet").replace("'", "''") + "'"
+    con = duckdb.connect()
+    try:
+        row = con.execute(
+            f"SELECT count(*) FROM read_parquet({path}) WHERE operation = '{semconv.OP_CHAT}' "
+            f"AND json_extract_string(attributes, '$.\"{semconv.GEN_AI_INPUT_MESSAGES}\"') IS NOT NULL"
+        ).fetchone()
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+    return bool(row and row[0])
 
 
 def _prompts(tasks: Sequence[Any], render: Callable[[Any], Any]) -> list[tuple[Any, str]]:

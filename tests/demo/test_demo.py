@@ -44,6 +44,7 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
         eval_tasks=150,
         after_promotion_episodes=20,
         gate_min_tool_calls=40,
+        until_criteria=False,  # this test is about one promotion; the criteria loop has its own test
     )
     summary = Demo(config).run()
     json.dumps(summary)  # the --json summary is one JSON object
@@ -90,3 +91,10 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
     from agentgym_runtime.trainers.scheduler import registered_training
 
     assert "customer-support-bot" not in registered_training()
+    assert summary["stopped"] == "1 promotion(s) reached"
+    # No run is left running or recorded as failed because the demo ended: one still going was
+    # cancelled, with the reason.
+    for run in summary["training_runs"]:
+        assert run["status"] in ("succeeded", "skipped", "cancelled"), run
+        if run["status"] == "cancelled":
+            assert run["reason"] == "cancelled: the demo ended before the run finished"

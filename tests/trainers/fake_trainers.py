@@ -118,3 +118,30 @@ class ZeroScoreTrainer:
                 "replay_error": "AttributeError: module '__main__' has no attribute 'support'",
             },
         )
+
+
+class HarmfulDemosTrainer:
+    """A buggy plug-in trainer: demonstrations with the wrong calls, and a claimed held-out gain.
+
+    What the live gate exists for: a candidate that passes the offline numbers its trainer
+    reports, yet makes the served agent worse (the scripted model copies the bad examples).
+    """
+
+    name: ClassVar[str] = "fake-harmful-demos"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        from agentgym_runtime.recording.policy import Demonstration, ToolCallExample
+
+        wrong = {"cancel": ("cancel_order", {"order_id": 1003}), "status": ("get_order", {"order_id": "one"})}
+        demonstrations = [
+            Demonstration(input=f"{kind} example", tool_calls=(ToolCallExample(name=name, arguments=arguments),))
+            for kind, (name, arguments) in wrong.items()
+        ]
+        return TrainingResult(
+            trainer=self.name,
+            demonstrations=demonstrations,
+            metrics={"heldout_reward_before": 0.5, "heldout_reward_after": 1.0},
+        )

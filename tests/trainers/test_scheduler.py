@@ -289,7 +289,7 @@ def test_decorator_validates_training_options_and_schedules_the_agent(
         ({"schedule": "61 * * * *"}, "schedule '61 \\* \\* \\* \\*' is not a valid cron string"),
         ({"gpu": "tpu"}, "gpu must be one of 'auto', 'cpu', 'local', got 'tpu'"),
         ({"min_new_episodes": 0}, "min_new_episodes must be an integer >= 1, got 0"),
-        ({"trainer": "magic"}, "unknown trainer 'magic'; choose one of: apo, demos, grpo, verl"),
+        ({"trainer": "magic"}, "unknown trainer 'magic'; choose one of: apo, demos, grpo, sft, verl"),
         ({"trainer": "verl", "gpu": "cpu"}, "trainer 'verl' needs a CUDA GPU; gpu='cpu' cannot work"),
         ({"trainer_options": {"x": object()}}, "trainer_options must be JSON-serialisable"),
     ]
@@ -384,6 +384,26 @@ def test_shutdown_stops_a_running_job_and_records_it(agentgym_runtime: Runtime) 
     store.close()
 
 
+def test_shutdown_with_a_reason_records_it_on_the_cancelled_run(agentgym_runtime: Runtime) -> None:
+    serve(3)
+    runs: list[Any] = []
+    scheduler = agentgym_runtime.scheduler
+    thread = threading.Thread(target=lambda: runs.append(scheduler.run_now("support", config=config("HangingTrainer"))))
+    thread.start()
+    while not scheduler.active_runs():
+        time.sleep(0.01)
+    run_id = scheduler.active_runs()["support"]
+    _job_pid(agentgym_runtime.settings.home / "training" / "support" / run_id)
+    scheduler.shutdown(wait=False, reason="the demo ended before the run finished")  # what the demo does
+    thread.join(timeout=30)
+
+    assert (runs[0].status, runs[0].reason) == ("cancelled", "cancelled: the demo ended before the run finished")
+    assert agentgym_runtime.store.query("SELECT status, reason FROM training_runs WHERE run_id = ?", [run_id]) == [
+        ("cancelled", "cancelled: the demo ended before the run finished")
+    ]
+    assert scheduler.active_runs() == {}
+
+
 def test_cli_train_and_runs(agentgym_runtime: Runtime) -> None:
     from typer.testing import CliRunner
 
@@ -468,7 +488,7 @@ def test_cli_train_hands_the_run_to_the_service_holding_the_store(agentgym_runti
     assert "trainer_class must be 'module:Class', got 'not-a-path'" in rejected.stderr
     # What only the service can judge (its own config merged with the request) is rejected there.
     request_id = submit_request(home, "support", overrides={"min_new_episodes": 0})
-    assert scheduler.process_requests() == 1
+    scheduler.process_requests()  # or the background request job claims it first: either way it is judged once
     deadline = time.monotonic() + 10
     while (request_status(home, request_id) or {}).get("state") != "done" and time.monotonic() < deadline:
         time.sleep(0.05)

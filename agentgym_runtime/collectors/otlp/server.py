@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -240,6 +241,10 @@ def _arrow_ipc(table: Any) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+def _absorb(signum: int, frame: Any) -> None:
+    logger.info("agentgym collector: stopped by signal %d", signum)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: any free port).
 
@@ -310,9 +315,15 @@ class CollectorServer:
     def run(self) -> None:
         """Serve from the calling thread until SIGINT/SIGTERM, then write what is queued."""
         self.collector.sink.start()
+        # uvicorn raises the signal that stopped it again once it has shut down, and the default
+        # action would end the process before the caller's cleanup (the scheduler's jobs, the
+        # store): the signal has done its work by then, so it is absorbed here.
+        previous = {sig: signal.signal(sig, _absorb) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._serve()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.collector.sink.close()
 
     def _serve(self) -> None:

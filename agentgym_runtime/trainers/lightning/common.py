@@ -29,6 +29,10 @@ GENERIC_OPTIONS = frozenset(
         "live_tools",
         "fake_tools",
         "model_path",
+        "tool_format",
+        "chat_template",
+        "pad_token",
+        "extra_snapshots",
     }
 )
 

@@ -88,6 +88,8 @@ class TrainingConfig(BaseModel):
         agent: The agent's name.
         schedule: ``"6h"``-style interval or cron string; ``None``: only on request (``run_now``, CLI).
         min_new_episodes: Episodes needed since the last successful run; fewer skips the run.
+        max_episodes: A run trains on at most this many of the new episodes, the most recent
+            (a busy service records thousands between runs; training time stays bounded).
         trainer: ``"demos"``, ``"apo"``, ``"grpo"``, ``"verl"`` or a registered extra trainer.
         gpu: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` (hide GPUs), ``"local"`` (this
             machine's GPU, required).
@@ -125,6 +127,7 @@ class TrainingConfig(BaseModel):
     agent: str = Field(min_length=1)
     schedule: str | None = None
     min_new_episodes: int = Field(default=20, ge=1)
+    max_episodes: int = Field(default=2000, ge=1)
     trainer: str = "demos"
     gpu: GpuMode = "auto"
     trainer_options: dict[str, Any] = Field(default_factory=dict)

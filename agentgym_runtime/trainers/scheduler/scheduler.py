@@ -151,6 +151,10 @@ class TrainingScheduler:
         self._lock = threading.RLock()
         self._active: dict[str, JobHandle] = {}
         self._closing = False
+        self._in_flight = 0  # scheduled runs executing on APScheduler's threads
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closing_reason = "the service is shutting down"
 
     # --- configuration ----------------------------------------------------------------------
     @property
@@ -199,9 +203,14 @@ class TrainingScheduler:
         """Whether this scheduler picks up ``agentgym train`` requests from ``<home>/requests``."""
         return self._aps is not None and self._aps.get_job(_REQUESTS_JOB) is not None
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`shutdown` has begun (scheduled runs no longer start)."""
+        return self._closing
+
     def next_run_time(self, agent: str) -> datetime | None:
         """When ``agent``'s next scheduled run fires, if it has a schedule."""
-        job = None if self._aps is None else self._aps.get_job(f"train:{agent}")
+        job = None if self._aps is None or self._closing else self._aps.get_job(f"train:{agent}")
         return None if job is None else job.next_run_time
 
     def start(self) -> TrainingScheduler:
@@ -322,9 +331,17 @@ class TrainingScheduler:
             self._aps.start()
         return self._aps
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop scheduling, kill running jobs (their runs are marked failed) and stop the thread."""
+    def shutdown(self, wait: bool = True, *, reason: str | None = None) -> None:
+        """Stop scheduling, kill running jobs (their runs are marked cancelled) and stop the thread.
+
+        Args:
+            wait: Wait for the scheduler thread to stop.
+            reason: Why (recorded on the cancelled runs as ``cancelled: <reason>``); default
+                "the service is shutting down".
+        """
         with self._lock:
+            if reason is not None and not self._closing:
+                self._closing_reason = reason
             self._closing = True
             handles = list(self._active.values())
         for handle in handles:
@@ -334,10 +351,16 @@ class TrainingScheduler:
         while self._active and time.monotonic() < deadline:
             time.sleep(0.02)
         if self._aps is not None:
+            # Never APScheduler's shutdown(wait=True): it holds the job-store lock while it joins
+            # the executor's threads, and a scheduled run that is still publishing its status
+            # (next_run_time -> get_job) needs that lock: a deadlock that hung SIGTERM forever.
+            # Stop scheduling first, then wait for the job threads here, holding no lock.
             try:
-                self._aps.shutdown(wait=wait)
+                self._aps.shutdown(wait=False)
             except Exception:  # already stopped
                 logger.debug("agentgym: scheduler shutdown", exc_info=True)
+            if wait:
+                self._idle.wait(10.0)
             self._aps = None
 
     def active_runs(self) -> dict[str, str]:
@@ -346,7 +369,21 @@ class TrainingScheduler:
             return {agent: handle.run_id for agent, handle in self._active.items()}
 
     def _scheduled_run(self, agent: str) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._idle.clear()
         try:
+            self._scheduled_run_once(agent)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
+    def _scheduled_run_once(self, agent: str) -> None:
+        try:
+            if self.closing:
+                return
             if self.hold(agent) is None:
                 run = self.run_now(agent)
                 if run.status == RunStatus.FAILED:  # the serving process says so, not only `agentgym runs`
@@ -551,7 +588,9 @@ class TrainingScheduler:
         if progress is not None:
             progress(0.0, f"snapshot of {new} episodes")
         snapshot_dir = self.home / "snapshots" / safe_name(agent) / run.run_id
-        manifest = write_snapshot(store, agent, snapshot_dir, run_id=run.run_id, since=since, until=until)
+        manifest = write_snapshot(
+            store, agent, snapshot_dir, run_id=run.run_id, since=since, until=until, limit=config.max_episodes
+        )
         run.episodes = manifest.counts["episodes"]
         run.snapshot_path = str(snapshot_dir)
         output_dir = self.home / "training" / safe_name(agent) / run.run_id
@@ -587,7 +626,7 @@ class TrainingScheduler:
         with self._lock:
             if self._closing:
                 run.status = RunStatus.CANCELLED
-                run.reason = "cancelled: the service is shutting down"
+                run.reason = f"cancelled: {self._closing_reason}"
                 update_run(store, run, ended=True)
                 return
             handle = backend.submit(spec)
@@ -654,7 +693,7 @@ class TrainingScheduler:
             run.error = f"the job ran longer than its timeout of {config.timeout_s:g}s and was killed"
         elif self._closing and code != EXIT_OK:
             run.status = RunStatus.CANCELLED
-            run.reason = "cancelled: the service is shutting down"
+            run.reason = f"cancelled: {self._closing_reason}"
             run.error = f"the job was stopped (exit code {code})"
         elif code == EXIT_UNAVAILABLE:
             run.reason = "trainer unavailable"

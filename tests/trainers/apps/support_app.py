@@ -2,12 +2,23 @@
 
 Plain Python, ``@agentgym.tool`` tools in a ``Toolbox``, and a scripted model that makes the
 mistakes real models make (a hallucinated tool, a wrong argument type) unless the policy it is
-served shows it a demonstration of the question's kind. Nothing in it knows about training.
+served shows it a demonstration of the question's kind, whose call it then copies (few-shot
+models copy their examples, good or bad). Nothing in it knows about training.
+
+``python support_app.py HOME serve`` runs it as a service: it answers the four questions in a
+loop until it is stopped (SIGTERM, as orchestrators stop services), printing one JSON line per
+answered call. ``SUPPORT_SCHEDULE`` and ``SUPPORT_TRAINER_OPTIONS`` (JSON) set the training
+schedule and options, as a deployment's configuration would; ``SUPPORT_PAUSE_S`` the time between
+calls (users do not ask a hundred questions a second).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import sys
+import time
 from typing import Any
 
 import agentgym_runtime as agentgym
@@ -35,18 +46,24 @@ RIGHT = {"cancel": ("refund", '{"order_id": 1003, "amount": 5}'), "status": ("ge
 
 
 def scripted_model(question: str) -> tuple[str, str]:
-    """Right on easy questions; on hard ones right only when a demonstration of the same kind is shown."""
+    """Copies the call of a shown demonstration of the question's kind; else right only on easy questions."""
     kind = "cancel" if "cancel" in question else "status"
-    if question.startswith("easy"):
-        return RIGHT[kind]
     policy = agentgym.current_policy()
-    shown = [d.input for d in (policy.demonstrations if policy is not None else ())]
-    if any(kind in str(example) for example in shown):
-        return RIGHT[kind]
-    return WRONG[kind]
+    for example in policy.demonstrations if policy is not None else ():
+        if kind in str(example.input) and example.tool_calls:
+            call = example.tool_calls[0]
+            return call.name, json.dumps(call.arguments)
+    return RIGHT[kind] if question.startswith("easy") else WRONG[kind]
 
 
-@agentgym.train_online(name="my-support", trainer="demos", canary_share=0.5, schedule="1h", min_new_episodes=4)
+@agentgym.train_online(
+    name="my-support",
+    trainer="demos",
+    canary_share=0.5,
+    schedule=os.environ.get("SUPPORT_SCHEDULE", "1h"),
+    min_new_episodes=4,
+    trainer_options=json.loads(os.environ.get("SUPPORT_TRAINER_OPTIONS", "{}")),
+)
 def support(question: str) -> str:
     """Answer with the tool the model picks; a refused call is answered politely."""
     name, arguments = scripted_model(question)
@@ -67,5 +84,34 @@ def main(home: str, rounds: int) -> dict[str, Any]:
     return {"policy": None if policy is None else policy.version}
 
 
+def serve(home: str) -> None:
+    """Answer the questions in a loop until stopped; one JSON line per answered call."""
+    agentgym.configure(home=home)
+    pause = float(os.environ.get("SUPPORT_PAUSE_S", "0"))
+    try:
+        for i in itertools.count():
+            for question in ("easy cancel my order", "easy status please", "hard cancel it", "hard status now"):
+                answer = support(f"{question} #{i}")
+                episode = agentgym.last_episode()
+                policy = episode.policy if episode is not None else None
+                print(
+                    json.dumps(
+                        {
+                            "question": question,
+                            "version": None if policy is None else policy.version,
+                            "demonstrations": [] if policy is None else [str(d.input) for d in policy.demonstrations],
+                            "ok": not answer.startswith("sorry"),
+                        }
+                    ),
+                    flush=True,
+                )
+                time.sleep(pause)
+    finally:
+        agentgym.shutdown()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[2] == "serve":
+        serve(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
