@@ -20,19 +20,15 @@ import httpx
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_mcp_adapters.client import MultiServerMCPClient
+from langchain_mcp_adapters.tools import convert_mcp_tool_to_langchain_tool
+from mcp.types import Tool as McpTool
 
 import agentgym_runtime as agentgym
 from agentgym_runtime import semconv
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
 from tests.adapters.test_langchain import ScriptedChatModel
-
-langchain_mcp = pytest.importorskip(
-    "langchain_mcp_adapters.client", reason="the mcp extra (mcp<2, langchain-mcp-adapters>=0.3.2) is not installed"
-)
-
-from langchain_mcp_adapters.tools import convert_mcp_tool_to_langchain_tool  # noqa: E402
-from mcp.types import Tool as McpTool  # noqa: E402
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 
@@ -91,7 +87,7 @@ def _attrs(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _run(connection: dict[str, Any], calls: list[tuple[str, dict[str, Any], str]], name: str) -> Any:
-    client = langchain_mcp.MultiServerMCPClient({"orders": connection})
+    client = MultiServerMCPClient({"orders": connection})
     tools = await client.get_tools()
     agent = agentgym.train_online(create_agent(ScriptedChatModel(script=_script(calls)), tools), name=name)
     return await agent.ainvoke({"messages": [HumanMessage("where is order A1?")]})
@@ -138,7 +134,7 @@ def test_langchain_mcp_server_down_is_tool_error(
     agentgym_runtime: Runtime, recorded: Recorded, http_server: str
 ) -> None:
     async def run() -> Any:
-        client = langchain_mcp.MultiServerMCPClient({"orders": {"url": http_server, "transport": "streamable_http"}})
+        client = MultiServerMCPClient({"orders": {"url": http_server, "transport": "streamable_http"}})
         (listed,) = [tool for tool in await client.get_tools() if tool.name == "lookup"]
         # The tool as the server listed it, now bound to a server that is not there (nothing listens).
         down = f"http://127.0.0.1:{_free_port()}/mcp"
