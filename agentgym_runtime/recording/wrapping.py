@@ -47,38 +47,29 @@ class CallKind(Enum):
         return cls.SYNC
 
 
-def _open(options: AgentOptions, call_input: Any) -> tuple[Runtime | None, AgentRun | None]:
+def _begin(options: AgentOptions, call_input: Any, *, per_step: bool) -> tuple[Runtime | None, AgentRun | None]:
+    """Open a run: bound to this context for a call, or unbound for a generator (bound per step)."""
     runtime = get_runtime()
     if not runtime.settings.enabled:
         return None, None
     run = AgentRun(runtime, options, call_input=call_input)
     try:
-        run.enter()
+        (run.start if per_step else run.enter)()
     except Exception as exc:
         runtime.internal_error("episode start", exc)
         return runtime, None
     return runtime, run
 
 
-def _close(runtime: Runtime, run: AgentRun, *, output: Any = None, error: BaseException | None = None) -> None:
+def _end(
+    runtime: Runtime, run: AgentRun, *, per_step: bool, output: Any = None, error: BaseException | None = None
+) -> None:
+    """Close a run opened by :func:`_begin` (``per_step`` as there), guarding the host from failures."""
+    close = run.finish if per_step else run.exit
     try:
-        run.exit(output=output, error=error, cancelled=isinstance(error, _CANCELLED))
+        close(output=output, error=error, cancelled=isinstance(error, _CANCELLED))
     except Exception as exc:
         runtime.internal_error("episode end", exc)
-
-
-def _start(options: AgentOptions, call_input: Any) -> tuple[Runtime | None, AgentRun | None]:
-    """Open a run for a generator without binding it (bound per step instead)."""
-    runtime = get_runtime()
-    if not runtime.settings.enabled:
-        return None, None
-    run = AgentRun(runtime, options, call_input=call_input)
-    try:
-        run.start()
-    except Exception as exc:
-        runtime.internal_error("episode start", exc)
-        return runtime, None
-    return runtime, run
 
 
 def _step_guard(runtime: Runtime, action: Callable[[], None], where: str) -> bool:
@@ -90,19 +81,41 @@ def _step_guard(runtime: Runtime, action: Callable[[], None], where: str) -> boo
         return False
 
 
+class _StepBinding:
+    """Binds a generator's run to the current context for one step (sync and async generators alike).
+
+    A plain class rather than ``@contextmanager``: a step's ``StopIteration`` must pass through
+    ``__exit__`` untouched.
+    """
+
+    __slots__ = ("bound", "run", "runtime")
+
+    def __init__(self, runtime: Runtime, run: AgentRun) -> None:
+        self.runtime = runtime
+        self.run = run
+        self.bound = False
+
+    def __enter__(self) -> None:
+        self.bound = _step_guard(self.runtime, self.run.activate, "episode bind")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bound:
+            _step_guard(self.runtime, self.run.deactivate, "episode unbind")
+
+
 def call_sync(
     options: AgentOptions, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], call_input: Any
 ) -> T:
     """Call ``fn`` inside an episode and return exactly what it returns."""
-    runtime, run = _open(options, call_input)
+    runtime, run = _begin(options, call_input, per_step=False)
     if runtime is None or run is None:
         return fn(*args, **kwargs)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        _close(runtime, run, error=exc)
+        _end(runtime, run, per_step=False, error=exc)
         raise
-    _close(runtime, run, output=result)
+    _end(runtime, run, per_step=False, output=result)
     return result
 
 
@@ -114,15 +127,15 @@ async def call_async(
     call_input: Any,
 ) -> T:
     """Await ``fn`` inside an episode and return exactly what it returns."""
-    runtime, run = _open(options, call_input)
+    runtime, run = _begin(options, call_input, per_step=False)
     if runtime is None or run is None:
         return await fn(*args, **kwargs)
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
-        _close(runtime, run, error=exc)
+        _end(runtime, run, per_step=False, error=exc)
         raise
-    _close(runtime, run, output=result)
+    _end(runtime, run, per_step=False, output=result)
     return result
 
 
@@ -134,32 +147,26 @@ def iterate_sync(
     call_input: Any,
 ) -> Iterator[T]:
     """Drive the generator ``fn`` returns inside one episode, binding it around each step."""
-    runtime, run = _start(options, call_input)
+    runtime, run = _begin(options, call_input, per_step=True)
     if runtime is None or run is None:
         yield from fn(*args, **kwargs)
         return
     items: list[Any] = []
-    bound = _step_guard(runtime, run.activate, "episode bind")
+    step = _StepBinding(runtime, run)
     try:
-        iterator = iter(fn(*args, **kwargs))
+        with step:
+            iterator = iter(fn(*args, **kwargs))
     except BaseException as exc:
-        if bound:
-            _step_guard(runtime, run.deactivate, "episode unbind")
-        _finish(runtime, run, error=exc)
+        _end(runtime, run, per_step=True, error=exc)
         raise
-    if bound:
-        _step_guard(runtime, run.deactivate, "episode unbind")
     error: BaseException | None = None
     try:
         while True:
-            bound = _step_guard(runtime, run.activate, "episode bind")
             try:
-                item = next(iterator)
+                with step:
+                    item = next(iterator)
             except StopIteration:
                 break
-            finally:
-                if bound:
-                    _step_guard(runtime, run.deactivate, "episode unbind")
             _remember(items, item)
             yield item
     except BaseException as exc:
@@ -172,7 +179,7 @@ def iterate_sync(
                 close()
             except Exception:
                 pass
-        _finish(runtime, run, output=items if error is None else None, error=error)
+        _end(runtime, run, per_step=True, output=items if error is None else None, error=error)
 
 
 async def iterate_async(
@@ -183,33 +190,27 @@ async def iterate_async(
     call_input: Any,
 ) -> AsyncIterator[T]:
     """Drive the async generator ``fn`` returns inside one episode, binding it around each step."""
-    runtime, run = _start(options, call_input)
+    runtime, run = _begin(options, call_input, per_step=True)
     if runtime is None or run is None:
         async for item in fn(*args, **kwargs):
             yield item
         return
     items: list[Any] = []
-    bound = _step_guard(runtime, run.activate, "episode bind")
+    step = _StepBinding(runtime, run)
     try:
-        iterator = fn(*args, **kwargs).__aiter__()
+        with step:
+            iterator = fn(*args, **kwargs).__aiter__()
     except BaseException as exc:
-        if bound:
-            _step_guard(runtime, run.deactivate, "episode unbind")
-        _finish(runtime, run, error=exc)
+        _end(runtime, run, per_step=True, error=exc)
         raise
-    if bound:
-        _step_guard(runtime, run.deactivate, "episode unbind")
     error: BaseException | None = None
     try:
         while True:
-            bound = _step_guard(runtime, run.activate, "episode bind")
             try:
-                item = await iterator.__anext__()
+                with step:
+                    item = await iterator.__anext__()
             except StopAsyncIteration:
                 break
-            finally:
-                if bound:
-                    _step_guard(runtime, run.deactivate, "episode unbind")
             _remember(items, item)
             yield item
     except BaseException as exc:
@@ -222,7 +223,7 @@ async def iterate_async(
                 await aclose()
             except Exception:
                 pass
-        _finish(runtime, run, output=items if error is None else None, error=error)
+        _end(runtime, run, per_step=True, output=items if error is None else None, error=error)
 
 
 _MAX_REMEMBERED_ITEMS = 256
@@ -232,13 +233,6 @@ def _remember(items: list[Any], item: Any) -> None:
     # The streamed output recorded on the episode is bounded; the caller still gets every item.
     if len(items) < _MAX_REMEMBERED_ITEMS:
         items.append(item)
-
-
-def _finish(runtime: Runtime, run: AgentRun, *, output: Any = None, error: BaseException | None = None) -> None:
-    try:
-        run.finish(output=output, error=error, cancelled=isinstance(error, _CANCELLED))
-    except Exception as exc:
-        runtime.internal_error("episode end", exc)
 
 
 def run_kind(

@@ -97,11 +97,16 @@ def support_agent(agent: str, model: str = "teacher-large") -> Any:
 
 
 def record_support(agent: str, numbers: list[int], *, model: str = "teacher-large", typo_every: int = 0) -> None:
-    """Run the scripted agent once per number, alternating the two tools (one session per episode)."""
+    """Run the scripted agent once per number, alternating the two tools (one session per episode).
+
+    Sessions are named after the agent and the number, so the held-out split (a seeded hash of the
+    session ids) is the same in every run.
+    """
     run = support_agent(agent, model)
     for k, n in enumerate(numbers):
         tool = "get_order" if k % 2 == 0 else "refund_order"
-        run(PHRASES[tool].format(n=n), tool, n, typo=bool(typo_every) and k % typo_every == 0)
+        with agentgym.episode(session_id=f"{agent}-{n}"):
+            run(PHRASES[tool].format(n=n), tool, n, typo=bool(typo_every) and k % typo_every == 0)
 
 
 def build_tokenizer(directory: Path, *, pad: bool = True, template: str | None = CHATML) -> Any:

@@ -19,11 +19,14 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agentgym_runtime.recording.files import atomic_write_json
+from agentgym_runtime.trainers.backends.manifest import ResultVerificationError, verify_manifest
 from agentgym_runtime.trainers.base import TrainingJobSpec
 
 JOB_MODULE = "agentgym_runtime.trainers.job"
@@ -190,3 +193,94 @@ def job_environment(spec: TrainingJobSpec, extra: dict[str, str] | None = None) 
         environ["CUDA_VISIBLE_DEVICES"] = ""
     environ.update(extra or {})
     return environ
+
+
+class BackendJobHandle:
+    """What the handles of the backends that run a job away from this process share (ssh, ray, cloud).
+
+    The outcome is set once by :meth:`_finish_with`; :meth:`poll`/:meth:`wait` read it, and a
+    backend failure is written the same way everywhere (``error.json`` plus a ``[backend]`` log
+    line). Subclasses set ``_started`` when the job (or the rented machine) starts.
+
+    Example:
+        >>> # handles come from a backend's submit(spec)
+    """
+
+    def __init__(self, spec: TrainingJobSpec) -> None:
+        self.spec = spec
+        self.run_id = spec.run_id
+        self.output_dir = Path(spec.output_dir)
+        self.failure: str | None = None
+        self.cancelled = False
+        self._code: int | None = None
+        self._done = threading.Event()
+        self._started: float | None = None
+        self._ended: float | None = None
+
+    # --- the JobHandle contract ------------------------------------------------------------
+    def poll(self) -> int | None:
+        """The exit code once the job ended and the backend is done with it (outputs fetched and verified)."""
+        return self._code if self._done.is_set() else None
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait up to ``timeout_s`` seconds for :meth:`poll` to have a code."""
+        self._done.wait(timeout_s)
+        return self.poll()
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The end of the local ``job.log`` (the backend's own lines and the job's mirrored log)."""
+        from agentgym_runtime.trainers.job import LOG_NAME
+
+        return read_tail(self.output_dir / LOG_NAME, max_chars)
+
+    def progress(self) -> tuple[float, str] | None:
+        """The job's last progress report (mirrored into the local ``progress.jsonl``)."""
+        from agentgym_runtime.trainers.job import PROGRESS_NAME, read_progress
+
+        return read_progress(self.output_dir / PROGRESS_NAME)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why the backend (not the trainer) failed the job, if it did."""
+        return self.failure
+
+    # --- shared by the lifecycles -------------------------------------------------------------
+    def _stopping(self) -> bool:
+        """Whether :meth:`cancel` (another thread) asked to stop."""
+        return self.cancelled
+
+    def _elapsed_s(self) -> float | None:
+        """How long the job (or machine) ran so far, or in all once ended; ``None`` before it started."""
+        if self._started is None:
+            return None
+        end = self._ended if self._ended is not None else time.monotonic()
+        return round(end - self._started, 3)
+
+    def _record_failure(self, failure: str) -> None:
+        """Keep the backend's reason, in ``error.json`` and the log as the job would."""
+        self.failure = failure
+        write_error(self.output_dir, "backend", failure)
+        append_log(self.output_dir, failure)
+
+    def _finish_with(self, code: int, failure: str | None = None) -> None:
+        """Record the outcome (and the backend's reason) and release the waiters."""
+        if failure is not None:
+            self._record_failure(failure)
+        self._code = code
+        if self._ended is None:  # a backend may have ended the clock earlier (the machine's termination)
+            self._ended = time.monotonic()
+        self._done.set()
+
+    def _verify_outputs(self, code: int) -> int:
+        """A successful job's outputs checked against its sha256 manifest; ``EXIT_UNVERIFIED`` if they differ."""
+        if code != 0:
+            return code
+        try:
+            checked = verify_manifest(self.output_dir)
+        except ResultVerificationError as exc:
+            self.failure = f"result rejected: {exc}"
+            write_error(self.output_dir, "unverified", self.failure, "ResultVerificationError")
+            append_log(self.output_dir, self.failure)
+            return EXIT_UNVERIFIED
+        append_log(self.output_dir, f"sha256 of {checked} output files verified against the job's manifest")
+        return code

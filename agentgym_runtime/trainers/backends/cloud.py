@@ -41,15 +41,8 @@ import httpx
 
 from agentgym_runtime.errors import AgentGymError
 from agentgym_runtime.recording.files import atomic_write_json
-from agentgym_runtime.trainers.backends.base import (
-    EXIT_BACKEND,
-    RunInfo,
-    append_log,
-    read_tail,
-    write_error,
-)
+from agentgym_runtime.trainers.backends.base import EXIT_BACKEND, BackendJobHandle, RunInfo, append_log, write_error
 from agentgym_runtime.trainers.base import TrainingJobSpec
-from agentgym_runtime.trainers.job import LOG_NAME, PROGRESS_NAME, read_progress
 
 INSTANCE_PREFIX = "agentgym-"
 
@@ -402,7 +395,7 @@ class CloudBackend:
         return handle
 
 
-class CloudJobHandle:
+class CloudJobHandle(BackendJobHandle):
     """A job on a rented machine (see :class:`CloudBackend`).
 
     Example:
@@ -410,21 +403,14 @@ class CloudJobHandle:
     """
 
     def __init__(self, backend: CloudBackend, spec: TrainingJobSpec) -> None:
+        super().__init__(spec)
         self.backend = backend
-        self.spec = spec
-        self.run_id = spec.run_id
-        self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.instance_id: str | None = None
         self.instance: Instance | None = None
         self.inner: Any = None  # the SSHJobHandle, once the machine answers
-        self.failure: str | None = None
-        self.cancelled = False
         self.terminated = False
-        self._code: int | None = None
-        self._done = threading.Event()
-        self._launched_at: float | None = None
-        self._terminated_at: float | None = None
+        # _started: the machine's launch; _ended: its confirmed termination (what the bill counts)
         self._thread = threading.Thread(
             target=self._lifecycle, name=f"agentgym-{backend.name}-{spec.run_id}", daemon=True
         )
@@ -434,16 +420,7 @@ class CloudJobHandle:
         """Start the lifecycle thread."""
         self._thread.start()
 
-    # --- the JobHandle contract ------------------------------------------------------------
-    def poll(self) -> int | None:
-        """The exit code once the job ended *and* the machine was terminated."""
-        return self._code if self._done.is_set() else None
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        """Wait up to ``timeout_s`` seconds for :meth:`poll` to have a code."""
-        self._done.wait(timeout_s)
-        return self.poll()
-
+    # --- the JobHandle contract (poll and wait: once the job ended *and* the machine was terminated)
     def cancel(self, grace_s: float = 5.0) -> None:
         """Stop the job on the machine (or the provisioning), then terminate the machine."""
         if self._done.is_set():
@@ -454,18 +431,8 @@ class CloudJobHandle:
             inner.cancel(grace_s)
         self._done.wait(grace_s + 120.0)
 
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the local ``job.log`` (provisioning lines and the mirrored job log)."""
-        return read_tail(self.output_dir / LOG_NAME, max_chars)
-
-    def progress(self) -> tuple[float, str] | None:
-        """The job's last progress report (mirrored from the machine)."""
-        return read_progress(self.output_dir / PROGRESS_NAME)
-
     def info(self) -> RunInfo:
         """GPU type, hourly price and how long the machine was rented (launch to termination)."""
-        end = self._terminated_at or time.monotonic()
-        duration = round(end - self._launched_at, 3) if self._launched_at is not None else None
         instance = self.instance
         return RunInfo(
             backend=self.backend.name,
@@ -473,14 +440,9 @@ class CloudJobHandle:
             host=f"{self.backend.name}:{self.instance_id}" if self.instance_id else None,
             gpu_type=instance.gpu_type if instance else None,
             hourly_usd=instance.hourly_usd if instance else None,
-            duration_s=duration,
+            duration_s=self._elapsed_s(),
             failure=self.failure,
         )
-
-    @property
-    def failure_reason(self) -> str | None:
-        """Why the backend (not the trainer) failed the job, if it did."""
-        return self.failure
 
     # --- the lifecycle ----------------------------------------------------------------------
     def _log(self, line: str) -> None:
@@ -503,11 +465,10 @@ class CloudJobHandle:
             code = self._fail(f"{type(exc).__name__}: {exc}")
         finally:
             self._terminate()
-            self._code = code
             info = self.info()
             if info.cost_usd is not None:
                 record_spend(backend.home, self.run_id, backend.name, info.cost_usd)
-            self._done.set()
+            self._finish_with(code)
 
     def _run(self) -> int:
         backend, provider = self.backend, self.backend.provider
@@ -525,7 +486,7 @@ class CloudJobHandle:
         name = f"{INSTANCE_PREFIX}{self.run_id}"
         self._log(f"launching {name}")
         self.instance_id = provider.launch(name, backend.public_key())
-        self._launched_at = time.monotonic()
+        self._started = time.monotonic()
         write_lease(backend.home, provider.name, self.instance_id, self.run_id)
         self._log(f"instance {self.instance_id} launched; waiting until it runs")
         instance = self._wait_running()
@@ -567,10 +528,6 @@ class CloudJobHandle:
         if self.inner.failure:
             self.failure = f"{backend.name}: {self.inner.failure}"
         return code
-
-    def _stopping(self) -> bool:
-        """Whether :meth:`cancel` (another thread) asked to stop."""
-        return self.cancelled
 
     def _wait_running(self) -> Instance | None:
         provider = self.backend.provider
@@ -627,7 +584,7 @@ class CloudJobHandle:
             except ProviderError as exc:
                 last = exc
             time.sleep(min(10.0, self.backend.poll_interval_s * (attempt + 1)))
-        self._terminated_at = time.monotonic()
+        self._ended = time.monotonic()
         if self.terminated:
             self._log(f"instance {self.instance_id} terminated")
             for lease in read_leases(self.backend.home):

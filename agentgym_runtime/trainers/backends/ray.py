@@ -28,15 +28,13 @@ from typing import Any
 from agentgym_runtime.errors import MissingExtraError
 from agentgym_runtime.trainers.backends.base import (
     EXIT_BACKEND,
-    EXIT_UNVERIFIED,
     RUNNER_MODULE,
+    BackendJobHandle,
     RunInfo,
     append_log,
     job_environment,
     read_tail,
-    write_error,
 )
-from agentgym_runtime.trainers.backends.manifest import ResultVerificationError, verify_manifest
 from agentgym_runtime.trainers.backends.runner import PACK_BEGIN, PACK_END
 from agentgym_runtime.trainers.base import TrainingJobSpec
 from agentgym_runtime.trainers.job import LOG_NAME, SPEC_NAME
@@ -150,37 +148,22 @@ class RayBackend:
         return handle
 
 
-class RayJobHandle:
+class RayJobHandle(BackendJobHandle):
     """A job on a Ray cluster (see :class:`RayBackend`)."""
 
     def __init__(self, backend: RayBackend, spec: TrainingJobSpec, staging: Path) -> None:
+        super().__init__(spec)
         self.backend = backend
-        self.run_id = spec.run_id
-        self.output_dir = Path(spec.output_dir)
         self.staging = staging
         self.job_id: str | None = None
         self.client: Any = None
-        self.failure: str | None = None
-        self.cancelled = False
-        self._code: int | None = None
-        self._done = threading.Event()
         self._logs = ""
         self._started = time.monotonic()
-        self._ended: float | None = None
         self._thread = threading.Thread(target=self._follow, name=f"agentgym-ray-{spec.run_id}", daemon=True)
 
     def start(self) -> None:
         """Follow the job on a thread."""
         self._thread.start()
-
-    def poll(self) -> int | None:
-        """The exit code once the job ended and its outputs were unpacked and verified."""
-        return self._code if self._done.is_set() else None
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        """Wait up to ``timeout_s`` seconds for :meth:`poll` to have a code."""
-        self._done.wait(timeout_s)
-        return self.poll()
 
     def cancel(self, grace_s: float = 5.0) -> None:
         """``stop_job``, then wait for Ray to report it stopped."""
@@ -193,41 +176,25 @@ class RayJobHandle:
             append_log(self.output_dir, f"ray stop_job failed: {exc}")
         self._done.wait(grace_s + 30.0)
 
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the job's log as Ray returned it."""
-        return read_tail(self.output_dir / LOG_NAME, max_chars)
-
     def progress(self) -> tuple[float, str] | None:
-        """The last ``[progress]`` line of the log."""
+        """The last ``[progress]`` line of the log (Ray returns the log, not the job's files)."""
         found = _PROGRESS.findall(self._logs)
         return (int(found[-1][0]) / 100.0, found[-1][1]) if found else None
 
     def info(self) -> RunInfo:
         """The cluster, the job id and how long it ran."""
-        end = self._ended if self._ended is not None else time.monotonic()
         return RunInfo(
             backend="ray",
             choice=self.backend.choice,
             host=f"{self.backend.address} job {self.job_id}",
-            duration_s=round(end - self._started, 3),
+            duration_s=self._elapsed_s(),
             failure=self.failure,
         )
 
-    @property
-    def failure_reason(self) -> str | None:
-        """Why the backend (not the trainer) failed the job, if it did."""
-        return self.failure
-
     def finish(self, code: int, failure: str | None = None) -> None:
-        """Record the outcome (and the backend's reason) and release waiters."""
-        if failure is not None:
-            self.failure = failure
-            write_error(self.output_dir, "backend", failure)
-            append_log(self.output_dir, failure)
+        """Remove the staging copy, record the outcome (and the backend's reason) and release waiters."""
         shutil.rmtree(self.staging, ignore_errors=True)
-        self._code = code
-        self._ended = time.monotonic()
-        self._done.set()
+        self._finish_with(code, failure)
 
     def _write_log(self) -> None:
         visible = self._logs
@@ -257,21 +224,11 @@ class RayJobHandle:
 
     def _unpack(self, status: str) -> int:
         if PACK_BEGIN not in self._logs:
-            self.failure = f"ray job {self.job_id} ended {status} without its outputs (see the log)"
-            write_error(self.output_dir, "backend", self.failure)
+            self._record_failure(f"ray job {self.job_id} ended {status} without its outputs (see the log)")
             return EXIT_BACKEND
         payload = self._logs.partition(PACK_BEGIN)[2].partition(PACK_END)[0].strip()
         with tarfile.open(fileobj=io.BytesIO(base64.b64decode(payload)), mode="r:gz") as archive:
             archive.extractall(self.output_dir, filter="data")  # refuses absolute paths, links out, devices
         found = _EXIT.findall(self._logs)
         code = int(found[-1]) if found else (0 if status == "SUCCEEDED" else 1)
-        if code != 0:
-            return code
-        try:
-            checked = verify_manifest(self.output_dir)
-        except ResultVerificationError as exc:
-            self.failure = f"result rejected: {exc}"
-            write_error(self.output_dir, "unverified", self.failure, "ResultVerificationError")
-            return EXIT_UNVERIFIED
-        append_log(self.output_dir, f"sha256 of {checked} output files verified against the job's manifest")
-        return 0
+        return self._verify_outputs(code)

@@ -42,22 +42,18 @@ from agentgym_runtime._version import __version__
 from agentgym_runtime.errors import MissingExtraError
 from agentgym_runtime.trainers.backends.base import (
     EXIT_BACKEND,
-    EXIT_UNVERIFIED,
     RUNNER_MODULE,
+    BackendJobHandle,
     RunInfo,
     append_log,
     job_environment,
-    read_tail,
-    write_error,
 )
 from agentgym_runtime.trainers.backends.manifest import (
     RUNNER_FILES,
     STREAMED_FILES,
-    ResultVerificationError,
-    verify_manifest,
 )
 from agentgym_runtime.trainers.base import TrainingJobSpec
-from agentgym_runtime.trainers.job import LOG_NAME, PROGRESS_NAME, SPEC_NAME, read_progress
+from agentgym_runtime.trainers.job import LOG_NAME, PROGRESS_NAME, SPEC_NAME
 
 if TYPE_CHECKING:
     import asyncssh
@@ -279,7 +275,7 @@ def _remote_path(workdir: str, *parts: str) -> str:
     return f"{head}/{shlex.quote(tail)}" if head else shlex.quote(tail)
 
 
-class SSHJobHandle:
+class SSHJobHandle(BackendJobHandle):
     """A job running on an SSH host (see :class:`SSHBackend`).
 
     Example:
@@ -287,38 +283,22 @@ class SSHJobHandle:
     """
 
     def __init__(self, backend: SSHBackend, spec: TrainingJobSpec) -> None:
+        super().__init__(spec)
         self.backend = backend
-        self.spec = spec
-        self.run_id = spec.run_id
-        self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # The spec as the serving side wrote it (the host gets a copy with its own paths).
         (self.output_dir / SPEC_NAME).write_text(spec.model_dump_json(indent=2))
         self.remote_dir: str | None = None  # absolute, once created
-        self.failure: str | None = None
-        self.cancelled = False
         self.pgids: list[int] = []
-        self._code: int | None = None
-        self._done = threading.Event()
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._offsets: dict[str, int] = {LOG_NAME: 0, PROGRESS_NAME: 0}
         self._started = time.monotonic()
-        self._ended: float | None = None
         self._loop = EventLoopThread(f"ssh-{spec.run_id}")
         self._task: concurrent.futures.Future[None] | None = None
         self.on_started: Callable[[SSHJobHandle], None] | None = None
 
-    # --- the JobHandle contract ------------------------------------------------------------
-    def poll(self) -> int | None:
-        """The exit code once the job ended and its outputs were fetched and verified."""
-        return self._code if self._done.is_set() else None
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        """Wait up to ``timeout_s`` seconds for :meth:`poll` to have a code."""
-        self._done.wait(timeout_s)
-        return self.poll()
-
+    # --- the JobHandle contract (poll, wait, log_tail, progress: BackendJobHandle) ----------
     def cancel(self, grace_s: float = 5.0) -> None:
         """SIGTERM the remote process groups, SIGKILL them after ``grace_s``, remove the remote directory."""
         if self._done.is_set():
@@ -330,29 +310,15 @@ class SSHJobHandle:
             append_log(self.output_dir, f"cancel on {self.backend.target} failed: {describe_ssh_error(exc)}")
         self._done.wait(grace_s + 30.0)
 
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the mirrored ``job.log``."""
-        return read_tail(self.output_dir / LOG_NAME, max_chars)
-
-    def progress(self) -> tuple[float, str] | None:
-        """The last mirrored progress report."""
-        return read_progress(self.output_dir / PROGRESS_NAME)
-
     def info(self) -> RunInfo:
         """The host, how long the job ran there, and the failure (if any)."""
-        end = self._ended if self._ended is not None else time.monotonic()
         return RunInfo(
             backend=self.backend.name,
             choice=self.backend.choice,
             host=self.backend.target,
-            duration_s=round(end - self._started, 3),
+            duration_s=self._elapsed_s(),
             failure=self.failure,
         )
-
-    @property
-    def failure_reason(self) -> str | None:
-        """Why the backend (not the trainer) failed the job, if it did."""
-        return self.failure
 
     # --- the lifecycle, on the loop thread ------------------------------------------------
     def start(self) -> None:
@@ -362,13 +328,7 @@ class SSHJobHandle:
     def _finish(self, code: int, failure: str | None = None) -> None:
         if self._done.is_set():
             return
-        if failure is not None:
-            self.failure = failure
-            write_error(self.output_dir, "backend", failure)
-            append_log(self.output_dir, failure)
-        self._code = code
-        self._ended = time.monotonic()
-        self._done.set()
+        self._finish_with(code, failure)
         self._loop.stop()
 
     async def _main(self) -> None:
@@ -391,7 +351,7 @@ class SSHJobHandle:
             if code is None:  # cancelled: _kill finishes the job
                 return
             await self._fetch()
-            code = self._verify(code)
+            code = self._verify_outputs(code)
             await self._cleanup()
             self._finish(code)
         except Exception as exc:
@@ -523,10 +483,6 @@ class SSHJobHandle:
             await asyncio.sleep(self.backend.poll_interval_s)
         return None
 
-    def _stopping(self) -> bool:
-        """Whether :meth:`cancel` (another thread) asked to stop."""
-        return self.cancelled
-
     async def _reconnect(self, lost: BaseException) -> None:
         reason = describe_ssh_error(lost)
         append_log(self.output_dir, f"ssh {self.backend.target}: {reason}; reconnecting")
@@ -555,19 +511,6 @@ class SSHJobHandle:
                 continue
             await self._sftp.get(f"{remote_out}/{entry}", str(self.output_dir / entry), recurse=True)
         append_log(self.output_dir, f"fetched the outputs from {self.backend.target}:{remote_out}")
-
-    def _verify(self, code: int) -> int:
-        if code != 0:
-            return code
-        try:
-            checked = verify_manifest(self.output_dir)
-        except ResultVerificationError as exc:
-            self.failure = f"result rejected: {exc}"
-            write_error(self.output_dir, "unverified", self.failure, "ResultVerificationError")
-            append_log(self.output_dir, self.failure)
-            return EXIT_UNVERIFIED
-        append_log(self.output_dir, f"sha256 of {checked} output files verified against the job's manifest")
-        return code
 
     async def _cleanup(self) -> None:
         if self.remote_dir is None or self.backend.keep_remote:
