@@ -82,6 +82,11 @@ TOOL_EXECUTED_ANYWAY: Final = "agentgym.tool.executed_anyway"
 TOOL_EXECUTED_OUTCOME: Final = "agentgym.tool.executed_outcome"
 #: Why a tool's schema could not be used to check a call (the schema itself is invalid).
 TOOL_SCHEMA_ERROR: Final = "agentgym.tool.schema_error"
+#: On a tool span of an MCP tool: the server's own name (``serverInfo.name``), the transport
+#: (``stdio`` / ``streamable_http`` / ``sse``) and its target (the server's command or URL).
+MCP_SERVER_NAME: Final = "agentgym.mcp.server.name"
+MCP_TRANSPORT: Final = "agentgym.mcp.transport"
+MCP_SERVER_TARGET: Final = "agentgym.mcp.server.target"
 FEEDBACK_COMMENT: Final = "agentgym.feedback.comment"
 FEEDBACK_TARGET_EPISODE: Final = "agentgym.feedback.episode_id"
 FEEDBACK_ID: Final = "agentgym.feedback.id"

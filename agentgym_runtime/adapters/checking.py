@@ -27,6 +27,7 @@ from typing import Any
 from opentelemetry import trace
 
 from agentgym_runtime import semconv
+from agentgym_runtime.adapters.mcp import take_verdict
 from agentgym_runtime.recording.capture import ToolCall, current_agent_name, start_tool_call
 from agentgym_runtime.recording.context import current_episode_var
 from agentgym_runtime.recording.runtime import get_runtime
@@ -108,14 +109,17 @@ def schema_problems(schema: Mapping[str, Any] | None, arguments: Any) -> tuple[s
 
 
 class CheckedToolCall:
-    """A :class:`~agentgym_runtime.recording.capture.ToolCall` whose arguments broke the schema.
+    """A :class:`~agentgym_runtime.recording.capture.ToolCall` checked against its schema and its MCP server.
 
-    Every way the run can end is recorded as ``invalid_arguments``, with how it really ended.
+    When the arguments broke the schema (``problems``), every way the run can end is recorded as
+    ``invalid_arguments``, with how it really ended. When the call reached an MCP server, the
+    server's answer decides how it ended (``isError`` -> ``error_result``, a failed call ->
+    ``tool_error``) whatever the framework made of it, and the server is named on the span.
     """
 
     __slots__ = ("_call", "_problems", "_span")
 
-    def __init__(self, call: ToolCall, span: Any, problems: str) -> None:
+    def __init__(self, call: ToolCall, span: Any, problems: str | None) -> None:
         self._call = call
         self._span = span
         self._problems = problems
@@ -135,21 +139,38 @@ class CheckedToolCall:
         except Exception as exc:
             get_runtime().internal_error("tool schema check", exc)
 
+    def _end(self, outcome: ToolOutcome, result: Any, error: BaseException | None, message: str | None) -> None:
+        try:
+            verdict = take_verdict(self._span, self._call.name)
+            if verdict is not None:
+                self._span.set_attributes(verdict.server.attributes())
+                if verdict.outcome is not None:
+                    outcome, message = verdict.outcome, verdict.message
+                    error = verdict.error or error
+        except Exception as exc:
+            get_runtime().internal_error("mcp verdict", exc)
+        if self._problems is not None:
+            if outcome is not ToolOutcome.INVALID_ARGUMENTS:
+                self._ran(outcome, result)
+            self._call.fail(ToolOutcome.INVALID_ARGUMENTS, error=error, message=self._problems)
+        elif outcome is ToolOutcome.OK:
+            self._call.succeed(result)
+        elif outcome is ToolOutcome.ERROR_RESULT:
+            self._call.error_result(result, message)
+        else:
+            self._call.fail(outcome, error=error, message=message)
+
     def succeed(self, result: Any = None) -> None:
-        """The tool ran anyway and returned ``result``."""
-        self._ran(ToolOutcome.OK, result)
-        self._call.fail(ToolOutcome.INVALID_ARGUMENTS, message=self._problems)
+        """The tool ran and returned ``result``."""
+        self._end(ToolOutcome.OK, result, None, None)
 
     def error_result(self, result: Any = None, message: str | None = None) -> None:
-        """The tool ran anyway and the framework marked ``result`` as an error."""
-        self._ran(ToolOutcome.ERROR_RESULT, result)
-        self._call.fail(ToolOutcome.INVALID_ARGUMENTS, message=self._problems)
+        """The tool ran and the framework marked ``result`` as an error."""
+        self._end(ToolOutcome.ERROR_RESULT, result, None, message)
 
     def fail(self, outcome: ToolOutcome, error: BaseException | None = None, message: str | None = None) -> None:
-        """The call failed; with arguments that broke the schema that is ``invalid_arguments``."""
-        if outcome is not ToolOutcome.INVALID_ARGUMENTS:
-            self._ran(outcome, None)
-        self._call.fail(ToolOutcome.INVALID_ARGUMENTS, error=error, message=self._problems)
+        """The call failed with ``outcome``; with arguments that broke the schema that is ``invalid_arguments``."""
+        self._end(outcome, None, error, message)
 
 
 def start_checked_tool_call(
@@ -170,17 +191,16 @@ def start_checked_tool_call(
     """
     known, offered = offered_schema(name)
     call = start_tool_call(name, arguments=arguments, **kwargs)
+    # start_tool_call made the tool's span current: keep it to annotate at the end.
+    span = trace.get_current_span()
+    problems: str | None = None
     try:
         problems, schema_error = schema_problems(offered if known else schema, arguments)
         if schema_error is not None:
-            trace.get_current_span().set_attribute(semconv.TOOL_SCHEMA_ERROR, schema_error)
+            span.set_attribute(semconv.TOOL_SCHEMA_ERROR, schema_error)
     except Exception as exc:
         get_runtime().internal_error("tool schema check", exc)
-        return call
-    if problems is None:
-        return call
-    # start_tool_call made the tool's span current: keep it to annotate at the end.
-    return CheckedToolCall(call, trace.get_current_span(), problems)
+    return CheckedToolCall(call, span, problems)
 
 
 __all__ = [

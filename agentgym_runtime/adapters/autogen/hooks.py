@@ -25,6 +25,7 @@ from autogen_core.tools import _base as autogen_tools_base
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from agentgym_runtime.adapters import mcp as mcp_patches
 from agentgym_runtime.adapters.autogen.client import FRAMEWORK, recording_client
 from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
 from agentgym_runtime.adapters.patches import PatchSpec, PatchTable
@@ -227,6 +228,66 @@ def _hook_run_json_stream(original: Any) -> Any:
     return run_json_stream
 
 
+def _hook_workbench_call_tool(original: Any) -> Any:
+    """``McpWorkbench.call_tool``: AutoGen's MCP tools run here, not through ``BaseTool.run_json``.
+
+    The workbench turns both an ``isError`` answer and a failed call into ``is_error``; the
+    ``mcp`` client's verdict (:mod:`agentgym_runtime.adapters.mcp`) tells them apart, and an
+    ``is_error`` with no MCP answer at all (the server never came up) is ``tool_error``.
+    """
+
+    async def call_tool(
+        self: Any, name: str, arguments: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if current_episode_var.get() is None or not PATCHES.active:
+            return await original(self, name, arguments, *args, **kwargs)
+        call: _Call | None = None
+        try:
+            call = start_checked_tool_call(
+                name, call_id=kwargs.get("call_id"), arguments=dict(arguments or {}), framework=FRAMEWORK
+            )
+        except Exception as exc:
+            get_runtime().internal_error("autogen mcp tool start", exc)
+        # AutoGen's own execute_tool span for this call is folded into ours (as for run_json).
+        token = _own_tool_span.set((name, kwargs.get("call_id")) if call is not None else None)
+        try:
+            result = await original(self, name, arguments, *args, **kwargs)
+        except BaseException as exc:
+            if call is not None:
+                outcome = (
+                    ToolOutcome.NOT_EXECUTED if isinstance(exc, asyncio.CancelledError) else ToolOutcome.TOOL_ERROR
+                )
+                call.fail(outcome, error=exc)
+            raise
+        finally:
+            _own_tool_span.reset(token)
+        if call is not None:
+            try:
+                text = result.to_text()
+                if result.is_error:
+                    call.fail(ToolOutcome.TOOL_ERROR, message=text)
+                else:
+                    call.succeed(text)
+            except Exception as exc:
+                get_runtime().internal_error("autogen mcp tool end", exc)
+        return result
+
+    return call_tool
+
+
+def _mcp_hooks() -> tuple[PatchSpec, ...]:
+    try:
+        from autogen_ext.tools.mcp import McpWorkbench
+        from autogen_ext.tools.mcp import _workbench as mcp_workbench_module
+    except Exception:  # autogen-ext without its mcp extra, or an mcp it cannot import
+        return ()
+    return (
+        (McpWorkbench, "call_tool", _hook_workbench_call_tool),
+        # The workbench imported trace_tool_span by name: fold its span where it looks it up.
+        (mcp_workbench_module, "trace_tool_span", _hook_trace_tool_span),
+    )
+
+
 _HOOKS: tuple[PatchSpec, ...] = (
     (autogen_tools_base, "trace_tool_span", _hook_trace_tool_span),
     (AssistantAgent, "_call_llm", _hook_call_llm),
@@ -239,8 +300,11 @@ _HOOKS: tuple[PatchSpec, ...] = (
 
 
 def install() -> None:
-    """Install the class-level hooks (once)."""
-    PATCHES.install(_HOOKS)
+    """Install the class-level hooks and the shared ``mcp`` client patches (once)."""
+    if PATCHES.active:
+        return
+    PATCHES.install([*_HOOKS, *_mcp_hooks()])
+    PATCHES.on_remove(mcp_patches.acquire())
 
 
 def remove() -> None:

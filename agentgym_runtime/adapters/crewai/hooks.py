@@ -35,6 +35,7 @@ from crewai.hooks import register_after_tool_call_hook, unregister_after_tool_ca
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools.structured_tool import CrewStructuredTool
 
+from agentgym_runtime.adapters import mcp as mcp_patches
 from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
 from agentgym_runtime.adapters.crewai.llms import FRAMEWORK, routed_llm
 from agentgym_runtime.adapters.crewai.messages import CrewAIRequest, policy_messages, restore_messages
@@ -216,6 +217,7 @@ class _Instrumentation:
             unregister_after_tool_call_hook(self._after_tool_call)
 
         PATCHES.on_remove(unregister)
+        PATCHES.on_remove(mcp_patches.acquire())
 
     @property
     def active(self) -> bool:

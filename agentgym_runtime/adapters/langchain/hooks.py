@@ -32,6 +32,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tracers import context as tracer_context
 
+from agentgym_runtime.adapters import mcp as mcp_patches
 from agentgym_runtime.adapters.fallback import (
     acall_with_fallback,
     astream_with_fallback,
@@ -297,6 +298,7 @@ def install() -> None:
         ]
 
     PATCHES.on_remove(unregister)
+    PATCHES.on_remove(mcp_patches.acquire())
 
 
 def remove() -> None:
