@@ -180,11 +180,14 @@ class ChatEngine:
         self._load()
         return self._model
 
+    def _is_loaded(self) -> bool:
+        return self._model is not None
+
     def _load(self) -> None:
-        if self._model is not None:
+        if self._is_loaded():
             return
         with self._lock:
-            if self._model is not None:
+            if self._is_loaded():  # another thread loaded it meanwhile
                 return
             torch, transformers = _import_torch()
             # One loader for training and serving: same template override, pad-token check, GGUF files.

@@ -32,6 +32,7 @@ try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
     from langchain_core.language_models import BaseChatModel, LanguageModelInput
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
+    from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
@@ -45,9 +46,9 @@ def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
 
 
-def _usage(generation: Generation) -> dict[str, int]:
+def _usage(generation: Generation) -> UsageMetadata:
     n_in, n_out = generation.prompt_tokens, generation.completion_tokens
-    return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+    return UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
 
 
 class TransformersChatModel(BaseChatModel):
@@ -148,7 +149,7 @@ class TransformersChatModel(BaseChatModel):
                 {"name": c.name, "args": c.text, "id": _call_id(), "error": c.error, "type": "invalid_tool_call"}
                 for c in parsed.invalid_tool_calls
             ],
-            usage_metadata=_usage(generation),  # type: ignore[arg-type]
+            usage_metadata=_usage(generation),
             response_metadata=self._metadata(generation),
         )
 
@@ -199,7 +200,7 @@ class TransformersChatModel(BaseChatModel):
             message=AIMessageChunk(
                 content="",
                 tool_call_chunks=calls,  # type: ignore[arg-type]
-                usage_metadata=_usage(generation),  # type: ignore[arg-type]
+                usage_metadata=_usage(generation),
                 response_metadata=self._metadata(generation),
                 chunk_position="last",
             )
