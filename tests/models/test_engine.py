@@ -297,3 +297,39 @@ def test_bad_input_gives_clear_errors(toy: dict[str, Any], tmp_path: Path) -> No
     assert engine._loaded == loaded
     base = engine.generate(messages)
     assert engine.generate(messages, adapter=toy["a1"]).text != base.text  # the engine still serves
+
+
+def test_the_autogen_client_serves_the_same_engine_calls_and_streams(toy: dict[str, Any]) -> None:
+    import asyncio
+
+    pytest.importorskip("autogen_core")
+    from autogen_core import FunctionCall
+    from autogen_core.models import AssistantMessage, FunctionExecutionResultMessage, UserMessage
+    from autogen_core.models import FunctionExecutionResult as Result
+
+    from agentgym_runtime.models.autogen import TransformersChatCompletionClient
+
+    client = TransformersChatCompletionClient(
+        str(toy["model"]), engine=toy["engine"], adapter=str(toy["trained"]), max_new_tokens=NEW_TOKENS
+    )
+    tools = [TOOLS[0]["function"]]
+    first = [UserMessage(content=QUESTION, source="user")]
+    called = asyncio.run(client.create(first, tools=tools))
+    assert called.finish_reason == "function_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in called.content] == [("get_order", {"order_id": 7})]
+    call = FunctionCall(id="c1", name="get_order", arguments='{"order_id": 7}')
+    second = [
+        *first,
+        AssistantMessage(content=[call], source="support"),
+        FunctionExecutionResultMessage(content=[Result(content="shipped", name="get_order", call_id="c1")]),
+    ]
+    answer = asyncio.run(client.create(second, tools=tools))
+    assert (answer.finish_reason, answer.content) == ("stop", ANSWER)
+
+    async def collect() -> list[Any]:
+        return [item async for item in client.create_stream(second, tools=tools)]
+
+    items = asyncio.run(collect())
+    assert "".join(items[:-1]) == ANSWER and items[-1].content == ANSWER
+    used = called.usage.completion_tokens + 2 * answer.usage.completion_tokens
+    assert client.total_usage().completion_tokens == used
