@@ -40,9 +40,15 @@ if TYPE_CHECKING:
         supports_tools,
         tool_block,
     )
+    from agentgym_runtime.models.engine import AdapterError, ChatEngine, Generation
+
+_ENGINE = ("AdapterError", "ChatEngine", "Generation")
 
 __all__ = [
     "TOOL_CALL_FORMATS",
+    "AdapterError",
+    "ChatEngine",
+    "Generation",
     "ChatTemplateError",
     "InvalidToolCall",
     "PadTokenError",
@@ -60,7 +66,10 @@ __all__ = [
     "tool_block",
 ]
 
-_LAZY: dict[str, str] = dict.fromkeys(__all__, "agentgym_runtime.models.chat_format")
+_LAZY: dict[str, str] = {
+    name: "agentgym_runtime.models.engine" if name in _ENGINE else "agentgym_runtime.models.chat_format"
+    for name in __all__
+}
 
 
 def __getattr__(name: str) -> Any:
