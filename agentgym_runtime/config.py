@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         collector_token: Bearer token sent to (and required by) the collector.
         share_home: Let the processes that share a file store elect one owner that serves OTLP
             to the others (needs the ``collector`` extra); off: this process writes the file itself.
+        journal: The owner of a shared home appends each span's row to ``<home>/journal/`` as the
+            span ends, so a SIGKILL cannot lose what it recorded; the next owner replays it.
+        journal_max_mb: Bound of one process's journal; spans past it are not journaled (counted).
     """
 
     model_config = SettingsConfigDict(
@@ -146,6 +149,8 @@ class Settings(BaseSettings):
 
     collector_endpoint: str | None = None
     collector_token: str | None = None
+    journal: bool = True
+    journal_max_mb: int = Field(default=64, ge=1)
     share_home: bool = True
 
     @field_validator("home", mode="before")
