@@ -3,11 +3,12 @@
 The owner of a home writes its own spans in-process; between a span's end and the commit of
 its batch (up to ``schedule_delay_ms``, longer when the writer lags) the row lives only in
 memory. So, as each span ends, its row (already built by
-:func:`~agentgym_runtime.collectors.rows.span_record`) is appended to this process's journal
-with one ``os.write``: the bytes are in the kernel's page cache, which survives the death of
-the process (not a power cut: the journal is never fsynced, the cost would be per span).
-Once a batch is committed the writer *settles* its rows; a segment whose rows are all settled
-is truncated (the current one) or deleted (an older one), so a quiet journal stays empty.
+:func:`~agentgym_runtime.collectors.rows.span_record`) is copied into this process's journal: a
+segment file mapped shared into memory, so the bytes are in the kernel's page cache, which
+survives the death of the process (not a power cut: the journal is never fsynced, the cost would
+be per span), and no system call releases the GIL on the agent's thread. Once a batch is
+committed the writer *settles* its rows; a segment whose rows are all settled is zeroed (the
+current one) or deleted (an older one), so a quiet journal holds no record.
 
 Files, in ``<home>/journal/`` (mode 0700, files 0600):
 
