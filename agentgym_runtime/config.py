@@ -97,6 +97,9 @@ class Settings(BaseSettings):
             a bearer token; the key itself is never a setting).
         inference_server_timeout_s: Timeout of one request to the server (loading an adapter included).
         inference_server_retries: Retries of a request that got no answer or a 5xx (never of a 4xx).
+        journal: The owner of a shared home appends each span's row to ``<home>/journal/`` as the
+            span ends, so a SIGKILL cannot lose what it recorded; the next owner replays it.
+        journal_max_mb: Bound of one process's journal; spans past it are not journaled (counted).
     """
 
     model_config = SettingsConfigDict(
@@ -165,6 +168,8 @@ class Settings(BaseSettings):
 
     collector_endpoint: str | None = None
     collector_token: str | None = None
+    journal: bool = True
+    journal_max_mb: int = Field(default=64, ge=1)
     share_home: bool = True
     token_prices: Annotated[dict[str, tuple[float, float]], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES)

@@ -59,6 +59,13 @@ def collect(
         settings.model_copy(update={"share_home": False, "collector_endpoint": None, "handle_sigterm": False})
     )
     runtime = wired.runtime
+    # What a SIGKILLed elected owner of this home had journaled and not committed goes in first.
+    from agentgym_runtime.collectors.journal import replay_dead_journals
+
+    try:
+        replay_dead_journals(settings.home, runtime.store)
+    except Exception as exc:  # the files stay for a later owner
+        err_console.print(f"[yellow]could not replay the journals in {settings.home}: {exc}[/yellow]")
     wired.follow_registrations()
     try:
         limits = Limits(max_body_bytes=max_body_mb * 1024 * 1024, requests_per_s=requests_per_s)

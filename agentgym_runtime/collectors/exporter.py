@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from agentgym_runtime.collectors.journal import Journal
 from agentgym_runtime.collectors.rows import Row, RowBatch, SpanRecord, preload_arrow, span_rows, to_arrow
 from agentgym_runtime.collectors.schema import SPAN_COLUMNS
 from agentgym_runtime.collectors.stats import PipelineStats
@@ -125,6 +126,8 @@ class DuckDBSpanExporter(SpanExporter):
         on_write: Called after every successful write (e.g. to publish the status file).
         columnar: Insert span rows as one Arrow table per batch when pyarrow is installed
             (``False``: always DuckDB's appender, the slower path used without pyarrow).
+        journal: The process's crash journal (:mod:`.journal`): the rows of every batch that
+            leaves the retry buffer (committed, quarantined or dropped) are settled in it.
     """
 
     def __init__(
@@ -136,8 +139,10 @@ class DuckDBSpanExporter(SpanExporter):
         reopen_backoff_s: float = 1.0,
         on_write: Callable[[], None] | None = None,
         columnar: bool = True,
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
+        self.journal = journal
         self.stats = stats or PipelineStats()
         self._max_pending_rows = max_pending_rows
         self._backoff_s = reopen_backoff_s
@@ -211,6 +216,8 @@ class DuckDBSpanExporter(SpanExporter):
         while self._pending_spans > self._max_pending_rows and len(self._pending) > 1:
             dropped = self._pending.popleft()
             self._pending_spans -= len(dropped.spans)
+            if self.journal is not None:
+                self.journal.settle(dropped.spans)
             self.stats.add(rows_dropped=len(dropped))
             self._log_once("drop", "agentgym: the trace store retry buffer is full; dropping the oldest rows")
         self.stats.set_pending(self._pending_spans)
@@ -270,6 +277,8 @@ class DuckDBSpanExporter(SpanExporter):
 
     def _settle(self, batch: RowBatch) -> None:
         """``batch`` left the retry buffer (written or quarantined)."""
+        if self.journal is not None:
+            self.journal.settle(batch.spans)
         self._pending_spans -= len(batch.spans)
         self.stats.set_pending(self._pending_spans)
 

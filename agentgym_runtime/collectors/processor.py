@@ -11,7 +11,9 @@ processor, so reconfiguring swaps what it delegates to instead). It
   exporters. A forwarded span is turned into its ``spans`` row as it ends
   (``rows.span_record``), so the batch queue holds one tuple per span instead of
   the span's objects (the garbage collector's work on them cost the agent's
-  thread more than the conversion does).
+  thread more than the conversion does);
+* in the store owner of a shared home, appends that row to the process's crash journal
+  (:mod:`.journal`) before queueing it, so a SIGKILL cannot take it with the queue.
 
 If the host application already installed an SDK ``TracerProvider``, we join
 it and its exporters keep receiving everything; otherwise we install one.
@@ -32,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 
 from agentgym_runtime import semconv
 from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
+from agentgym_runtime.collectors.journal import Journal
 from agentgym_runtime.collectors.rows import span_record
 from agentgym_runtime.collectors.stats import PipelineStats
 
@@ -53,15 +56,21 @@ class EpisodeSpanProcessor(SpanProcessor):
         self._pipeline: SpanProcessor | None = None
         self._stats: PipelineStats | None = None
         self._records = False
+        self._journal: Journal | None = None
 
     def set_pipeline(self, pipeline: SpanProcessor | None, stats: PipelineStats | None) -> None:
         """Route from now on to ``pipeline`` (``None`` stops routing).
 
         A pipeline that ends in a :class:`DuckDBSpanExporter` (the runtime's batch processor)
         receives each span as a :class:`~agentgym_runtime.collectors.rows.SpanRecord`; any
-        other pipeline receives the spans themselves.
+        other pipeline receives the spans themselves. An exporter with a ``journal`` (the owner
+        of a shared home, or a process that may become it) has each span journaled as it ends
+        while the journal is active; the span then travels as its record too.
         """
-        self._records = isinstance(getattr(pipeline, "span_exporter", None), DuckDBSpanExporter)
+        exporter = getattr(pipeline, "span_exporter", None)
+        self._records = isinstance(exporter, DuckDBSpanExporter)
+        journal = getattr(exporter, "journal", None)
+        self._journal = journal if isinstance(journal, Journal) else None
         self._pipeline = pipeline
         self._stats = stats
 
@@ -90,11 +99,20 @@ class EpisodeSpanProcessor(SpanProcessor):
             if stats is not None:
                 stats.incr_enqueued()
             record = None
-            if self._records:
+            journal = self._journal
+            journaling = journal is not None and journal.active
+            if self._records or journaling:
                 try:
                     record = span_record(span)
                 except Exception:  # the writer converts the span itself (and counts it if that fails too)
                     logger.debug("agentgym: converting a span as it ended failed", exc_info=True)
+            if journaling:
+                # Before queueing: once journaled, the row survives a SIGKILL of this process.
+                assert journal is not None
+                if record is not None:
+                    journal.write_record(record)
+                else:
+                    journal.write_span(span)
             # A record instead of the span: one tuple waits in the queue, not the span's ~10
             # objects, which kept the garbage collector busy on the agent's thread.
             pipeline.on_end(span if record is None else cast("ReadableSpan", record))

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
@@ -33,6 +33,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agentgym_runtime.collectors.otlp.spool import Spool
 from agentgym_runtime.collectors.stats import PipelineStats
+
+if TYPE_CHECKING:
+    from agentgym_runtime.collectors.journal import Journal
 
 logger = logging.getLogger("agentgym_runtime.collector")
 
@@ -110,6 +113,8 @@ class CollectorSpanExporter(SpanExporter):
         self._wake = threading.Event()
         self._logged: set[str] = set()
         self.local: SpanExporter | None = None
+        #: The process's crash journal, active once this process owns the home (see pipeline).
+        self.journal: Journal | None = None
         self._drainer = threading.Thread(target=self._drain_loop, name="agentgym-spool", daemon=True)
         self._drainer.start()
 

@@ -6,6 +6,10 @@
   does, and serves OTLP on a loopback port for the others; the others send there.
 * Otherwise (``:memory:``, sharing off, no extra): the in-process writer, as before.
 
+The owner of a shared home journals its own spans as they end (:mod:`..journal`), and a
+process that becomes the owner first replays what dead processes journaled and the store
+lacks, so a SIGKILLed owner loses nothing it recorded.
+
 Example:
     >>> from agentgym_runtime.config import Settings
     >>> from agentgym_runtime.collectors.store import TraceStore
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
+from agentgym_runtime.collectors.journal import JOURNAL_DIR, Journal, replay_dead_journals
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
 
@@ -52,6 +57,11 @@ class HomeOwner:
         self.server: CollectorServer | None = None
         self.watcher: Watcher | None = None
         self.drainer: SpanExporter | None = None
+        self.journal: Journal | None = (
+            Journal(settings.home / JOURNAL_DIR, max_bytes=settings.journal_max_mb * 1024 * 1024, active=False)
+            if settings.journal
+            else None
+        )
         self._closed = False
         self._guard = threading.Lock()
 
@@ -63,6 +73,7 @@ class HomeOwner:
         with self._guard:
             if self._closed or self.server is not None:
                 return
+            self.replay_journals()
             collector = Collector(self.store, token=self.settings.collector_token)
             self.server = CollectorServer(collector, host="127.0.0.1", port=0).start()
             publish_endpoint(self.settings.home, self.server.endpoint, store=self.store.path)
@@ -76,6 +87,13 @@ class HomeOwner:
             )
             logger.info("agentgym: this process (owner of %s) serves OTLP at %s", self.store.path, self.server.endpoint)
 
+    def replay_journals(self) -> None:
+        """Write what dead processes of the home journaled and the store lacks (the lock is held)."""
+        try:
+            replay_dead_journals(self.settings.home, self.store, own=self.journal)
+        except Exception:  # the files stay for the next owner; serving must not wait on them
+            logger.warning("agentgym: replaying the journals of %s failed", self.settings.home, exc_info=True)
+
     def close(self) -> None:
         """Stop serving and give the home up."""
         with self._guard:
@@ -87,6 +105,9 @@ class HomeOwner:
             self.drainer.shutdown()
         if server is not None:
             server.stop()
+        if self.journal is not None:
+            # After the last flush: a clean exit leaves no journal (rows not written stay in it).
+            self.journal.close()
         self.lock.release()
 
 
@@ -116,13 +137,14 @@ def build_exporter(
     """The exporter the runtime's batch processor should write through (see the module doc)."""
     stats = stats or PipelineStats()
 
-    def local() -> DuckDBSpanExporter:
+    def local(journal: Journal | None = None) -> DuckDBSpanExporter:
         return DuckDBSpanExporter(
             store,
             stats=stats,
             max_pending_rows=settings.max_pending_rows,
             reopen_backoff_s=settings.reopen_backoff_s,
             on_write=on_write,
+            journal=journal,
         )
 
     if settings.collector_endpoint:
@@ -137,6 +159,8 @@ def build_exporter(
         return local()
     owner = HomeOwner(settings, store)
     if owner.lock.try_acquire():
+        if owner.journal is not None:
+            owner.journal.activate()
         # Serving starts in the background: importing uvicorn must not delay the first episode.
         threading.Thread(target=_serve_quietly, args=(owner,), name="agentgym-home-serve", daemon=True).start()
         return OwnerSpanExporter(
@@ -146,6 +170,7 @@ def build_exporter(
             max_pending_rows=settings.max_pending_rows,
             reopen_backoff_s=settings.reopen_backoff_s,
             on_write=on_write,
+            journal=owner.journal,
         )
     return _follower(settings, owner, stats, local)
 
@@ -158,7 +183,7 @@ def _serve_quietly(owner: HomeOwner) -> None:
 
 
 def _follower(
-    settings: Settings, owner: HomeOwner, stats: PipelineStats, local: Callable[[], DuckDBSpanExporter]
+    settings: Settings, owner: HomeOwner, stats: PipelineStats, local: Callable[..., DuckDBSpanExporter]
 ) -> SpanExporter:
     from agentgym_runtime.collectors.otlp.client import CollectorSpanExporter
     from agentgym_runtime.collectors.otlp.election import EndpointFile, Watcher
@@ -174,11 +199,17 @@ def _follower(
     exporter = _FollowerExporter(
         EndpointFile(settings.home), spool=Spool(settings.home / "spool"), token=settings.collector_token, stats=stats
     )
+    # Inactive until this process owns the store; the span processor looks for it here.
+    exporter.journal = owner.journal
 
     def take_over() -> None:
         # The owner died: this process owns the store now. Its own batches go to the local
-        # writer, and the spool (its own and the others') drains into the server it starts.
-        exporter.local = local()
+        # writer (journaled from now on: the local writer settles the journal, so it must be
+        # in place before the first journaled span is exported), and the spool (its own and
+        # the others') drains into the server it starts, after the dead owner's journal.
+        exporter.local = local(owner.journal)
+        if owner.journal is not None:
+            owner.journal.activate()
         owner.serve()
         exporter.retry_pending()
 
