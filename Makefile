@@ -18,7 +18,7 @@ export OTEL_PYTHON_DISABLED_INSTRUMENTATIONS :=
 export AGENTOPS_API_KEY :=
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench clean lock check-extras
+.PHONY: demo-matrix install demo test lint typecheck unit bench clean lock check-extras
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ check-extras: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Ten fresh `agentgym demo` runs per scenario, one at a time (about 5-10 min each on 2 cores; not part
+# of `make test`); results append to benchmarks/demo_matrix.jsonl. MATRIX="--scenarios code_review --runs 3".
+demo-matrix: $(STAMP)
+	$(PY) benchmarks/demo_matrix.py $(MATRIX)
 
 # Regenerate the lock (needs network to the package index); commit the result. Needs uv only, not a
 # synced environment (syncing first would remove packages the new lock is about to add).
