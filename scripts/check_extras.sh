@@ -126,7 +126,10 @@ PY
   echo "step=quickstart examples/$script" >> "$log"
   # Run from an empty directory, so the installed wheel is imported, not the source tree.
   mkdir -p "$WORK/run-$extra"
-  if ! (cd "$WORK/run-$extra" && "$py" "$ROOT/examples/$script") > "$WORK/$extra.out" 2>&1; then
+  # XDG_DATA_HOME: what the framework keeps between runs (CrewAI's task-output database, keyed by the
+  # directory's name) stays in this run's directory, not shared with other runs or crewai versions.
+  if ! (cd "$WORK/run-$extra" && XDG_DATA_HOME="$WORK/data-$extra" "$py" "$ROOT/examples/$script") \
+    > "$WORK/$extra.out" 2>&1; then
     cat "$WORK/$extra.out" >> "$log"
     echo "step=quickstart: examples/$script exited with an error ($(grep -v '^\s*$' "$WORK/$extra.out" | tail -1))"
     return 1
