@@ -1,4 +1,8 @@
-"""CrewAI adapter: real crewai 1.6 crews and agents driven by a scripted ReAct LLM, offline."""
+"""CrewAI adapter: real crewai crews and agents driven by a scripted ReAct LLM, offline.
+
+The lock pins crewai 1.6 (``CrewAgentExecutor``); the same tests pass with crewai 1.15 (the flow-based
+``AgentExecutor``), which ``make check-extras`` installs.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,13 @@ import pytest
 pytest.importorskip("crewai")
 
 from crewai import Agent, Crew, Task
-from crewai.agents import crew_agent_executor
 from crewai.events import crewai_event_bus
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools import tool
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.adapters import load_adapter
-from agentgym_runtime.adapters.crewai import CrewAIAdapter, CrewAIRequest, register_llm_factory
+from agentgym_runtime.adapters.crewai import CrewAIAdapter, CrewAIRequest, hooks, register_llm_factory
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
@@ -225,7 +228,8 @@ def test_tool_usage_limit_closes_the_started_call_as_error_result(
 
     (row,) = recorded.episodes()
     assert recorded.outcomes(row["episode_id"]) == {"ok": 1, "error_result": 1}
-    assert "reached its usage limit" in llm.received[2][-1]["content"]
+    # crewai 1.6 ends the messages with the observation, 1.15 adds a user nudge after it
+    assert any("reached its usage limit" in m["content"] for m in llm.received[2][-2:])
 
 
 def test_crew_kickoff_async(agentgym_runtime: Runtime, recorded: Recorded) -> None:
@@ -413,9 +417,11 @@ def test_policy_is_applied_per_llm_call_and_undone(
         }
         # the rest is exactly what the agent sends without a policy (the change never accumulates)
         assert received[4:] == bare[1:]
-    assert len(llm.received[1]) == len(llm.received[0]) + 1
+    # the second call grows by what CrewAI itself appended (one message in 1.6, two in 1.15), nothing more
+    grown = len(bare_llm.received[1]) - len(bare_llm.received[0])
+    assert grown in (1, 2) and len(llm.received[1]) == len(llm.received[0]) + grown
     assert crew.agents[0].backstory == "You help customers with orders."
-    assert "Tool Description: Look up an order by id." in get_order.description
+    assert get_order.description.endswith("Look up an order by id.")  # crewai 1.6 renders it, 1.15 keeps it raw
     rows = recorded.query("SELECT DISTINCT policy_version FROM spans WHERE operation IN ('chat', 'execute_tool')")
     assert [r["policy_version"] for r in rows] == [3]
 
@@ -505,26 +511,32 @@ def test_seed_applies_a_policy_to_a_fresh_agent() -> None:
     assert agent.backstory == (
         "Check orders first.\n\nExamples of good work:\nq\n\nThought: I now know the final answer\nFinal Answer: a"
     )
-    assert agent.tools[0].description.endswith("Tool Description: Fetch an order.")
-    assert get_order.description.endswith("Tool Description: Look up an order by id.")
+    # crewai 1.6 keeps the rendered "Tool Name/Arguments/Description" text in the tool, 1.15 the raw description
+    description = agent.tools[0].description
+    assert description == "Fetch an order." or description.endswith("\nTool Description: Fetch an order.")
+    assert get_order.description.endswith("Look up an order by id.")
+    assert "Fetch" not in get_order.description
     assert agent.llm is routed
 
 
 def test_uninstrument_restores_crewai(agentgym_runtime: Runtime) -> None:
     from crewai import lite_agent
 
+    modules = hooks._llm_response_modules()
+    assert lite_agent in modules and len(modules) >= 2  # an agent executor's module too, whichever this crewai has
     adapter = load_adapter("crewai")
     original_emit = crewai_event_bus.emit
     adapter.instrument()
     count = CrewAIAdapter._instrument_count
-    assert crew_agent_executor.get_llm_response.__name__ == "get_llm_response"
-    assert hasattr(crew_agent_executor.get_llm_response, "__wrapped__")
+    assert hooks.MISSING == []
+    for module in modules:
+        assert module.get_llm_response.__name__ == "get_llm_response"
+        assert hasattr(module.get_llm_response, "__wrapped__")
     assert "emit" in crewai_event_bus.__dict__
     for _ in range(count):
         adapter.uninstrument()
     try:
-        assert not hasattr(crew_agent_executor.get_llm_response, "__wrapped__")
-        assert not hasattr(lite_agent.get_llm_response, "__wrapped__")
+        assert not any(hasattr(module.get_llm_response, "__wrapped__") for module in modules)
         assert "emit" not in crewai_event_bus.__dict__
         assert not hasattr(Agent.__dict__["execute_task"], "__wrapped__")
         assert not hasattr(Task.__dict__["execute_async"], "__wrapped__")
@@ -535,3 +547,34 @@ def test_uninstrument_restores_crewai(agentgym_runtime: Runtime) -> None:
     finally:
         for _ in range(count - 1):
             adapter.instrument()
+
+
+def test_a_crewai_without_the_llm_hook_still_runs_and_says_so(
+    agentgym_home: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crewai that moved ``get_llm_response`` again: the crew runs, tools are recorded, the gap is named."""
+    runtime = agentgym.configure(home=agentgym_home, strict=False, schedule_delay_ms=20).runtime
+    adapter = load_adapter("crewai")
+    count = CrewAIAdapter._instrument_count
+    for _ in range(count):  # start from an uninstrumented crewai
+        adapter.uninstrument()
+    monkeypatch.setattr(hooks, "LLM_RESPONSE_MODULES", ("crewai.agents.no_such_executor",))
+    try:
+        errors = runtime.pipeline_stats.snapshot()["internal_errors"]
+        crew, _ = make_crew([GOOD, FINAL])
+        with caplog.at_level("WARNING", logger="agentgym_runtime.adapters"):
+            result = agentgym.train_online(crew, name="degraded").kickoff()
+        assert result.raw == "order 7 shipped"
+        assert hooks.MISSING == ["get_llm_response in any of crewai.agents.no_such_executor"]
+        assert f"crewai {hooks.crewai_version()} has no get_llm_response" in caplog.text
+        assert runtime.pipeline_stats.snapshot()["internal_errors"] == errors + 1
+        runtime.flush()
+        episode = agentgym.last_episode()
+        assert episode is not None and episode.outcomes == {"ok": 1}
+    finally:
+        for _ in range(CrewAIAdapter._instrument_count):
+            adapter.uninstrument()
+        monkeypatch.undo()
+        for _ in range(count):
+            adapter.instrument()
+        agentgym.shutdown()

@@ -1,4 +1,4 @@
-"""CrewAI adapter (crewai 1.6): episodes for ``Crew``/``Agent`` kickoffs, inline capture, per-call policy.
+"""CrewAI adapter (crewai 1.6 to 1.15): episodes for ``Crew``/``Agent`` kickoffs, inline capture, per-call policy.
 
 What is captured, and where (everything inline, on the thread that runs the agent, so
 nothing arrives after the episode closed):
@@ -8,20 +8,23 @@ nothing arrives after the episode closed):
   even though the crew holds the original (unwrapped) agent objects. ``async_execution`` tasks,
   which CrewAI runs on a bare thread, are started in a copy of the caller's context so that
   their calls belong to the episode too.
-* **LLM calls** — ``get_llm_response`` (the one function both ``CrewAgentExecutor`` and
-  ``LiteAgent``/``Agent.kickoff`` call) is wrapped: CrewAI's global ``before/after_llm_call``
-  hooks are only run by the crew executor (not by ``Agent.kickoff``) and the after hook is
-  skipped when the LLM raises, so they cannot record every call. The requested tool call is
-  parsed from the ReAct text (``Action:`` / ``Action Input:``) with CrewAI's own parser; tokens
-  are the difference of the LLM's usage counters.
+* **LLM calls** — ``get_llm_response`` (the one function the crew executor — ``CrewAgentExecutor``
+  in crewai 1.6, the flow-based ``AgentExecutor`` in 1.15 — and ``LiteAgent``/``Agent.kickoff``
+  call) is wrapped where each looks it up. A crewai where none of them has it still runs
+  unchanged, without LLM spans: :data:`.hooks.MISSING` names the gap, logged and counted as an
+  internal error. CrewAI's global ``before/after_llm_call`` hooks are only run by the crew
+  executor (not by ``Agent.kickoff``) and the after hook is skipped when the LLM raises, so they
+  cannot record every call. The requested tool call is parsed from the ReAct text (``Action:`` /
+  ``Action Input:``) with CrewAI's own parser; tokens are the difference of the LLM's usage counters.
 * **Tool calls** — CrewAI's event bus ``emit`` is wrapped so its tool events are seen inline
   (its own handlers still run on its thread pool, unchanged): ``ToolUsageStartedEvent`` opens an
   ``execute_tool`` span (one per CrewAI attempt, ``attempt=``), ``ToolUsageFinishedEvent`` /
-  ``ToolUsageErrorEvent`` close it (``ok`` / ``invalid_arguments`` / ``tool_error``);
+  ``ToolUsageErrorEvent`` close it (``ok`` / ``invalid_arguments`` / ``tool_error``; a finished
+  event that carries a ``failure`` — crewai 1.15, e.g. a spent usage limit — is ``error_result``);
   ``ToolSelectionErrorEvent`` (unknown tool) and ``ToolValidateInputErrorEvent`` (malformed
   ``Action Input``) become one failure per requested call (CrewAI re-parses the same text
   several times; only real execution attempts count separately). A span CrewAI opened but
-  never finished (tool usage limit) is closed by a global ``after_tool_call`` hook.
+  never finished (tool usage limit, crewai 1.6) is closed by a global ``after_tool_call`` hook.
   Inside a training replay (:func:`agentgym_runtime.recording.sandbox.use_sandbox`) the wrapped
   ``CrewStructuredTool.invoke`` / ``ainvoke`` hand each call to the replay's sandbox instead
   of the tool.

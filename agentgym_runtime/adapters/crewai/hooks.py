@@ -10,18 +10,20 @@ Example:
 from __future__ import annotations
 
 import contextvars
+import importlib
+import importlib.metadata
 import inspect
 import json
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 from crewai import Agent, Task
-from crewai import lite_agent as _lite_agent_module
-from crewai.agents import crew_agent_executor as _executor_module
 from crewai.agents.parser import AgentAction, OutputParserError, parse
 from crewai.events import crewai_event_bus
 from crewai.events.types.tool_usage_events import (
@@ -47,13 +49,45 @@ from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_fa
 from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
 from agentgym_runtime.recording.policy import Policy
-from agentgym_runtime.recording.runtime import get_runtime
+from agentgym_runtime.recording.runtime import get_runtime, peek_runtime
 from agentgym_runtime.recording.sandbox import current_sandbox, sandboxed_result
 from agentgym_runtime.recording.wrapping import call_sync
 from agentgym_runtime.semconv import ToolOutcome
 
+logger = logging.getLogger("agentgym_runtime.adapters")
+
 #: The CrewAI adapter's patches.
 PATCHES = PatchTable(FRAMEWORK)
+
+#: The modules whose executors call ``get_llm_response`` (each imports it by name, so it is patched
+#: where they look it up): ``CrewAgentExecutor`` (crewai 1.6; the module is gone by 1.15), the
+#: flow-based ``AgentExecutor`` that replaced it (crewai 1.15), and ``LiteAgent`` (``Agent.kickoff``).
+LLM_RESPONSE_MODULES = ("crewai.agents.crew_agent_executor", "crewai.agents.agent_executor", "crewai.lite_agent")
+
+
+def _llm_response_modules() -> list[ModuleType]:
+    """The modules of :data:`LLM_RESPONSE_MODULES` this crewai has that look ``get_llm_response`` up."""
+    found = []
+    for name in LLM_RESPONSE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if callable(getattr(module, "get_llm_response", None)):
+            found.append(module)
+    return found
+
+
+def crewai_version() -> str:
+    """The installed crewai's version (``"unknown"`` if it does not say)."""
+    try:
+        return importlib.metadata.version("crewai")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+#: What the last :func:`install` could not hook on this crewai (empty when everything is captured).
+MISSING: list[str] = []
 
 
 @lru_cache(maxsize=512)
@@ -169,6 +203,15 @@ def _wrap_tool_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
     return ainvoke
 
 
+#: crewai 1.15's ``ToolFailureReason`` values (a finished call that did not succeed) as outcomes; any
+#: other reason (``usage_limit``, ``tool_reported``, ``mcp_error``, ``repeated_call``) is ``error_result``.
+_FAILURE_OUTCOMES: dict[str, ToolOutcome] = {
+    "exception": ToolOutcome.TOOL_ERROR,
+    "invalid_input": ToolOutcome.INVALID_ARGUMENTS,
+    "unknown_tool": ToolOutcome.UNKNOWN_TOOL,
+}
+
+
 #: ``CrewStructuredTool`` methods wrapped while instrumented: inside a training replay the sandbox answers.
 _TOOL_WRAPPERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
     "invoke": _wrap_tool_invoke,
@@ -200,11 +243,11 @@ class _Instrumentation:
 
     # install / remove ----------------------------------------------------------------------
     def install(self) -> None:
-        # Both executors import get_llm_response by name: patch it where they look it up.
+        # The executors import get_llm_response by name: patch it where they look it up.
+        modules = _llm_response_modules()
         PATCHES.install(
             [
-                (_executor_module, "get_llm_response", self._wrap_get_llm_response),
-                (_lite_agent_module, "get_llm_response", self._wrap_get_llm_response),
+                *((module, "get_llm_response", self._wrap_get_llm_response) for module in modules),
                 (crewai_event_bus, "emit", self._wrap_emit),
                 (Agent, "execute_task", self._wrap_execute_task),
                 (Task, "execute_async", self._wrap_execute_async),
@@ -436,8 +479,21 @@ class _Instrumentation:
 
     def _tool_finished(self, source: Any, event: Any) -> None:
         call = self._open_calls().pop(id(source), None)
-        if call is not None:
+        if call is None:
+            return
+        # crewai 1.15 marks a call that ran but did not succeed (a spent usage limit, a tool returning
+        # a ``ToolFailure``) on the finished event itself; crewai 1.6 has no such field.
+        failure = getattr(event, "failure", None)
+        if failure is None:
             call.succeed(event.output)
+            return
+        reason = str(getattr(getattr(failure, "reason", None), "value", "") or "")
+        message = str(getattr(failure, "message", "") or "") or None
+        outcome = _FAILURE_OUTCOMES.get(reason, ToolOutcome.ERROR_RESULT)
+        if outcome is ToolOutcome.ERROR_RESULT:
+            call.error_result(event.output, message)
+        else:
+            call.fail(outcome, message=message)
 
     def _tool_error(self, source: Any, event: Any) -> None:
         call = self._open_calls().pop(id(source), None)
@@ -499,10 +555,25 @@ _instrumentation: _Instrumentation | None = None
 
 
 def install() -> None:
-    """Install the patches and the ``after_tool_call`` hook (once)."""
+    """Install the patches and the ``after_tool_call`` hook (once).
+
+    A crewai without the function LLM calls go through (:data:`LLM_RESPONSE_MODULES`) still runs
+    unchanged, and tool calls and turns are still recorded: the gap is named in :data:`MISSING`,
+    logged as a warning and counted as an internal error of the runtime (raised under ``strict``).
+    """
     global _instrumentation
     if PATCHES.active:
         return
+    MISSING[:] = [] if _llm_response_modules() else [f"get_llm_response in any of {', '.join(LLM_RESPONSE_MODULES)}"]
+    if MISSING:
+        problem = RuntimeError(
+            f"agentgym crewai adapter: crewai {crewai_version()} has no {'; no '.join(MISSING)}: "
+            "its LLM calls are not recorded and policies do not reach them"
+        )
+        logger.warning("%s", problem)
+        runtime = peek_runtime()
+        if runtime is not None:
+            runtime.internal_error("crewai hooks", problem)  # raises under ``strict``: nothing installed yet
     _instrumentation = _Instrumentation()
     _instrumentation.install()
 
@@ -514,4 +585,4 @@ def remove() -> None:
     _instrumentation = None
 
 
-__all__ = ["PATCHES", "install", "remove"]
+__all__ = ["LLM_RESPONSE_MODULES", "MISSING", "PATCHES", "crewai_version", "install", "remove"]

@@ -89,11 +89,19 @@ def react_demonstrations(policy: Policy) -> list[dict[str, Any]]:
 
 
 def replace_tool_description(text: str, name: str, description: str) -> str:
-    """Replace ``name``'s description in CrewAI's rendered tool list (``Tool Name/Arguments/Description``)."""
+    r"""Replace ``name``'s description in CrewAI's rendered tool list (``Tool Name/Arguments/Description``).
+
+    The arguments are one line in crewai 1.6 and an indented JSON schema over many lines in 1.15.
+
+    Example:
+        >>> rendered = 'Tool Name: a\nTool Arguments: {\n  "x": 1\n}\nTool Description: Old.\nTool Name: b'
+        >>> replace_tool_description(rendered, "a", "New.").splitlines()[-2:]
+        ['Tool Description: New.', 'Tool Name: b']
+    """
     pattern = re.compile(
         r"(Tool Name: "
         + re.escape(name)
-        + r"\nTool Arguments: [^\n]*\nTool Description: )(.*?)(?=\nTool Name: |\n\n|$)",
+        + r"\nTool Arguments: (?:(?!\nTool Name: ).)*?\nTool Description: )(.*?)(?=\nTool Name: |\n\n|$)",
         re.DOTALL,
     )
     return pattern.sub(lambda m: m.group(1) + description, text, count=1)
