@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from autogen import ConversableAgent, OpenAIWrapper
-from autogen.agentchat import conversable_agent as _conversable_module
+from autogen.tools.function_utils import serialize_to_str
 
 from agentgym_runtime.adapters.ag2.messages import apply_policy, output_messages, tool_definitions, usage
 from agentgym_runtime.adapters.checking import CheckedToolCall, start_checked_tool_call
@@ -270,7 +270,7 @@ def _sandboxed(agent: Any, func_call: Mapping[str, Any]) -> tuple[bool, dict[str
     if name not in agent._function_map or parse_error is not None:
         return None  # AG2 answers unknown names and non-JSON arguments without running anything
     try:
-        content: Any = _conversable_module.serialize_to_str(sandboxed_result(name, arguments))
+        content: Any = serialize_to_str(sandboxed_result(name, arguments))
         success = True
     except Exception as exc:
         content, success = f"Error: {exc}", False

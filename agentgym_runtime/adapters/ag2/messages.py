@@ -36,7 +36,8 @@ def tool_definitions(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str
     """
     result = []
     for tool in tools or ():
-        function = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
+        nested = tool.get("function")
+        function: Mapping[str, Any] = nested if isinstance(nested, Mapping) else tool
         result.append(
             {
                 "name": str(function.get("name")),
