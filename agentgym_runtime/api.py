@@ -567,7 +567,7 @@ def load_policy(ref: str) -> TrainedPolicy:
 
     Returns:
         A :class:`~agentgym_runtime.policy.trained.TrainedPolicy` with ``to_langchain``,
-        ``to_autogen``, ``to_crewai`` and ``apply``.
+        ``to_autogen``, ``to_crewai``, ``to_ag2`` and ``apply``.
 
     Raises:
         PolicyNotFoundError: Unknown agent or version (the message lists what exists).

@@ -227,7 +227,7 @@ def train_online(
         scenario: A scenario name (one of ``agentgym scenarios list``), or an object whose
             ``reward(episode, output)`` rewards runs.
         reward: ``reward(episode)`` or ``reward(episode, output)`` → float; default: tool reliability.
-        framework: Force an adapter (``"langchain"``, ``"autogen"``, ``"crewai"``, ``"callable"``).
+        framework: Force an adapter (``"langchain"``, ``"autogen"``, ``"crewai"``, ``"ag2"``, ``"callable"``).
         session_id: Default session id of the episodes (used for sticky canary routing).
         metadata: Stored with every episode.
         schedule: Retrain in the background on this schedule: a duration (``"30m"``, ``"6h"``,

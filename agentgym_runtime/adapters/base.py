@@ -36,6 +36,8 @@ FRAMEWORKS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
         ("autogen_agentchat", "autogen_core", "autogen_ext"),
     ),
     "crewai": ("agentgym_runtime.adapters.crewai:CrewAIAdapter", "crewai", ("crewai",)),
+    # AG2 classic: the ``ag2`` (0.x) and ``autogen`` distributions install the ``autogen`` package.
+    "ag2": ("agentgym_runtime.adapters.ag2:AG2Adapter", "ag2", ("autogen",)),
     "callable": ("agentgym_runtime.adapters.callable:CallableAdapter", None, ()),
 }
 

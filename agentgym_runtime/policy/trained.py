@@ -151,6 +151,14 @@ class TrainedPolicy:
         """
         return self._seed("crewai", agent)
 
+    def to_ag2(self, agent: Any) -> Any:
+        """Apply the policy to an AG2 ``ConversableAgent`` (through the AG2 adapter's ``seed``).
+
+        Raises:
+            MissingExtraError: AG2 is not installed.
+        """
+        return self._seed("ag2", agent)
+
     def apply(self, agent: Any) -> Any:
         """Apply the policy to ``agent``, whatever its framework (detected from its class).
 

@@ -186,3 +186,36 @@ def test_bfcl_labels_through_crewai(agentgym_runtime: Runtime, recorded: Recorde
     assert set(total) == set(LABELS)
     rates = {kind: agree[kind] / total[kind] for kind in total}
     assert all(rate >= 0.99 for rate in rates.values()), rates
+
+
+def test_bfcl_labels_through_ag2(agentgym_runtime: Runtime, recorded: Recorded) -> None:
+    from autogen import ConversableAgent
+
+    from tests.adapters.test_ag2 import ScriptedClient, reply
+
+    cases = load_cases(CASES)
+    for index, case in enumerate(cases):
+        caller = ConversableAgent(
+            "bfcl",
+            llm_config={"config_list": [{"model": "scripted", "model_client_cls": "ScriptedClient"}]},
+            human_input_mode="NEVER",
+        )
+        executor = ConversableAgent("executor", llm_config=False, human_input_mode="NEVER")
+        # A tool known only by its JSON schema (as MCP tools are): AG2 runs whatever arguments arrive.
+        name = caller._normalize_name(case.name)  # AG2 normalizes the names the model sends
+        definition = {"name": name, "description": "BFCL function.", "parameters": case.schema}
+        caller.update_tool_signature({"type": "function", "function": definition}, is_remove=False)
+        executor.register_function({name: lambda **kwargs: "done"})
+        calls = [
+            (
+                kind,
+                "no_such_tool" if kind == "unknown_tool" else name,
+                '{"x": 1' if kind == "malformed_json" else json.dumps(arguments),
+            )
+            for kind, arguments in case.calls.items()
+        ]
+        caller.register_model_client(ScriptedClient, script=[reply(None, *calls), reply("done")], received=[])
+        wrapped = agentgym.train_online(caller, name=f"ag2-bfcl-{index}")
+        executor.initiate_chat(wrapped, message="go", max_turns=2, silent=True)
+
+    _assert_agreement(recorded, cases, "ag2-bfcl")
