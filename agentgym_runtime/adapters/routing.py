@@ -6,8 +6,9 @@ own model. Each framework needs that model in its own shape (a LangChain chat mo
 ``register_model_factory(framework, factory)``. The adapters ask :func:`routed_model`; it builds
 the model once per distinct ``LLMConfig`` and reuses it (``cache=False`` at registration builds
 a fresh one per call, for factories that hand out stateful objects). A framework adapter may
-declare a default factory (CrewAI: ``crewai.LLM``); without a factory and without a default a
-policy's ``llm`` is ignored (prompt, demonstrations and tool descriptions still apply).
+declare a default factory (CrewAI: in-process for a local model directory, else ``crewai.LLM``);
+without a factory and without a default a policy's ``llm`` is ignored (prompt, demonstrations and
+tool descriptions still apply).
 
 Example:
     >>> from agentgym_runtime.recording.policy import LLMConfig

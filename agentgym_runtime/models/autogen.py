@@ -14,14 +14,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import MissingExtraError
-from agentgym_runtime.models.engine import ChatEngine, Generation, pinned_adapter
+from agentgym_runtime.models.engine import ChatEngine, Generation, serving_adapter
 
 try:
     from autogen_core import CancellationToken, FunctionCall
@@ -113,7 +110,7 @@ class TransformersChatCompletionClient(ChatCompletionClient):
         return {
             "messages": openai_messages(messages),
             "tools": _schemas(tools) or None,
-            "adapter": Path(self.adapter) if self.adapter else pinned_adapter(self.home),
+            "adapter": serving_adapter(self.adapter, self.home),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
         }
@@ -127,13 +124,8 @@ class TransformersChatCompletionClient(ChatCompletionClient):
         )
         parsed = generation.parsed
         if parsed.is_tool_call:
-            calls = [
-                FunctionCall(id=c.id or f"call_{uuid.uuid4().hex[:12]}", name=c.name, arguments=json.dumps(c.arguments))
-                for c in parsed.tool_calls
-            ] + [
-                FunctionCall(id=f"call_{uuid.uuid4().hex[:12]}", name=c.name or "", arguments=c.text)
-                for c in parsed.invalid_tool_calls  # AutoGen reports the broken arguments back to the model
-            ]
+            # Unreadable calls too: AutoGen reports the broken arguments back to the model.
+            calls = [FunctionCall(id=c.id, name=c.name, arguments=c.arguments) for c in generation.calls()]
             return CreateResult(
                 finish_reason="function_calls", content=calls, usage=usage, cached=False, thought=parsed.content or None
             )

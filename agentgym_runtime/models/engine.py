@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,62 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     adapter: str | None = None
+
+    def calls(self) -> list[ReplyCall]:
+        """The tool calls asked for, each with an id, as the framework models hand them on: readable first.
+
+        A call the format carries no id for gets a fresh one (``call_`` + 12 hex digits); a call that could
+        not be read keeps the text the model wrote as its arguments (frameworks report it back to the model).
+
+        Example:
+            >>> from agentgym_runtime.models.chat_format import parse_completion
+            >>> text = '<tool_call>{"name": "ping", "arguments": {"n": 1}}</tool_call>'
+            >>> generation = Generation(text, parse_completion(text, "hermes"), 3, 9)
+            >>> [(c.name, c.arguments, c.valid) for c in generation.calls()]
+            [('ping', '{"n": 1}', True)]
+        """
+        parsed = self.parsed
+        return [
+            ReplyCall(c.id or new_call_id(), c.name, json.dumps(c.arguments), c.arguments) for c in parsed.tool_calls
+        ] + [ReplyCall(new_call_id(), c.name or "", c.text, None, c.error) for c in parsed.invalid_tool_calls]
+
+
+def new_call_id() -> str:
+    """A fresh tool-call id, in OpenAI's style.
+
+    Example:
+        >>> new_call_id().startswith("call_"), len(new_call_id())
+        (True, 17)
+    """
+    return f"call_{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class ReplyCall:
+    """One tool call of a completion, in the shape every framework chat model builds its own from.
+
+    Attributes:
+        id: The call id (the model's, else a fresh one).
+        name: The tool's name (``""`` when it could not be read).
+        arguments: The arguments as JSON text (for an unreadable call: the text the model wrote).
+        args: The arguments as an object (``None``: the call could not be read).
+        error: Why the call could not be read (``None`` for a readable one).
+
+    Example:
+        >>> ReplyCall("c1", "ping", "{}", {}).valid
+        True
+    """
+
+    id: str
+    name: str
+    arguments: str
+    args: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Whether the call could be read (name and JSON-object arguments)."""
+        return self.args is not None
 
 
 def adapter_digest(path: Path) -> str:
@@ -386,6 +444,18 @@ def pinned_adapter(home: str | None = None) -> Path | None:
 
     policy = current_policy()
     return resolve_adapter_path(policy, home) if policy is not None else None
+
+
+def serving_adapter(fixed: str | Path | None = None, home: str | None = None) -> Path | None:
+    """The LoRA adapter one call of a framework chat model serves: ``fixed`` if set, else the pinned policy's.
+
+    Read in the caller's context (the pinned policy is a context variable), before any hop to a worker thread.
+
+    Example:
+        >>> str(serving_adapter("/adapters/v3")), serving_adapter() is None
+        ('/adapters/v3', True)
+    """
+    return Path(fixed) if fixed else pinned_adapter(home)
 
 
 class ChatStream(Iterator[str]):

@@ -18,15 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import MissingExtraError
 from agentgym_runtime.models.chat_format import ToolCallFormat
-from agentgym_runtime.models.engine import ChatEngine, Generation, pinned_adapter
+from agentgym_runtime.models.engine import ChatEngine, Generation, serving_adapter
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -40,10 +38,6 @@ try:
     from pydantic import ConfigDict, PrivateAttr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("in-process LangChain chat model", "langchain", exc.name or "langchain_core") from exc
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:12]}"
 
 
 def _usage(generation: Generation) -> UsageMetadata:
@@ -108,7 +102,7 @@ class TransformersChatModel(BaseChatModel):
 
     def active_adapter(self) -> Path | None:
         """The LoRA adapter this call serves: the fixed one, else the pinned policy's, else none."""
-        return Path(self.adapter) if self.adapter else pinned_adapter(self.home)
+        return serving_adapter(self.adapter, self.home)
 
     def bind_tools(
         self,
@@ -138,16 +132,16 @@ class TransformersChatModel(BaseChatModel):
         }
 
     def _message(self, generation: Generation) -> AIMessage:
-        parsed = generation.parsed
+        calls = generation.calls()
         return AIMessage(
-            content=parsed.content,
+            content=generation.parsed.content,
             tool_calls=[
-                {"name": c.name, "args": c.arguments, "id": c.id or _call_id(), "type": "tool_call"}
-                for c in parsed.tool_calls
+                {"name": c.name, "args": c.args, "id": c.id, "type": "tool_call"} for c in calls if c.args is not None
             ],
             invalid_tool_calls=[
-                {"name": c.name, "args": c.text, "id": _call_id(), "error": c.error, "type": "invalid_tool_call"}
-                for c in parsed.invalid_tool_calls
+                {"name": c.name or None, "args": c.arguments, "id": c.id, "error": c.error, "type": "invalid_tool_call"}
+                for c in calls
+                if not c.valid
             ],
             usage_metadata=_usage(generation),
             response_metadata=self._metadata(generation),
@@ -188,13 +182,8 @@ class TransformersChatModel(BaseChatModel):
         generation = stream.result
         assert generation is not None  # set once the stream is exhausted
         calls = [
-            {"name": c.name, "args": json.dumps(c.arguments), "id": c.id or _call_id(), "index": i}
-            for i, c in enumerate(generation.parsed.tool_calls)
-        ]
-        offset = len(calls)
-        calls += [
-            {"name": c.name, "args": c.text, "id": _call_id(), "index": offset + i}
-            for i, c in enumerate(generation.parsed.invalid_tool_calls)
+            {"name": c.name or None, "args": c.arguments, "id": c.id, "index": i}
+            for i, c in enumerate(generation.calls())
         ]
         yield ChatGenerationChunk(
             message=AIMessageChunk(

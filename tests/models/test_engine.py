@@ -26,6 +26,7 @@ from agentgym_runtime.models.chat_format import ChatTemplateError, PadTokenError
 from agentgym_runtime.models.engine import AdapterError, ChatEngine, ContentFilter
 from agentgym_runtime.models.langchain import TransformersChatModel
 from agentgym_runtime.recording.policy import LLMConfig, Policy
+from tests.models.lora import random_adapter, trained_adapter
 from tests.trainers.chat_toy import build_model, build_tokenizer
 
 QUESTION = "where is my order 7?"
@@ -42,21 +43,6 @@ def get_order(order_id: int) -> str:
 TOOLS = [convert_to_openai_tool(get_order)]
 
 
-def _random_adapter(model_dir: Path, out: Path, seed: int, target: str | None = None) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(target or model_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)  # non-zero: the adapter changes the outputs
-    peft_model.save_pretrained(str(out))
-    return out
-
-
 def _agent_turns() -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
     """The two turns of the support agent, as the chat model sees them: (messages, the assistant's reply)."""
     call = {"name": "get_order", "args": {"order_id": 7}, "id": "c1", "type": "tool_call"}
@@ -69,30 +55,8 @@ def _agent_turns() -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
 
 
 def _trained_adapter(model_dir: Path, engine: ChatEngine, out: Path) -> Path:
-    """An adapter that learnt the agent's two turns by heart (LoRA on attention, a trained copy of the head)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from agentgym_runtime.models.chat_format import split_prompt_completion
-
-    tokenizer = engine.tokenizer
-    pairs = [split_prompt_completion(tokenizer, [*m, reply], TOOLS) for m, reply in _agent_turns()]
-    encoded = [
-        (tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(c, add_special_tokens=False)) for p, c in pairs
-    ]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
-    peft_model = get_peft_model(model, lora)
-    optimiser = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(60):  # measured: the loss falls from 6.4 to 0.04
-        for prompt, completion in encoded:
-            labels = torch.tensor([[-100] * len(prompt) + completion])
-            peft_model(input_ids=torch.tensor([prompt + completion]), labels=labels).loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-    peft_model.save_pretrained(str(out))
-    return out
+    """An adapter that learnt the agent's two turns by heart (measured: the loss falls from 6.4 to 0.04)."""
+    return trained_adapter(model_dir, engine.tokenizer, out, [(m, TOOLS, reply) for m, reply in _agent_turns()])
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +67,8 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "model": model_dir,
         "engine": engine,
-        "a1": _random_adapter(model_dir, root / "a1", seed=1),
-        "a2": _random_adapter(model_dir, root / "a2", seed=2),
+        "a1": random_adapter(model_dir, root / "a1", seed=1),
+        "a2": random_adapter(model_dir, root / "a2", seed=2),
         "trained": _trained_adapter(model_dir, engine, root / "trained"),
         "root": root,
     }
@@ -284,7 +248,7 @@ def test_bad_input_gives_clear_errors(toy: dict[str, Any], tmp_path: Path) -> No
     LlamaForCausalLM(
         LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     ).save_pretrained(str(other))
-    foreign = _random_adapter(toy["model"], tmp_path / "foreign", seed=3, target=str(other))
+    foreign = random_adapter(toy["model"], tmp_path / "foreign", seed=3, target=str(other))
     loaded = set(engine._loaded)
     with pytest.raises(AdapterError, match=r"trained on base model .*other-model"):
         engine.generate(messages, adapter=foreign)

@@ -32,9 +32,12 @@ nothing arrives after the episode closed):
   message list is restored), never to the shared agent: ``system_prompt`` replaces the agent's
   backstory in the system message, ``tool_descriptions`` replace the rendered tool descriptions,
   demonstrations are inserted after the system message in CrewAI's ReAct text format, and
-  ``llm`` routes the call to an LLM from the shared registry (:func:`register_llm_factory`,
-  default ``crewai.LLM``), falling back once to the incumbent when that endpoint cannot be reached
-  (the adapters' one per-call path, :mod:`agentgym_runtime.adapters.seeding`).
+  ``llm`` routes the call to an LLM from the shared registry (:func:`register_llm_factory`; by
+  default an in-process :class:`~agentgym_runtime.models.crewai.TransformersLLM` for a local model
+  directory, else ``crewai.LLM``), falling back once to the incumbent when that endpoint cannot be
+  reached (the adapters' one per-call path, :mod:`agentgym_runtime.adapters.seeding`). An agent
+  whose LLM already serves the policy (a ``TransformersLLM`` of the same base model, which reads the
+  pinned adapter per call) keeps it.
 
 The package: :mod:`.messages` (the policy on CrewAI messages), :mod:`.llms` (routed LLMs),
 :mod:`.hooks` (the patch table and what it records), this module (the adapter).

@@ -17,9 +17,8 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -45,6 +44,7 @@ from agentgym_runtime.adapters.fallback import call_with_fallback
 from agentgym_runtime.adapters.patches import PatchTable
 from agentgym_runtime.adapters.seeding import effective_policy
 from agentgym_runtime.errors import ToolArgumentsError
+from agentgym_runtime.models.crewai import tool_definitions
 from agentgym_runtime.recording.capture import LlmCall, ToolCall, record_tool_failure, start_llm_call
 from agentgym_runtime.recording.context import RequestedToolCall, current_agent_var, current_episode_var
 from agentgym_runtime.recording.episodes import AgentOptions
@@ -88,37 +88,6 @@ def crewai_version() -> str:
 
 #: What the last :func:`install` could not hook on this crewai (empty when everything is captured).
 MISSING: list[str] = []
-
-
-@lru_cache(maxsize=512)
-def _schema_of(args_schema: type) -> Mapping[str, Any] | None:
-    try:
-        schema: Mapping[str, Any] = args_schema.model_json_schema()  # type: ignore[attr-defined]
-        return schema
-    except Exception:
-        return None
-
-
-def _raw_description(tool: Any) -> str:
-    description = str(getattr(tool, "description", "") or "")
-    marker = "Tool Description: "
-    return description.split(marker, 1)[1] if marker in description else description
-
-
-def _tool_definitions(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
-    if tools is None:
-        return None
-    definitions = []
-    for tool in tools:
-        schema = getattr(tool, "args_schema", None)
-        definitions.append(
-            {
-                "name": str(getattr(tool, "name", "")),
-                "description": _raw_description(tool),
-                "parameters": _schema_of(schema) if isinstance(schema, type) else None,
-            }
-        )
-    return definitions
 
 
 def _requested_calls(answer: Any) -> list[RequestedToolCall]:
@@ -378,7 +347,7 @@ class _Instrumentation:
                 applied, origin = policy_messages(policy, request)
             if policy.llm is not None and isinstance(llm, BaseLLM):
                 llm = routed_llm(policy.llm, llm)
-        definitions = _tool_definitions(tools)
+        definitions = tool_definitions(tools)
         if definitions is not None and policy is not None and policy.tool_descriptions:
             for definition in definitions:
                 if definition["name"] in policy.tool_descriptions:
