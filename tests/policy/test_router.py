@@ -239,8 +239,13 @@ def test_gate_rolls_back_a_regression_in_the_background(agentgym_runtime: Runtim
         scripted_episode("support", f"u{i}", {0: 0.95, 1: 0.5}, rng)
         if registry.state("support").canary is None:
             break
+    # The background judgement writes the pointers, then appends its event (both under the agent's
+    # lock); this test reads without the lock, so it waits for both.
     deadline = time.time() + 10
-    while registry.state("support").canary is not None and time.time() < deadline:
+    while time.time() < deadline and (
+        registry.state("support").canary is not None
+        or not any(e.to_status == "rolled_back" for e in registry.events("support"))
+    ):
         time.sleep(0.05)
     state = registry.state("support")
     assert (state.live, state.canary, state.status_of(1)) == (0, None, PolicyStatus.ROLLED_BACK)

@@ -110,7 +110,11 @@ class PolicyFiles:
             raise PolicyError(f"{path} is not a valid pointers document: {exc!r}") from exc
 
     def events(self, agent: str) -> list[PolicyEvent]:
-        """Every logged transition and decision of ``agent``, oldest first."""
+        """Every logged transition and decision of ``agent``, oldest first.
+
+        A transition writes the pointers, then appends its events, both under the agent's lock; a
+        reader that saw the new pointers without taking the lock may see their event a moment later.
+        """
         return self.events_from(agent, 0)[0]
 
     def events_from(self, agent: str, offset: int) -> tuple[list[PolicyEvent], int]:
