@@ -111,6 +111,11 @@ class Adapter:
             cls._instrument_count += 1
             cls._auto_opt_out = False
 
+    @property
+    def instrumented(self) -> bool:
+        """Whether the framework-wide hooks are installed now."""
+        return type(self)._instrument_count > 0
+
     def uninstrument(self) -> None:
         """Release one :meth:`instrument`; the hooks go away with the last release."""
         cls = type(self)

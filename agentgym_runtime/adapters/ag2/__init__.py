@@ -62,11 +62,6 @@ class AG2Adapter(Adapter, framework=FRAMEWORK, hook_module=hooks, entry_points=_
         'ag2'
     """
 
-    @property
-    def instrumented(self) -> bool:
-        """Whether the hooks are installed now."""
-        return type(self)._instrument_count > 0
-
     def wrap(self, obj: Any, options: AgentOptions) -> Any:
         """Proxy ``obj``; remember the name it is recorded under (for chats others start with it)."""
         try:

@@ -97,11 +97,6 @@ class AutoGenAdapter(Adapter, framework=FRAMEWORK, hook_module=hooks, entry_poin
         'autogen'
     """
 
-    @property
-    def instrumented(self) -> bool:
-        """Whether the class-level hooks are installed now."""
-        return type(self)._instrument_count > 0
-
     def wrap(self, obj: Any, options: AgentOptions) -> Any:
         """Proxy ``obj``; remember its recorded name and, for a team, its participants."""
         if isinstance(obj, BaseGroupChat):
