@@ -216,7 +216,8 @@ class Collector:
         refused = self._refuse(request)
         if refused is not None:
             return refused
-        return JSONResponse(self.status())
+        # In a thread: the first answer may wait for pyarrow's import (``formats``).
+        return JSONResponse(await asyncio.to_thread(self.status))
 
     async def _sql(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, Response
