@@ -1,11 +1,16 @@
 """Collector benchmarks (issue 13), ratios side by side with today's in-process writer.
 
-1. Spans/s into the store: 4 sender processes POSTing OTLP protobuf to ``agentgym collect``
-   against one process writing the same spans in-process (``DuckDBSpanExporter``).
+1. Spans/s into the store: 4 sender processes POSTing pre-encoded bodies to ``agentgym collect``
+   against one process writing the same spans in-process (``DuckDBSpanExporter``). Two bodies:
+   standard OTLP protobuf (what any OTel SDK sends) and agentgym's rows as Arrow IPC (what an
+   agentgym worker sends to a collector that reads it, ``collectors/otlp/rows_wire.py``).
 2. Calling-thread cost per tool call (one episode with one tool call per iteration): a
-   process exporting to a collector against the in-process path.
+   process exporting to a collector against the in-process path, alternated in rounds.
 
-Run: ``nice .venv/bin/python benchmarks/bench_collector.py [--spans 400000]``.
+Every subprocess (collector, senders, workers) imports the ``agentgym_runtime`` of ``--tree``
+(default: the checkout this file is in), not whatever the virtual environment has installed.
+
+Run: ``nice .venv/bin/python benchmarks/bench_collector.py [--spans 400000] [--tree PATH]``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,22 @@ import httpx
 from benchmarks._util import machine
 
 BATCH = 1024
+TREE = Path(__file__).resolve().parents[1]
+ROWS = "application/vnd.agentgym.rows+arrow"
+
+
+def _env(tree: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), **extra}
+
+
+def _collect(tree: Path, home: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from agentgym_runtime.cli import main; main()", "collect", "--home", str(home),
+         "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+        env=_env(tree),
+        cwd=str(tree),
+    )  # fmt: skip
 
 
 def _spans(n: int, seed: int) -> list:
@@ -51,21 +72,30 @@ def _spans(n: int, seed: int) -> list:
     return list(memory.get_finished_spans())
 
 
-def _sender(endpoint: str, spans: int, seed: int) -> None:
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
+def _sender(endpoint: str, spans: int, seed: int, body: str) -> None:
     made = _spans(spans, seed)
-    payloads = [encode_spans(made[i : i + BATCH]).SerializeToString() for i in range(0, len(made), BATCH)]
+    if body == "rows":
+        from agentgym_runtime.collectors.otlp.rows_wire import encode_batch
+        from agentgym_runtime.collectors.rows import arrow_ready, preload_arrow, span_rows
+
+        preload_arrow()
+        arrow_ready(60)
+        payloads = [encode_batch(span_rows(made[i : i + BATCH])) for i in range(0, len(made), BATCH)]
+        content_type = ROWS
+    else:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        payloads = [encode_spans(made[i : i + BATCH]).SerializeToString() for i in range(0, len(made), BATCH)]
+        content_type = "application/x-protobuf"
     print("ready", flush=True)
     sys.stdin.readline()
     with httpx.Client(timeout=60) as client:
-        for body in payloads:
+        for payload in payloads:
             while True:
-                response = client.post(
-                    f"{endpoint}/v1/traces", content=body, headers={"content-type": "application/x-protobuf"}
-                )
+                response = client.post(f"{endpoint}/v1/traces", content=payload, headers={"content-type": content_type})
                 if response.status_code == 200:
                     break
+                assert response.status_code in (429, 503), response.text
                 time.sleep(float(response.headers.get("retry-after", "0.1")))
 
 
@@ -75,14 +105,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def throughput_collector(total: int) -> float:
+def throughput_collector(total: int, body: str = "otlp", tree: Path = TREE) -> float:
+    """Spans/s from 4 sender processes into a collector (``body``: ``otlp`` or ``rows``)."""
     home = Path(tempfile.mkdtemp())
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    collector = subprocess.Popen(
-        [str(Path(sys.executable).parent / "agentgym"), "collect", "--home", str(home), "--port", str(port)],
-        stderr=subprocess.DEVNULL,
-    )
+    collector = _collect(tree, home, port)
     try:
         for _ in range(300):
             try:
@@ -93,10 +121,11 @@ def throughput_collector(total: int) -> float:
         per = total // 4
         senders = [
             subprocess.Popen(
-                [sys.executable, __file__, "--sender", endpoint, str(per), str(seed)],
+                [sys.executable, __file__, "--sender", endpoint, str(per), str(seed), body],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                env=_env(tree),
             )
             for seed in range(4)
         ]
@@ -163,26 +192,32 @@ print(statistics.median(samples))
 """
 
 
-def per_call(endpoint: str | None) -> float:
-    home = tempfile.mkdtemp()
-    env = {**os.environ, "AGENTGYM_HOME": home}
+def per_call(endpoint: str | None, tree: Path = TREE) -> float:
+    """Median ns per episode on the calling thread, in-process (``endpoint=None``) or exporting to it."""
+    extra = {"AGENTGYM_HOME": tempfile.mkdtemp()}
     if endpoint:
-        env["AGENTGYM_COLLECTOR_ENDPOINT"] = endpoint
-    out = subprocess.run([sys.executable, "-c", _CALL_LOOP], env=env, check=True, capture_output=True, text=True)
+        extra["AGENTGYM_COLLECTOR_ENDPOINT"] = endpoint
+    out = subprocess.run(
+        [sys.executable, "-c", _CALL_LOOP], env=_env(tree, **extra), cwd=str(tree), check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def per_call_pair() -> tuple[float, float]:
+def per_call_pair(rounds: int = 3, tree: Path = TREE) -> tuple[list[float], list[float]]:
+    """In-process and collector per-call samples, alternated ``rounds`` times against one collector."""
     home = Path(tempfile.mkdtemp())
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    collector = subprocess.Popen(
-        [str(Path(sys.executable).parent / "agentgym"), "collect", "--home", str(home), "--port", str(port)],
-        stderr=subprocess.DEVNULL,
-    )
+    collector = _collect(tree, home, port)
     try:
         time.sleep(3)
-        return per_call(None), per_call(endpoint)
+        local: list[float] = []
+        remote: list[float] = []
+        for _ in range(rounds):
+            local.append(per_call(None, tree))
+            remote.append(per_call(endpoint, tree))
+        return local, remote
     finally:
         collector.terminate()
         collector.wait(60)
@@ -191,22 +226,27 @@ def per_call_pair() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans", type=int, default=200_000)
-    parser.add_argument("--sender", nargs=3)
+    parser.add_argument("--tree", type=Path, default=TREE)
+    parser.add_argument("--sender", nargs=4)
     args = parser.parse_args()
     if args.sender:
-        _sender(args.sender[0], int(args.sender[1]), int(args.sender[2]))
+        _sender(args.sender[0], int(args.sender[1]), int(args.sender[2]), args.sender[3])
         return
-    print(machine())
+    print(machine(), f"load average {os.getloadavg()[0]:.2f}")
     base = throughput_in_process(args.spans)
-    through = statistics.median([throughput_collector(args.spans) for _ in range(2)])
+    otlp = statistics.median([throughput_collector(args.spans, "otlp", args.tree) for _ in range(2)])
+    rows = statistics.median([throughput_collector(args.spans, "rows", args.tree) for _ in range(2)])
     print(
-        f"spans/s into the store: in-process writer {base:,.0f}; collector from 4 processes {through:,.0f} "
-        f"({through / base:.2f}x; target >= 50,000)"
+        f"spans/s into the store: in-process writer {base:,.0f}; collector from 4 processes, OTLP protobuf "
+        f"{otlp:,.0f} ({otlp / base:.2f}x), agentgym rows {rows:,.0f} ({rows / base:.2f}x) (target >= 50,000)"
     )
-    local, remote = per_call_pair()
+    local, remote = per_call_pair(3, args.tree)
+    ratios = [r / lo for lo, r in zip(local, remote, strict=True)]
     print(
-        f"calling-thread cost per episode with one tool call: in-process {local / 1000:.1f} us; "
-        f"exporting to a collector {remote / 1000:.1f} us ({remote / local:.2f}x; target <= 1.2x)"
+        f"calling-thread cost per episode with one tool call: in-process {statistics.median(local) / 1000:.1f} us; "
+        f"exporting to a collector {statistics.median(remote) / 1000:.1f} us (round ratios "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x; target <= 1.2x); "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
 
 

@@ -43,7 +43,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agentgym_runtime.collectors.journal import Journal
-from agentgym_runtime.collectors.rows import Row, RowBatch, SpanRecord, preload_arrow, span_rows, to_arrow
+from agentgym_runtime.collectors.rows import Row, RowBatch, SpanRecord, SpanRows, preload_arrow, span_rows, to_arrow
 from agentgym_runtime.collectors.schema import SPAN_COLUMNS
 from agentgym_runtime.collectors.stats import PipelineStats
 from agentgym_runtime.collectors.store import TraceStore
@@ -130,6 +130,9 @@ class DuckDBSpanExporter(SpanExporter):
             leaves the retry buffer (committed, quarantined or dropped) are settled in it.
     """
 
+    #: The span processor hands this exporter ``SpanRecord`` rows instead of spans.
+    accepts_records = True
+
     def __init__(
         self,
         store: TraceStore,
@@ -158,7 +161,7 @@ class DuckDBSpanExporter(SpanExporter):
         self._shutdown = False
         self._quarantined_files = 0
 
-    def export(self, spans: Sequence[ReadableSpan | SpanRecord]) -> SpanExportResult:
+    def export(self, spans: Sequence[ReadableSpan | SpanRecord | SpanRows]) -> SpanExportResult:
         """Convert ``spans`` (or the records made of them as they ended) to rows and write them.
 
         What cannot be written now stays in the retry buffer for the next attempt.

@@ -292,19 +292,23 @@ class Journal:
                 return
         self._append(frame(payload), record[_SPAN_ID_AT])
 
-    def write_span(self, span: ReadableSpan) -> None:
-        """Journal the rows of a span the processor did not turn into a record (a root, feedback)."""
+    def write_span(self, span: ReadableSpan) -> RowBatch | None:
+        """Journal the rows of a span the processor did not turn into a record (a root, feedback).
+
+        Returns the rows built for it (``None`` when inactive or unconvertible), so that they
+        travel on to the writer instead of being built a second time there.
+        """
         if not self.active:
-            return
+            return None
         try:
             batch = span_rows([span])
             if not batch.spans:
-                return
+                return None
             pairs = [("s", batch.spans[0])]
             pairs += [("e", row) for row in batch.episodes] + [("f", row) for row in batch.feedback]
         except Exception:
             self.stats.add(unconvertible=1)
-            return
+            return None
         try:
             payload = _fast_payload(tuple(item for pair in pairs for item in pair))
         except Exception:
@@ -312,8 +316,9 @@ class Journal:
                 payload = encode_rows(pairs)
             except Exception:
                 self.stats.add(unconvertible=1)
-                return
+                return batch
         self._append(frame(payload), batch.spans[0][_SPAN_ID_AT])
+        return batch
 
     def _append(self, data: bytes, span_id: Any) -> None:
         # A copy into a shared mapping of the file: no system call, so the agent's thread keeps

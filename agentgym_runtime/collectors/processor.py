@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from agentgym_runtime import semconv
 from agentgym_runtime.collectors.exporter import DuckDBSpanExporter
 from agentgym_runtime.collectors.journal import Journal
-from agentgym_runtime.collectors.rows import span_record
+from agentgym_runtime.collectors.rows import SpanRows, span_record
 from agentgym_runtime.collectors.stats import PipelineStats
 
 logger = logging.getLogger("agentgym_runtime.processor")
@@ -61,14 +61,16 @@ class EpisodeSpanProcessor(SpanProcessor):
     def set_pipeline(self, pipeline: SpanProcessor | None, stats: PipelineStats | None) -> None:
         """Route from now on to ``pipeline`` (``None`` stops routing).
 
-        A pipeline that ends in a :class:`DuckDBSpanExporter` (the runtime's batch processor)
-        receives each span as a :class:`~agentgym_runtime.collectors.rows.SpanRecord`; any
-        other pipeline receives the spans themselves. An exporter with a ``journal`` (the owner
-        of a shared home, or a process that may become it) has each span journaled as it ends
-        while the journal is active; the span then travels as its record too.
+        A pipeline that ends in an exporter that ``accepts_records`` (the in-process
+        :class:`DuckDBSpanExporter`, the collector client) receives each span as a
+        :class:`~agentgym_runtime.collectors.rows.SpanRecord`; any other pipeline receives the
+        spans themselves. An exporter with a ``journal`` (the owner of a shared home, or a
+        process that may become it) has each span journaled as it ends while the journal is
+        active; the span then travels as its record too, and an episode root or feedback span
+        as the :class:`~agentgym_runtime.collectors.rows.SpanRows` built for the journal.
         """
         exporter = getattr(pipeline, "span_exporter", None)
-        self._records = isinstance(exporter, DuckDBSpanExporter)
+        self._records = isinstance(exporter, DuckDBSpanExporter) or getattr(exporter, "accepts_records", False) is True
         journal = getattr(exporter, "journal", None)
         self._journal = journal if isinstance(journal, Journal) else None
         self._pipeline = pipeline
@@ -106,16 +108,19 @@ class EpisodeSpanProcessor(SpanProcessor):
                     record = span_record(span)
                 except Exception:  # the writer converts the span itself (and counts it if that fails too)
                     logger.debug("agentgym: converting a span as it ended failed", exc_info=True)
+            item: object = span if record is None else record
             if journaling:
                 # Before queueing: once journaled, the row survives a SIGKILL of this process.
                 assert journal is not None
                 if record is not None:
                     journal.write_record(record)
                 else:
-                    journal.write_span(span)
+                    built = journal.write_span(span)
+                    if built is not None and self._records:
+                        item = SpanRows(built)  # the writer takes these rows as they are
             # A record instead of the span: one tuple waits in the queue, not the span's ~10
             # objects, which kept the garbage collector busy on the agent's thread.
-            pipeline.on_end(span if record is None else cast("ReadableSpan", record))
+            pipeline.on_end(cast("ReadableSpan", item))
 
     def shutdown(self) -> None:
         """Shut the current pipeline down (called by the provider's own shutdown)."""

@@ -198,6 +198,47 @@ def test_router_hands_records_only_to_a_store_pipeline() -> None:
     assert other.items == spans
 
 
+def test_router_hands_records_to_the_collector_client_and_journaled_roots_as_their_rows(tmp_path: Path) -> None:
+    from agentgym_runtime.collectors.journal import Journal
+    from agentgym_runtime.collectors.otlp.client import CollectorSpanExporter
+    from agentgym_runtime.collectors.otlp.spool import Spool
+
+    spans = _spans()
+    router = EpisodeSpanProcessor(lambda: None)
+    client = CollectorSpanExporter(lambda: None, spool=Spool(tmp_path / "spool"))
+    try:
+        to_collector = _Recording(client)
+        router.set_pipeline(to_collector, None)
+        for span in spans:
+            router.on_end(span)
+        assert [type(item).__name__ for item in to_collector.items] == [
+            *["SpanRecord"] * 4,
+            "ReadableSpan",
+            "ReadableSpan",
+        ]
+    finally:
+        client.shutdown()
+
+    # The owner journals each span as it ends; the root's and the feedback span's rows, built
+    # for the journal, travel to the writer as they are and are stored as the spans give them.
+    journal = Journal(tmp_path / "journal")
+    writer = DuckDBSpanExporter(TraceStore(":memory:"), journal=journal)
+    owner = _Recording(writer)
+    router.set_pipeline(owner, None)
+    for span in spans:
+        router.on_end(span)
+    assert [type(item).__name__ for item in owner.items] == [*["SpanRecord"] * 4, "SpanRows", "SpanRows"]
+    assert journal.outstanding == 6
+    assert writer.export(owner.items).name == "SUCCESS"
+    assert journal.outstanding == 0
+    expected = span_rows(spans)
+    stored = writer.store
+    assert sorted(stored.query(f"SELECT {', '.join(SPAN_COLUMNS)} FROM spans")) == sorted(expected.spans)
+    assert stored.query("SELECT * FROM episodes") == expected.episodes
+    assert stored.query("SELECT * FROM feedback") == expected.feedback
+    journal.close()
+
+
 def _plain_tool() -> agentgym.Tool[..., Any]:
     def lookup(order_id: int, note: str = "", weight: float = 1.0, rush: bool = False) -> str:
         return f"{order_id}{note}{weight}{rush}"

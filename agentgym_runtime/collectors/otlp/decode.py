@@ -90,6 +90,28 @@ class DecodedRows:
         return len(self.batch.spans)
 
 
+def inflate(body: bytes, content_encoding: str | None, *, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """``body`` as sent, un-gzipped if ``content_encoding`` says so (at most ``max_bytes``).
+
+    Raises:
+        MalformedPayloadError: An unknown encoding, bad gzip, or a body past ``max_bytes``.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = inflater.decompress(body, max_bytes + 1)
+        except zlib.error as exc:
+            raise MalformedPayloadError(f"body is not valid gzip: {exc}") from None
+        if len(body) > max_bytes:
+            raise MalformedPayloadError(f"body is larger than {max_bytes} bytes once decompressed")
+        if not inflater.eof:
+            raise MalformedPayloadError("body is not valid gzip: truncated stream")
+    elif encoding not in ("identity", ""):
+        raise MalformedPayloadError(f"unsupported Content-Encoding {content_encoding!r} (use gzip or none)")
+    return body
+
+
 def decode_request(
     body: bytes, content_type: str | None, content_encoding: str | None, *, max_bytes: int = 64 * 1024 * 1024
 ) -> ExportTraceServiceRequest:
@@ -105,19 +127,7 @@ def decode_request(
         MalformedPayloadError: Unknown encoding or content type, bad or oversized gzip, bad
             protobuf or JSON.
     """
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "gzip":
-        try:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            body = inflater.decompress(body, max_bytes + 1)
-        except zlib.error as exc:
-            raise MalformedPayloadError(f"body is not valid gzip: {exc}") from None
-        if len(body) > max_bytes:
-            raise MalformedPayloadError(f"body is larger than {max_bytes} bytes once decompressed")
-        if not inflater.eof:
-            raise MalformedPayloadError("body is not valid gzip: truncated stream")
-    elif encoding not in ("identity", ""):
-        raise MalformedPayloadError(f"unsupported Content-Encoding {content_encoding!r} (use gzip or none)")
+    body = inflate(body, content_encoding, max_bytes=max_bytes)
     kind = (content_type or PROTOBUF).split(";")[0].strip().lower()
     request = ExportTraceServiceRequest()
     if kind == PROTOBUF:

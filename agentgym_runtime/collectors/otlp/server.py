@@ -6,9 +6,10 @@ and refuses to listen anywhere else without a bearer token; request bodies are b
 ``400`` with the reason (counted), and a full write queue ``429`` with ``Retry-After``.
 
 Routes:
-    ``POST /v1/traces``: an OTLP ``ExportTraceServiceRequest`` (protobuf or JSON, gzip or not);
-    answered once the spans are committed.
-    ``GET /v1/status``: the collector's counters and the store it owns.
+    ``POST /v1/traces``: an OTLP ``ExportTraceServiceRequest`` (protobuf or JSON, gzip or not),
+    or agentgym's own rows as Arrow IPC (:mod:`.rows_wire`, what agentgym workers send when
+    both sides have pyarrow); answered once the spans are committed.
+    ``GET /v1/status``: the collector's counters, the store it owns and the body ``formats`` it reads.
     ``POST /v1/sql``: ``{"sql": ..., "params": [...]}`` → ``{"columns": [...], "rows": [...]}``
     (``"format": "arrow"`` answers an Arrow IPC stream).
 
@@ -34,9 +35,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agentgym_runtime.collectors.otlp.decode import JSON, PROTOBUF, MalformedPayloadError, decode_request, request_rows
+from agentgym_runtime.collectors.otlp import rows_wire
+from agentgym_runtime.collectors.otlp.decode import (
+    JSON,
+    PROTOBUF,
+    MalformedPayloadError,
+    decode_request,
+    inflate,
+    request_rows,
+)
 from agentgym_runtime.collectors.otlp.query import run_sql, run_sql_arrow
 from agentgym_runtime.collectors.otlp.sink import Overloaded, SinkStats, StoreSink, batch_id
+from agentgym_runtime.collectors.rows import preload_arrow
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
 
@@ -123,6 +133,7 @@ class Collector:
         self.sink = StoreSink(store, max_queued_spans=self.limits.max_queued_spans, stats=self.stats)
         self._rate = _RateLimiter(self.limits.requests_per_s, self.limits.burst)
         self.started_at = time.time()
+        preload_arrow()  # rows bodies are read with pyarrow, imported off the request path
         self.app = Starlette(
             routes=[
                 Route("/v1/traces", self._traces, methods=["POST"]),
@@ -163,28 +174,39 @@ class Collector:
                 self.stats.add(too_large=1)
                 return JSONResponse({"error": f"body over {self.limits.max_body_bytes} bytes"}, status_code=413)
         content_type = request.headers.get("content-type", PROTOBUF)
+        kind = content_type.split(";")[0].strip().lower()
+        payload = bytes(body)
         try:
-            decoded = decode_request(
-                bytes(body),
-                content_type,
-                request.headers.get("content-encoding"),
-                max_bytes=self.limits.max_decompressed_bytes,
-            )
-            rows = request_rows(decoded)
+            if kind == rows_wire.CONTENT_TYPE:
+                rows: Any = rows_wire.decode_batch(
+                    inflate(
+                        payload, request.headers.get("content-encoding"), max_bytes=self.limits.max_decompressed_bytes
+                    )
+                )
+            else:
+                decoded = decode_request(
+                    payload,
+                    content_type,
+                    request.headers.get("content-encoding"),
+                    max_bytes=self.limits.max_decompressed_bytes,
+                )
+                rows = request_rows(decoded)
         except MalformedPayloadError as exc:
             self.stats.add(malformed=1)
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            future = self.sink.submit(batch_id(bytes(body)), rows)
+            future = self.sink.submit(batch_id(payload), rows)
         except Overloaded as exc:
             return JSONResponse(
                 {"error": str(exc)}, status_code=429, headers={"Retry-After": str(max(1, round(exc.retry_after_s)))}
             )
         try:
             await asyncio.wrap_future(future)
+        except MalformedPayloadError as exc:  # the store refused this request's own rows
+            return JSONResponse({"error": str(exc)}, status_code=400)
         except Exception as exc:  # the store could not be written: the client keeps the batch
             return JSONResponse({"error": f"store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "1"})
-        if content_type.split(";")[0].strip().lower() == JSON:
+        if kind in (JSON, rows_wire.CONTENT_TYPE):
             return Response(b"{}", media_type=JSON)
         return Response(b"", media_type=PROTOBUF)  # an empty ExportTraceServiceResponse
 
@@ -194,7 +216,8 @@ class Collector:
         refused = self._refuse(request)
         if refused is not None:
             return refused
-        return JSONResponse(self.status())
+        # In a thread: the first answer may wait for pyarrow's import (``formats``).
+        return JSONResponse(await asyncio.to_thread(self.status))
 
     async def _sql(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, Response
@@ -228,8 +251,14 @@ class Collector:
             "store": self.store.path,
             "started_at": self.started_at,
             "queued_spans": self.sink.queued_spans,
+            "formats": self.formats(),
             "stats": self.stats.snapshot(),
         }
+
+    def formats(self) -> list[str]:
+        """The ``/v1/traces`` body types this collector reads (agentgym's rows need pyarrow)."""
+        extra = [rows_wire.CONTENT_TYPE] if rows_wire.available() else []
+        return [PROTOBUF, JSON, *extra]
 
 
 def _arrow_ipc(table: Any) -> bytes:

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -32,9 +33,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime import semconv
-from agentgym_runtime.collectors.exporter import _append
-from agentgym_runtime.collectors.otlp.decode import DecodedRows
+from agentgym_runtime.collectors.exporter import _append, is_data_error
+from agentgym_runtime.collectors.otlp.decode import DecodedRows, MalformedPayloadError
+from agentgym_runtime.collectors.otlp.rows_wire import RowTables
 from agentgym_runtime.collectors.rows import RowBatch
+from agentgym_runtime.collectors.schema import EPISODE_COLUMNS, FEEDBACK_COLUMNS, SPAN_COLUMNS
 from agentgym_runtime.collectors.store import TraceStore
 
 if TYPE_CHECKING:
@@ -95,10 +98,14 @@ class SinkStats:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
+class RejectedRows(MalformedPayloadError):
+    """The store refused a request's rows for a data reason (alone in its transaction)."""
+
+
 @dataclass(slots=True)
 class _Item:
     batch_id: str
-    rows: DecodedRows
+    rows: DecodedRows | RowTables
     future: Future[str]
 
 
@@ -144,8 +151,12 @@ class StoreSink:
             self._thread.start()
         return self
 
-    def submit(self, batch_id: str, rows: DecodedRows) -> Future[str]:
+    def submit(self, batch_id: str, rows: DecodedRows | RowTables) -> Future[str]:
         """Queue ``rows``; the future gives ``"written"`` or ``"duplicate"`` once committed.
+
+        Rows decoded from OTLP and Arrow tables of agentgym's own format
+        (:mod:`.rows_wire`) are committed together. The future raises :class:`RejectedRows`
+        when the store refuses a request's own rows (the others of its group are written).
 
         Raises:
             Overloaded: The queue holds ``max_queued_spans`` already.
@@ -210,34 +221,71 @@ class StoreSink:
                     duplicates += [item for item in fresh if item.batch_id in known]
                     fresh = [item for item in fresh if item.batch_id not in known]
             if fresh:
-                merged = RowBatch()
-                roots: dict[str, tuple[Any, ...]] = {}
-                for item in fresh:
-                    merged.extend(item.rows.batch)
-                    roots.update(item.rows.foreign_roots)
-                now = datetime.now(UTC)
-                marks = [(item.batch_id, item.rows.span_count, now) for item in fresh]
-                episodes = self.store.write(lambda con: _commit(con, merged, roots, marks))
-                self.stats.add(
-                    spans_written=len(merged.spans),
-                    episodes_written=len(merged.episodes) + episodes,
-                    write_transactions=1,
-                )
-                for item in fresh:
-                    self._remember(item.batch_id)
+                try:
+                    self._commit_items(fresh)
+                except Exception as exc:
+                    if len(fresh) == 1 or not is_data_error(exc):
+                        raise
+                    # One request's rows are refused by the store: commit the others each alone.
+                    self._commit_alone(fresh)
+                    fresh = []
             if duplicates:
                 self.stats.add(duplicate_batches=len(duplicates))
         except Exception as exc:
-            self.stats.add(write_failures=1)
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning("agentgym collector: could not write %d requests: %s", len(group), exc)
-            for item in group:
-                item.future.set_exception(exc)
+            self._failed(group, exc)
             return
         for item in fresh:
             item.future.set_result("written")
         for item in duplicates:
             item.future.set_result("duplicate")
+
+    def _commit_items(self, items: list[_Item]) -> None:
+        merged = RowBatch()
+        roots: dict[str, tuple[Any, ...]] = {}
+        tables: dict[str, list[Any]] = {}
+        spans = episodes = 0
+        for item in items:
+            rows = item.rows
+            if isinstance(rows, RowTables):
+                for name, table in rows.tables.items():
+                    tables.setdefault(name, []).append(table)
+                spans += rows.span_count
+                episodes += rows.episode_count
+            else:
+                merged.extend(rows.batch)
+                roots.update(rows.foreign_roots)
+        now = datetime.now(UTC)
+        marks = [(item.batch_id, item.rows.span_count, now) for item in items]
+        episodes += self.store.write(lambda con: _commit(con, merged, roots, marks, tables))
+        self.stats.add(
+            spans_written=len(merged.spans) + spans,
+            episodes_written=len(merged.episodes) + episodes,
+            write_transactions=1,
+        )
+        for item in items:
+            self._remember(item.batch_id)
+
+    def _commit_alone(self, items: list[_Item]) -> None:
+        for item in items:
+            try:
+                self._commit_items([item])
+            except Exception as exc:
+                if is_data_error(exc):
+                    self.stats.add(write_failures=1, malformed=1)
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    item.future.set_exception(RejectedRows(f"the store refused these rows: {exc}"))
+                else:
+                    self._failed([item], exc)
+                continue
+            item.future.set_result("written")
+
+    def _failed(self, items: list[_Item], exc: Exception) -> None:
+        self.stats.add(write_failures=1)
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        logger.warning("agentgym collector: could not write %d requests: %s", len(items), exc)
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _remember(self, batch: str) -> None:
         self._recent[batch] = None
@@ -259,15 +307,44 @@ class StoreSink:
         return {row[0] for row in rows}
 
 
+_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "spans": SPAN_COLUMNS,
+    "episodes": tuple(name for name, _ in EPISODE_COLUMNS),
+    "feedback": tuple(name for name, _ in FEEDBACK_COLUMNS),
+}
+_ARROW_VIEW = "__agentgym_collector_rows"
+
+
 def _commit(
     con: duckdb.DuckDBPyConnection,
     batch: RowBatch,
     roots: dict[str, tuple[Any, ...]],
     marks: list[tuple[str, int, datetime]],
+    tables: dict[str, list[Any]] | None = None,
 ) -> int:
-    _append(con, batch)
+    if len(batch):
+        _append(con, batch)
+    for name, parts in (tables or {}).items():
+        _insert_arrow(con, name, parts)
     con.executemany("INSERT INTO otlp_batches VALUES (?, ?, ?)", marks)
     return _foreign_episodes(con, roots) if roots else 0
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, name: str, parts: list[Any]) -> None:
+    """One ``INSERT ... SELECT`` per table over the requests' Arrow tables (DuckDB reads them without the GIL)."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    con.register(_ARROW_VIEW, table)
+    try:
+        con.execute(f"INSERT INTO {name} ({', '.join(_TABLE_COLUMNS[name])}) SELECT * FROM {_ARROW_VIEW}")
+    except Exception:
+        # In an aborted transaction unregistering fails too: DuckDB's verdict on the rows is
+        # the error to report (the writer splits the group on a data error).
+        with contextlib.suppress(Exception):
+            con.unregister(_ARROW_VIEW)
+        raise
+    con.unregister(_ARROW_VIEW)
 
 
 _TOOL = f"operation = '{semconv.OP_EXECUTE_TOOL}' AND tool_outcome IS NOT NULL"
