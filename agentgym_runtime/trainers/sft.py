@@ -86,6 +86,30 @@ def _encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> tu
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
+def _completion_loss(peft_model: Any, batch: Sequence[tuple[list[int], int]], pad: int, device: str) -> Any:
+    """Mean cross-entropy of the batch's completion tokens, with logits for the completions only.
+
+    Rows are left-padded (explicit position ids, as the sampler does), so every completion lies in
+    the last ``keep`` columns and the model computes its head for those alone (transformers'
+    ``logits_to_keep``): a chat prompt with a tool block is ~90% of the sequence, and for a small
+    model with a large vocabulary (SmolLM2: 49k x 576) the head over every prompt position is a
+    fifth of the forward pass, and the float32 logits over them hundreds of MB per batch.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    keep = max(len(ids) - cut for ids, cut in batch) + 1  # the completions and the token before each
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row, _ in batch], device=device)
+    attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row, _ in batch], device=device)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    # Labels -100 on the padding and the prompt: only the target is learnt.
+    labels = torch.tensor([[-100] * (width - len(row)) + [-100] * cut + row[cut:] for row, cut in batch], device=device)
+    output = peft_model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep)
+    logits = output.logits[:, -keep:-1, :].float()  # column j predicts token j + 1
+    targets = labels[:, width - keep + 1 :]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
 def sft_train(
     model: Any,
     tokenizer: Any,
@@ -126,15 +150,8 @@ def sft_train(
         permutation = torch.randperm(len(encoded), generator=order).tolist()
         for start in range(0, len(permutation), config.batch_size):
             batch = [encoded[i] for i in permutation[start : start + config.batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            # Right padding; labels -100 on the prompt and the padding: only the target is learnt.
-            ids = torch.tensor([row + [pad] * (width - len(row)) for row, _ in batch], device=device)
-            attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row, _ in batch], device=device)
-            labels = torch.tensor(
-                [[-100] * cut + row[cut:] + [-100] * (width - len(row)) for row, cut in batch], device=device
-            )
             optimiser.zero_grad()
-            loss = peft_model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            loss = _completion_loss(peft_model, batch, pad, device)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
