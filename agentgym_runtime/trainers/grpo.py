@@ -580,6 +580,7 @@ def lora_model(model: Any, config: GRPOConfig | SFTConfig, device: str, init_ada
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=config.target_modules,
+        modules_to_save=getattr(config, "modules_to_save", None),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora).to(device)

@@ -15,7 +15,9 @@ job that, on a CPU, trains a few hundred short sequences; the loop here is the s
 (:func:`~agentgym_runtime.trainers.grpo.save_adapter`), so the registry takes either.
 
 Held-out tool-call accuracy is measured before and after on greedy completions with the
-outcome reward (:class:`~agentgym_runtime.trainers.chat_data.OutcomeReward`).
+outcome reward (:class:`~agentgym_runtime.trainers.chat_data.OutcomeReward`: the call runs in the
+replay) and as exact calls (:func:`~agentgym_runtime.trainers.chat_data.exact_call`: the recorded
+tool and arguments), prompts encoded as the serving engine encodes them.
 
 Example:
     >>> SFTConfig(epochs=2).epochs
@@ -46,6 +48,9 @@ class SFTConfig(BaseModel):
         lora_alpha: LoRA scale.
         lora_dropout: LoRA dropout.
         target_modules: Modules given LoRA adapters (``"all-linear"``: every linear layer but the head).
+        modules_to_save: Modules trained in full and saved with the adapter (peft's ``modules_to_save``),
+            e.g. ``["lm_head"]``: a model without pretrained representations (a small model trained
+            from scratch) cannot learn a new output format through low-rank adapters alone.
         max_length: Longest sequence (prompt + target) trained on; longer prompts lose their start.
         max_new_tokens: Completion length when measuring held-out accuracy.
         include_answers: Train on text answers as well as on tool calls.
@@ -62,6 +67,7 @@ class SFTConfig(BaseModel):
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | str | None = "all-linear"
+    modules_to_save: list[str] | None = None
     max_length: int = Field(default=1024, ge=8)
     max_new_tokens: int = Field(default=48, ge=1)
     include_answers: bool = True
@@ -71,11 +77,37 @@ class SFTConfig(BaseModel):
 
 def _encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + completion (the prompt cut from the left to fit) and where the completion starts."""
-    prompt_ids = list(tokenizer.encode(prompt))  # as the sampler encodes prompts at generation time
+    # No special tokens added: the rendered template holds its own (a BOS among them), and the serving
+    # engine encodes prompts the same way; encode() would put a second BOS before Llama/Mistral prompts.
+    prompt_ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     completion_ids = list(tokenizer.encode(completion, add_special_tokens=False))[:max_length]
     keep = max(0, max_length - len(completion_ids))
     prompt_ids = prompt_ids[len(prompt_ids) - keep :] if keep else []
     return prompt_ids + completion_ids, len(prompt_ids)
+
+
+def _completion_loss(peft_model: Any, batch: Sequence[tuple[list[int], int]], pad: int, device: str) -> Any:
+    """Mean cross-entropy of the batch's completion tokens, with logits for the completions only.
+
+    Rows are left-padded (explicit position ids, as the sampler does), so every completion lies in
+    the last ``keep`` columns and the model computes its head for those alone (transformers'
+    ``logits_to_keep``): a chat prompt with a tool block is ~90% of the sequence, and for a small
+    model with a large vocabulary (SmolLM2: 49k x 576) the head over every prompt position is a
+    fifth of the forward pass, and the float32 logits over them hundreds of MB per batch.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    keep = max(len(ids) - cut for ids, cut in batch) + 1  # the completions and the token before each
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row, _ in batch], device=device)
+    attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row, _ in batch], device=device)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    # Labels -100 on the padding and the prompt: only the target is learnt.
+    labels = torch.tensor([[-100] * (width - len(row)) + [-100] * cut + row[cut:] for row, cut in batch], device=device)
+    output = peft_model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep)
+    logits = output.logits[:, -keep:-1, :].float()  # column j predicts token j + 1
+    targets = labels[:, width - keep + 1 :]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def sft_train(
@@ -118,15 +150,8 @@ def sft_train(
         permutation = torch.randperm(len(encoded), generator=order).tolist()
         for start in range(0, len(permutation), config.batch_size):
             batch = [encoded[i] for i in permutation[start : start + config.batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            # Right padding; labels -100 on the prompt and the padding: only the target is learnt.
-            ids = torch.tensor([row + [pad] * (width - len(row)) for row, _ in batch], device=device)
-            attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row, _ in batch], device=device)
-            labels = torch.tensor(
-                [[-100] * cut + row[cut:] + [-100] * (width - len(row)) for row, cut in batch], device=device
-            )
             optimiser.zero_grad()
-            loss = peft_model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            loss = _completion_loss(peft_model, batch, pad, device)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
@@ -146,7 +171,7 @@ def sft_train(
     }
 
 
-def heldout_accuracy(
+def heldout_scores(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -154,17 +179,40 @@ def heldout_accuracy(
     reward: Any,
     max_new_tokens: int,
     device: str,
-) -> float:
-    """Mean outcome reward of greedy completions of held-out ``prompts`` (one per sample).
+) -> tuple[float, float]:
+    """``(mean outcome reward, share of exact calls)`` of greedy completions of held-out ``prompts``.
+
+    One completion per prompt (``samples[i]`` is prompt ``i``'s recorded turn), greedy as an agent
+    serves, the prompt encoded as the serving engine encodes it (no special tokens added). The
+    reward is :class:`~agentgym_runtime.trainers.chat_data.OutcomeReward` (the call runs in the
+    replay: right tool, schema-valid arguments); exact is
+    :func:`~agentgym_runtime.trainers.chat_data.exact_call` (the recorded tool and arguments).
 
     Example:
-        >>> heldout_accuracy(model, tok, [], [], reward, 8, "cpu")  # doctest: +SKIP
-        0.0
+        >>> heldout_scores(model, tok, [], [], reward, 8, "cpu")  # doctest: +SKIP
+        (0.0, 0.0)
     """
-    from agentgym_runtime.trainers.grpo import GRPOConfig, evaluate
+    import torch
 
-    config = GRPOConfig(max_new_tokens=max_new_tokens, eval_greedy=True)
-    return evaluate(model, tokenizer, prompts, lambda i, text: float(reward(samples[i], text)), config, device, 0)
+    from agentgym_runtime.trainers.chat_data import exact_call
+    from agentgym_runtime.trainers.grpo import GRPOConfig, _Sampler
+
+    if not prompts:
+        return 0.0, 0.0
+
+    class _ServingSampler(_Sampler):
+        def encode(self, prompt: str) -> list[int]:
+            return list(self.tokenizer.encode(prompt, add_special_tokens=False))
+
+    sampler = _ServingSampler(model, tokenizer, GRPOConfig(max_new_tokens=max_new_tokens), device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    model.eval()
+    texts: list[str] = []
+    for start in range(0, len(prompts), 16):
+        texts += sampler.sample(prompts[start : start + 16], 1, generator, greedy=True).texts
+    rewards = [float(reward(sample, text)) for sample, text in zip(samples, texts, strict=True)]
+    exact = [exact_call(sample, text, reward.fmt) for sample, text in zip(samples, texts, strict=True)]
+    return sum(rewards) / len(rewards), sum(exact) / len(exact)
 
 
 class SFTTrainer:
@@ -223,24 +271,26 @@ class SFTTrainer:
             from peft import PeftModel
 
             before_model = PeftModel.from_pretrained(model, str(init))
-            before = heldout_accuracy(
+            before, exact_before = heldout_scores(
                 before_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
             )
             model = before_model.unload()
         else:
-            before = heldout_accuracy(
+            before, exact_before = heldout_scores(
                 model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
             )
         peft_model, metrics = sft_train(
             model, data.tokenizer, pairs, config, device=device, progress=progress, init_adapter=init
         )
-        after = heldout_accuracy(
+        after, exact_after = heldout_scores(
             peft_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
         )
         metrics = {
             **metrics,
             "heldout_reward_before": before,
             "heldout_reward_after": after,
+            "heldout_exact_before": exact_before,
+            "heldout_exact_after": exact_after,
             "train_samples": len(pairs),
             "heldout_samples": len(heldout),
             "teacher_models": sorted({s.model for s in chosen if s.model}),

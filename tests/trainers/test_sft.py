@@ -16,14 +16,19 @@ from tests.trainers.chat_toy import QWEN_LIKE, build_model, record_support
 
 pytest.importorskip("peft")
 
+# A 2-layer random Llama has no pretrained representations for LoRA to steer: it learns the call
+# with LoRA on attention and a trained copy of the head (modules_to_save), at a learning rate that
+# LoRA's zero-initialised B reaches in ~70 steps. LoRA on the head instead (rank 8) measured a
+# held-out reward of 0.0 (loss 0.92), the default all-linear LoRA at 2e-3 for 3 epochs 0.0 (loss 6.3 -> 6.1).
 FAST = {
     "epochs": 12,
     "batch_size": 8,
-    "learning_rate": 5e-2,
-    "max_new_tokens": 24,
+    "learning_rate": 1e-2,
+    "max_new_tokens": 32,
     "lora_r": 8,
     "lora_alpha": 16,
-    "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"],
+    "target_modules": ["q_proj", "v_proj"],
+    "modules_to_save": ["lm_head"],
 }
 
 
@@ -66,11 +71,16 @@ def test_sft_learns_the_recorded_turns_measures_heldout_calls_and_saves_an_adapt
     train_episodes = int(messages[0].split(" of ")[1].split()[0])
     assert metrics["train_samples"] == 2 * train_episodes  # its successful call and its answer
     assert metrics["heldout_reward_before"] == 0.0  # a random model writes no valid call
-    # The tiny random model learns the format but does not yet write calls that parse after 12
-    # epochs: held-out is measured (not improved) here; the loss falls by more than half.
-    assert "heldout_reward_after" in metrics
+    assert metrics["heldout_exact_before"] == 0.0
+    # Held-out sessions (order ids never trained on): the trained adapter writes a Hermes call of
+    # the right shape that runs in the replay sandbox (measured 1.0 on every held-out call).
+    assert metrics["heldout_reward_after"] >= 0.5
+    # ... but not with the user's order id: each id is one BPE token here, and the held-out ones were
+    # never a target, so a 2-layer random model cannot copy them (measured 0.0; with digits split one
+    # by one as well). Copying the facts is asserted on a pretrained model (tests/e2e/test_smollm2.py).
+    assert 0.0 <= metrics["heldout_exact_after"] <= 1.0
     assert metrics["train_samples"] == 48
-    assert metrics["train_loss_last_epoch"] < metrics["train_loss_first_epoch"] * 0.5  # measured 0.37x
+    assert metrics["train_loss_last_epoch"] < metrics["train_loss_first_epoch"] * 0.1  # measured 4.6 -> 0.13
     assert messages[0].startswith(f"SFT on {metrics['train_samples']} recorded turns of {train_episodes} tasks")
     assert result.adapter == "adapter" and result.llm == LLMConfig(model=str(model), adapter="adapter")
     adapter = tmp_path / "out" / "adapter"
@@ -104,7 +114,8 @@ def test_distillation_trains_a_student_agent_on_a_teacher_agents_traces(
     assert metrics["train_samples"] == 2 * (18 + 6)
     assert metrics["heldout_samples"] == 8
     assert metrics["heldout_reward_before"] == 0.0
-    assert metrics["train_loss_last_epoch"] < metrics["train_loss_first_epoch"] * 0.5  # measured 0.34x
+    assert metrics["train_loss_last_epoch"] < metrics["train_loss_first_epoch"] * 0.5
+    assert metrics["heldout_reward_after"] >= 0.5
 
 
 def test_bad_input_is_refused_with_a_clear_error(agentgym_runtime: Runtime, tmp_path: Path) -> None:
