@@ -77,8 +77,9 @@ def test_sft_learns_the_recorded_turns_measures_heldout_calls_and_saves_an_adapt
     assert metrics["heldout_reward_after"] >= 0.5
     # ... but not with the user's order id: each id is one BPE token here, and the held-out ones were
     # never a target, so a 2-layer random model cannot copy them (measured 0.0; with digits split one
-    # by one as well). Copying the facts is asserted on a pretrained model (tests/e2e/test_smollm2.py).
-    assert 0.0 <= metrics["heldout_exact_after"] <= 1.0
+    # by one as well). Copying the facts is asserted on a pretrained model (tests/models/test_smollm2.py).
+    # An exact call is a valid call with the right arguments, so it can never score above the valid ones.
+    assert metrics["heldout_exact_after"] <= metrics["heldout_reward_after"]
     assert metrics["train_samples"] == 48
     assert metrics["train_loss_last_epoch"] < metrics["train_loss_first_epoch"] * 0.1  # measured 4.6 -> 0.13
     assert messages[0].startswith(f"SFT on {metrics['train_samples']} recorded turns of {train_episodes} tasks")
