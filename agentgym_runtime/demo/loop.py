@@ -68,6 +68,10 @@ class DemoConfig:
             traffic it served meets the scenario's criterion, or ``minutes`` is spent;
             the summary's ``stopped`` says which. The live traffic decides, never the held-out
             tasks the final table is measured on.
+        live_confidence: "Meets the criterion" means the one-sided Wilson lower bound of the live
+            reliability at this confidence reaches it, not the point estimate: a run stopped at
+            95.07% live over 219 episodes measured 93.8% on held-out tasks (the estimate sits on
+            the threshold half the time); at 0.8 a version needs ~96% over ~270 calls.
         training_think_s: While a training job runs, each simulated user pauses this long between
             conversations: the snapshot is taken, the job and the serving threads share the
             CPU, and unpaced users would take most of it (on 2 cores a 60-round job then took
@@ -89,6 +93,7 @@ class DemoConfig:
     gate_confidence: float = 0.99
     promotions: int = 1
     until_criteria: bool = True
+    live_confidence: float = 0.8
     training_think_s: float = 1.0
 
 
@@ -309,12 +314,18 @@ class Demo:
                 ]
 
     def _live_meets_criterion(self, criterion: float) -> bool:
-        """Whether the live version's tool reliability on the live traffic it served meets ``criterion``."""
+        """Whether the live version's tool reliability on the live traffic it served meets ``criterion``.
+
+        Met when the lower confidence bound (``live_confidence``) reaches it, so that a run does not
+        stop on a lucky stretch of traffic.
+        """
         with self.state.lock:
             promoted = self.state.promoted_version
             tally = self.state.by_version.get(promoted) if promoted is not None else None
-            share = None if tally is None else tally.reliability()
-        return share is not None and share >= criterion
+            if tally is None or not tally.tool_calls:
+                return False
+            lower = statistics.wilson_lower(tally.successes, tally.tool_calls, self.config.live_confidence)
+        return lower >= criterion
 
     def _update(self) -> None:
         if self._on_update is not None:

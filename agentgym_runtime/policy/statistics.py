@@ -111,6 +111,24 @@ def two_proportion_z(successes_a: int, n_a: int, successes_b: int, n_b: int) -> 
     return z, normal_sf(z)
 
 
+def wilson_lower(successes: int, n: int, confidence: float) -> float:
+    """One-sided Wilson lower bound of a success rate at ``confidence`` (0 when there is no trial).
+
+    Example:
+        >>> round(wilson_lower(95, 100, 0.8), 3), round(wilson_lower(294, 300, 0.8), 3)
+        (0.928, 0.972)
+    """
+    if n <= 0:
+        return 0.0
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence!r}")
+    z = normal_ppf(confidence)
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - margin) / (1 + z * z / n))
+
+
 def welch_z(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int) -> tuple[float, float]:
     """Welch statistic for ``mean_a > mean_b`` (normal approximation) and its one-sided p-value.
 

@@ -9,6 +9,8 @@ from collections import Counter
 from statistics import NormalDist
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentgym_runtime.policy.gate import (
     ArmStats,
@@ -22,6 +24,7 @@ from agentgym_runtime.policy.gate import (
     two_proportion_z,
     welch_z,
 )
+from agentgym_runtime.policy.statistics import wilson_lower
 
 
 def test_normal_tails_and_quantiles_match_tables() -> None:
@@ -278,3 +281,21 @@ def test_repeated_looks_still_promote_a_real_improvement() -> None:
     corrected = _simulate_canaries(_SIMULATED, 0.65, 0.85, corrected=True, seed=2025)
     assert corrected["promote"] >= 0.9 * 400
     assert corrected == Counter({"promote": 400})
+
+
+@given(st.integers(0, 2000), st.integers(1, 2000), st.floats(0.5, 0.999))
+def test_the_wilson_lower_bound_lies_below_the_rate_and_falls_with_confidence(
+    k: int, n: int, confidence: float
+) -> None:
+    successes = min(k, n)
+    lower = wilson_lower(successes, n, confidence)
+    assert 0.0 <= lower <= successes / n + 1e-12
+    assert wilson_lower(successes, n, min(0.9999, confidence + 0.0005)) <= lower + 1e-12
+
+
+def test_the_wilson_lower_bound_known_values_and_bad_confidence() -> None:
+    assert round(wilson_lower(95, 100, 0.8), 4) == 0.9283
+    assert round(wilson_lower(294, 300, 0.8), 4) == 0.9720
+    assert wilson_lower(0, 0, 0.8) == 0.0
+    with pytest.raises(ValueError, match=r"confidence must be in \[0.5, 1\), got 1.0"):
+        wilson_lower(1, 2, 1.0)
