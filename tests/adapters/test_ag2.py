@@ -14,9 +14,10 @@ import agentgym_runtime as agentgym
 from agentgym_runtime.adapters import detect_framework, load_adapter
 from agentgym_runtime.adapters.ag2 import AG2Adapter, register_client_factory
 from agentgym_runtime.policy.trained import TrainedPolicy
-from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
+from tests.adapters.support_policy import SUPPORT_POLICY
 
 
 class ScriptedClient:
@@ -266,19 +267,7 @@ def test_uninstrument_restores_ag2() -> None:
 
 
 # --- policies -------------------------------------------------------------------------------------
-POLICY = Policy(
-    agent="support",
-    version=3,
-    system_prompt="Always call get_order with an integer id.",
-    tool_descriptions={"get_order": "Fetch one order; order_id is an integer."},
-    demonstrations=(
-        Demonstration(
-            input="where is order 1?",
-            tool_calls=(ToolCallExample(name="get_order", arguments={"order_id": 1}, result="shipped"),),
-            output="Order 1 shipped.",
-        ),
-    ),
-)
+POLICY = SUPPORT_POLICY
 
 
 def _descriptions(params: dict[str, Any]) -> dict[str, str]:

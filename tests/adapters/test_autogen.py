@@ -20,8 +20,6 @@ from autogen_core.models import (
     CreateResult,
     FunctionExecutionResultMessage,
     LLMMessage,
-    ModelFamily,
-    ModelInfo,
     RequestUsage,
     SystemMessage,
     UserMessage,
@@ -32,13 +30,11 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 import agentgym_runtime as agentgym
 from agentgym_runtime.adapters import load_adapter
 from agentgym_runtime.adapters.autogen import AutoGenAdapter, PolicyModelClient, register_client_factory
-from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy, ToolCallExample
+from agentgym_runtime.recording.policy import LLMConfig, Policy
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
-
-INFO = ModelInfo(
-    vision=False, function_calling=True, json_output=False, family=ModelFamily.UNKNOWN, structured_output=False
-)
+from tests.adapters.autogen_stub import INFO, StubClient
+from tests.adapters.support_policy import SUPPORT_POLICY
 
 
 def get_order(order_id: int) -> str:
@@ -84,7 +80,7 @@ def support_agent(*script: str | CreateResult, name: str = "support", **kwargs: 
     )
 
 
-class RecordingClient(ChatCompletionClient):
+class RecordingClient(StubClient):
     """A scripted client that remembers the messages and tools of every call."""
 
     def __init__(self, script: Sequence[str | CreateResult]) -> None:
@@ -115,29 +111,6 @@ class RecordingClient(ChatCompletionClient):
         if isinstance(result.content, str):
             yield result.content
         yield result
-
-    async def close(self) -> None:
-        return None
-
-    def actual_usage(self) -> RequestUsage:
-        return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-    def total_usage(self) -> RequestUsage:
-        return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-    def count_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 0
-
-    def remaining_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 1000
-
-    @property
-    def capabilities(self) -> Any:
-        return {}
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return INFO
 
 
 def contents(result: TaskResult) -> list[tuple[str, str, str]]:
@@ -425,19 +398,7 @@ def test_uninstrument_restores_autogen() -> None:
 
 
 # --- policies -------------------------------------------------------------------------------------
-POLICY = Policy(
-    agent="support",
-    version=3,
-    system_prompt="Always call get_order with an integer id.",
-    tool_descriptions={"get_order": "Fetch one order; order_id is an integer."},
-    demonstrations=(
-        Demonstration(
-            input="where is order 1?",
-            tool_calls=(ToolCallExample(name="get_order", arguments={"order_id": 1}, result="shipped"),),
-            output="Order 1 shipped.",
-        ),
-    ),
-)
+POLICY = SUPPORT_POLICY
 
 
 def test_policy_is_applied_per_call_without_changing_the_agent(agentgym_runtime: Runtime, recorded: Recorded) -> None:

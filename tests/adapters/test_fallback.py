@@ -19,8 +19,6 @@ from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
-    ModelFamily,
-    ModelInfo,
     RequestUsage,
     SystemMessage,
     UserMessage,
@@ -43,6 +41,7 @@ from agentgym_runtime.policy.registry import PolicyStatus
 from agentgym_runtime.recording.policy import LLMConfig
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
+from tests.adapters.autogen_stub import StubClient
 
 AGENT = "support"
 ENDPOINT = "http://10.255.0.9:8000/v1"
@@ -409,12 +408,9 @@ def test_langchain_policy_without_llm_is_never_retried(
 
 
 # --- AutoGen ------------------------------------------------------------------------------------------
-INFO = ModelInfo(
-    vision=False, function_calling=True, json_output=False, family=ModelFamily.UNKNOWN, structured_output=False
-)
 
 
-class ScriptedClient(ChatCompletionClient):
+class ScriptedClient(StubClient):
     """A scripted ``ChatCompletionClient``: answers ``[<system message>] <last user message>``.
 
     ``failure`` makes every call raise a fresh error instead (``"connection"`` or ``"value"``).
@@ -459,29 +455,6 @@ class ScriptedClient(ChatCompletionClient):
         yield head
         yield " " + tail
         yield result
-
-    async def close(self) -> None:
-        return None
-
-    def actual_usage(self) -> RequestUsage:
-        return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-    def total_usage(self) -> RequestUsage:
-        return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-    def count_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 0
-
-    def remaining_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 1000
-
-    @property
-    def capabilities(self) -> Any:
-        return {}
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return INFO
 
 
 @pytest.fixture

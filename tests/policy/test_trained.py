@@ -115,14 +115,13 @@ def test_to_langchain_changes_the_messages_the_model_receives(trained: TrainedPo
 
 def test_to_autogen_changes_the_messages_the_model_receives(trained: TrainedPolicy) -> None:
     from autogen_agentchat.agents import AssistantAgent
-    from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, ModelFamily, ModelInfo, RequestUsage
+    from autogen_core.models import CreateResult, LLMMessage, RequestUsage
 
-    info = ModelInfo(
-        vision=False, function_calling=True, json_output=False, family=ModelFamily.UNKNOWN, structured_output=False
-    )
+    from tests.adapters.autogen_stub import StubClient
+
     received: list[list[Any]] = []
 
-    class Client(ChatCompletionClient):
+    class Client(StubClient):
         async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
             received.append(list(messages))
             return CreateResult(
@@ -134,29 +133,6 @@ def test_to_autogen_changes_the_messages_the_model_receives(trained: TrainedPoli
 
         async def create_stream(self, messages: Sequence[LLMMessage], **kwargs: Any) -> AsyncGenerator[Any, None]:  # type: ignore[override]
             yield await self.create(messages)
-
-        async def close(self) -> None:
-            return None
-
-        def actual_usage(self) -> RequestUsage:
-            return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-        def total_usage(self) -> RequestUsage:
-            return RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-        def count_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-            return 0
-
-        def remaining_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-            return 1000
-
-        @property
-        def capabilities(self) -> Any:
-            return {}
-
-        @property
-        def model_info(self) -> ModelInfo:
-            return info
 
     def get_order(order_id: int) -> str:
         """Look up an order by its id."""
