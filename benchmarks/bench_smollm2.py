@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--grpo-rounds", type=int, default=2)
     parser.add_argument("--grpo-steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None, help="sft's (default: the trainer's)")
+    parser.add_argument("--grpo-learning-rate", type=float, default=None, help="grpo's (default: the trainer's)")
     args = parser.parse_args()
 
     import agentgym_runtime as agentgym
@@ -154,6 +155,7 @@ def main() -> None:
                 "heldout_fraction": 0.0,
                 "reward": "bench_smollm2:exact_reward",
                 "seed": step,
+                **({"learning_rate": args.grpo_learning_rate} if args.grpo_learning_rate else {}),
             },
         )
         started = time.perf_counter()

@@ -27,13 +27,14 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.demo.glue import grpo_guide, grpo_prompt, grpo_reward
 from agentgym_runtime.demo.render import render_state, render_summary
+from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy import statistics
 from agentgym_runtime.scenarios.base import Scenario, Task
 from agentgym_runtime.scenarios.registry import get_scenario
@@ -95,6 +96,36 @@ class DemoConfig:
     until_criteria: bool = True
     live_confidence: float = 0.8
     training_think_s: float = 1.0
+
+
+def unserved_tasks(scenario: Scenario, served: Sequence[Task], n: int, seed: int) -> list[Task]:
+    """``n`` held-out tasks of ``scenario`` none of whose prompts was ``served``: what versions are compared on.
+
+    Raises:
+        ConfigurationError: The held-out split has fewer than ``n`` tasks besides the served ones.
+
+    Example:
+        >>> from agentgym_runtime.scenarios import get_scenario
+        >>> s = get_scenario("customer_support")
+        >>> served = s.tasks("heldout", 400, seed=1)
+        >>> fresh = unserved_tasks(s, served, 300, seed=7)
+        >>> len(fresh), any(t.prompt in {u.prompt for u in served} for t in fresh)
+        (300, False)
+    """
+    prompts = {t.prompt for t in served}
+    # Draw twice as many as needed: the served ones are removed, and each split has thousands of tasks.
+    try:
+        drawn = scenario.tasks("heldout", 2 * n + len(prompts), seed=seed)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"scenario {scenario.name!r} cannot give {n} held-out tasks besides the {len(prompts)} served: {exc}"
+        ) from exc
+    fresh = [t for t in drawn if t.prompt not in prompts][:n]
+    if len(fresh) < n:
+        raise ConfigurationError(
+            f"scenario {scenario.name!r} has only {len(fresh)} held-out tasks never served, not {n}"
+        )
+    return fresh
 
 
 @dataclass
@@ -435,10 +466,7 @@ class Demo:
         # The bill as the user's price table has it, at the name the demo's model records on its spans.
         prices = TokenPrices(runtime.settings.token_prices)
         model_name = f"{scenario.name}-tiny"
-        served_prompts = {t.prompt for t in served}
-        # Held-out tasks that were never served: the versions are compared on unseen requests.
-        candidates = scenario.tasks("heldout", self.config.eval_tasks * 2, seed=self.config.seed + 7)
-        fresh = [t for t in candidates if t.prompt not in served_prompts][: self.config.eval_tasks]
+        fresh = unserved_tasks(scenario, served, self.config.eval_tasks, self.config.seed + 7)
         versions: list[dict[str, Any]] = []
         known = [0]
         if self.agent_name in runtime.policies.agents():
@@ -450,9 +478,7 @@ class Demo:
             if version:
                 policy = runtime.policies.load(self.agent_name, version)
                 adapter = resolve_adapter_path(policy, str(runtime.settings.home))
-            evaluations[version] = evaluate_model(
-                demo_model, scenario, "heldout", n=len(fresh), seed=self.config.seed + 7, adapter=adapter
-            )
+            evaluations[version] = evaluate_model(demo_model, scenario, adapter=adapter, tasks=fresh)
             tally = self.state.by_version.get(version, _VersionTally())
             live = tally.reliability()
             result = evaluations[version]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,8 +197,9 @@ def evaluate_model(
     max_steps: int = 4,
     adapter: str | os.PathLike[str] | None = None,
     end_on_unparsable: bool = True,
+    tasks: Sequence[Task] | None = None,
 ) -> EvaluationResult:
-    """Run ``n`` tasks of ``split`` through ``model`` and measure them.
+    """Run ``n`` tasks of ``split`` (or exactly ``tasks``) through ``model`` and measure them.
 
     Args:
         model: A :class:`~agentgym_runtime.demo.model.tiny.DemoModel`, or a
@@ -211,6 +213,8 @@ def evaluate_model(
         adapter: A LoRA adapter directory to evaluate instead of the base weights.
         end_on_unparsable: End the episode after a call whose arguments do not parse, as
             LangChain's agent loop does (the demo's agent); otherwise show the error and go on.
+        tasks: Run these tasks instead of drawing ``n`` of ``split`` with ``seed`` (the demo passes
+            held-out tasks it made sure were never served).
     """
     scen = get_scenario(scenario) if isinstance(scenario, str) else scenario
     demo = model.demo_model() if hasattr(model, "demo_model") else model
@@ -219,7 +223,7 @@ def evaluate_model(
     runs = run_episodes(
         demo,
         scen,
-        scen.tasks(split, n, seed=seed),
+        list(tasks) if tasks is not None else scen.tasks(split, n, seed=seed),
         max_steps=max_steps,
         adapter=adapter,
         end_on_unparsable=end_on_unparsable,
