@@ -2,9 +2,14 @@
 
 Every request waits for the transaction that holds its rows: a ``200`` means the spans are
 in the store, so a client that got no answer (the collector was killed, the connection
-dropped) keeps its batch and sends it again. A batch id (a hash of the request body, the
-same bytes on every retry) is committed in ``otlp_batches`` with the rows, so a retry of a
-batch that did commit is acknowledged without writing it twice, across restarts too.
+dropped) keeps its batch and sends it again. A batch id is committed in ``otlp_batches`` with
+the rows, so a retry of a batch that did commit is acknowledged without writing it twice,
+across restarts too. The id is a hash of the request's span ids (:func:`spans_id`), not of
+its bytes: a worker may send a batch as agentgym rows, get no answer although the collector
+committed it, and deliver it again later as OTLP (the collector it then reaches reads only
+OTLP), so the same spans arrive in two encodings. The hash of the body (:func:`batch_id`,
+what earlier versions recorded) is still looked up, so a retry of a batch committed before
+an upgrade is recognized too.
 
 The queue is bounded in spans: past the bound :meth:`StoreSink.submit` raises
 :class:`Overloaded` and the server answers ``429`` with ``Retry-After`` instead of growing.
@@ -15,7 +20,7 @@ Example:
     >>> from agentgym_runtime.collectors.otlp.decode import DecodedRows
     >>> sink.submit("b1", DecodedRows()).result(5)
     'written'
-    >>> sink.submit("b1", DecodedRows()).result(5)
+    >>> sink.submit("b2", DecodedRows(), also=("b1",)).result(5)
     'duplicate'
     >>> sink.close()
 """
@@ -67,6 +72,35 @@ def batch_id(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
+def spans_id(rows: DecodedRows | RowTables) -> str | None:
+    """The id of a request's spans, whatever their encoding or order; ``None`` without spans.
+
+    A hash of the sorted ``trace_id:span_id`` pairs: the rows body of a batch and the OTLP
+    body built from the same rows (:mod:`.encode` groups spans by service and scope, so their
+    order may differ) get the same id.
+
+    Example:
+        >>> from agentgym_runtime.collectors.rows import RowBatch
+        >>> a = DecodedRows(RowBatch(spans=[("t1", "s1"), ("t1", "s2")]))
+        >>> b = DecodedRows(RowBatch(spans=[("t1", "s2"), ("t1", "s1")]))
+        >>> spans_id(a) == spans_id(b) != spans_id(DecodedRows(RowBatch(spans=[("t1", "s1")])))
+        True
+        >>> spans_id(DecodedRows()) is None
+        True
+    """
+    if isinstance(rows, RowTables):
+        table = rows.tables.get("spans")
+        if table is None or not table.num_rows:
+            return None
+        traces, spans = table.column("trace_id").to_pylist(), table.column("span_id").to_pylist()
+        keys = sorted(f"{trace}:{span}" for trace, span in zip(traces, spans, strict=True))
+    else:
+        if not rows.batch.spans:
+            return None
+        keys = sorted(f"{row[0]}:{row[1]}" for row in rows.batch.spans)
+    return "s-" + hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
+
+
 @dataclass
 class SinkStats:
     """Counters of the collector's writer (served on ``/v1/status``)."""
@@ -107,6 +141,7 @@ class _Item:
     batch_id: str
     rows: DecodedRows | RowTables
     future: Future[str]
+    also: tuple[str, ...] = ()
 
 
 class StoreSink:
@@ -151,8 +186,11 @@ class StoreSink:
             self._thread.start()
         return self
 
-    def submit(self, batch_id: str, rows: DecodedRows | RowTables) -> Future[str]:
+    def submit(self, batch_id: str, rows: DecodedRows | RowTables, *, also: tuple[str, ...] = ()) -> Future[str]:
         """Queue ``rows``; the future gives ``"written"`` or ``"duplicate"`` once committed.
+
+        ``batch_id`` is recorded with the rows; a batch whose ``batch_id`` or any id in
+        ``also`` was committed before is a duplicate.
 
         Rows decoded from OTLP and Arrow tables of agentgym's own format
         (:mod:`.rows_wire`) are committed together. The future raises :class:`RejectedRows`
@@ -169,7 +207,7 @@ class StoreSink:
             if self._queue and self._queued_spans + count > self._max_queued:
                 self.stats.add(rejected_overloaded=1)
                 raise Overloaded(1.0)
-            self._queue.append(_Item(batch_id, rows, future))
+            self._queue.append(_Item(batch_id, rows, future, also))
             self._queued_spans += count
             self._cond.notify()
         self.stats.add(requests=1, spans_received=count)
@@ -208,18 +246,19 @@ class StoreSink:
             seen: set[str] = set()
             duplicates: list[_Item] = []
             for item in group:
-                if item.batch_id in self._recent or item.batch_id in seen:
+                ids = (item.batch_id, *item.also)
+                if any(i in self._recent or i in seen for i in ids):
                     duplicates.append(item)
                 else:
-                    seen.add(item.batch_id)
+                    seen.update(ids)
                     fresh.append(item)
-            fresh_ids = [item.batch_id for item in fresh]
+            fresh_ids = [i for item in fresh for i in (item.batch_id, *item.also)]
             # Ids committed by an earlier run and no longer remembered in memory.
             if fresh_ids:
                 known = self._committed_among(fresh_ids)
                 if known:
-                    duplicates += [item for item in fresh if item.batch_id in known]
-                    fresh = [item for item in fresh if item.batch_id not in known]
+                    duplicates += [item for item in fresh if known.intersection((item.batch_id, *item.also))]
+                    fresh = [item for item in fresh if not known.intersection((item.batch_id, *item.also))]
             if fresh:
                 try:
                     self._commit_items(fresh)

@@ -4,9 +4,10 @@ One file per request body (``<time>-<pid>-<spans>.otlp``, written atomically), s
 the processes of a home: whoever reaches the collector first delivers it, the oldest first.
 A file is claimed by renaming it before sending, so two processes never send the same file
 at once; a claim left by a process that died is released by the next one that looks. The
-collector acknowledges a request only once it is committed and recognizes a body it already
-committed (:func:`~agentgym_runtime.collectors.otlp.sink.batch_id`), so a spooled request is
-written once, even when the sender died between the commit and the deletion of the file.
+collector acknowledges a request only once it is committed and recognizes the spans of a request
+it already committed (:func:`~agentgym_runtime.collectors.otlp.sink.spans_id`), so a spooled
+request is written once, even when the sender died between the commit and the deletion of the
+file, or the file is delivered re-encoded as OTLP.
 
 Example:
     >>> import tempfile
