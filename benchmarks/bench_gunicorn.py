@@ -56,7 +56,8 @@ def report(result: RunResult) -> list[str]:
         f"lost {len(result.lost)}; stored but unacknowledged {len(result.unacknowledged_stored)}; "
         f"wall {result.drive_s:.1f} s driving, {result.total_s:.1f} s until stored; "
         f"{len(result.acknowledged) / result.drive_s:,.0f} requests/s, "
-        f"{stored_spans / result.total_s:,.0f} spans/s ({stored_spans:,} spans); "
+        f"{stored_spans / result.total_s:,.0f} spans/s ({stored_spans:,} spans, {result.orphan_spans} of requests "
+        "that never ended); "
         f"load average {result.load[0]:.2f} -> {result.load[1]:.2f}"
         + (f"; killed pid {result.killed_pid}" if result.killed_pid else "")
         + (

@@ -51,6 +51,7 @@ class RunResult:
         stored: Request numbers of the stored episodes, with repeats (an episode stored twice).
         spans: Spans stored (the readiness probe's included).
         distinct_spans: Distinct span ids among them.
+        orphan_spans: Spans of an episode the store has no row for (a request that never ended).
         spans_per_episode: The distinct numbers of spans the stored episodes have.
         drive_s: Seconds the client took to send every request.
         total_s: Seconds from the first request until everything is in the store.
@@ -69,6 +70,7 @@ class RunResult:
     stored: list[int]
     spans: int = 0
     distinct_spans: int = 0
+    orphan_spans: int = 0
     spans_per_episode: set[int] = field(default_factory=set)
     drive_s: float = 0.0
     total_s: float = 0.0
@@ -214,6 +216,8 @@ def _measure(result: RunResult, home: Path) -> RunResult:
         result.stored = [int(row[0]) for row in rows]
         spans, distinct = con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").fetchone()
         result.spans, result.distinct_spans = int(spans), int(distinct)
+        orphans = con.execute("SELECT count(*) FROM spans WHERE episode_id NOT IN (SELECT episode_id FROM episodes)")
+        result.orphan_spans = int(orphans.fetchone()[0])
         per_episode = con.execute(
             "SELECT count(s.span_id) FROM episodes e LEFT JOIN spans s USING (episode_id) GROUP BY e.episode_id"
         ).fetchall()

@@ -251,3 +251,32 @@ def test_agentgym_sql_in_the_owning_process(tmp_path: Path) -> None:
         assert table.to_pylist() == [{"n": 4}]
     finally:
         agentgym.shutdown()
+
+
+def test_the_writer_waits_for_as_many_requests_as_it_last_committed_together_and_acks_after_the_commit(
+    tmp_path: Path,
+) -> None:
+    from agentgym_runtime.collectors.otlp.decode import PROTOBUF, decode_request, request_rows
+    from agentgym_runtime.collectors.otlp.sink import StoreSink, spans_id
+
+    store = TraceStore(str(tmp_path / "t.duckdb"))
+    # A long linger: only the number of requests, never the clock, can end these waits.
+    sink = StoreSink(store, linger_s=60.0)
+    rows = [
+        request_rows(decode_request(encode_spans(_spans(3, f"s{i}")).SerializeToString(), PROTOBUF, None))
+        for i in range(8)
+    ]
+    first = [sink.submit(spans_id(r) or "", r) for r in rows[:4]]
+    sink.start()  # 4 senders' requests, queued together: one transaction
+    assert [f.result(30) for f in first] == ["written"] * 4
+    assert sink.stats.write_transactions == 1
+    second = [sink.submit(spans_id(r) or "", r) for r in rows[4:7]]
+    assert not any(f.done() for f in second)  # 3 of the 4 senders: the writer waits for the 4th
+    assert store.query("SELECT count(*) FROM spans") == [(12,)]  # nothing of them committed yet
+    last = sink.submit(spans_id(rows[7]) or "", rows[7])
+    assert [f.result(30) for f in [*second, last]] == ["written"] * 4
+    assert (sink.stats.write_transactions, store.query("SELECT count(*) FROM spans")) == (2, [(24,)])
+    lone = sink.submit(spans_id(rows[0]) or "", rows[0])  # a retry, alone: closing ends the wait at once
+    sink.close()
+    assert lone.result(0) == "duplicate"
+    assert sink.stats.write_transactions == 2

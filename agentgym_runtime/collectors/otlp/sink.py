@@ -14,6 +14,13 @@ an upgrade is recognized too.
 The queue is bounded in spans: past the bound :meth:`StoreSink.submit` raises
 :class:`Overloaded` and the server answers ``429`` with ``Retry-After`` instead of growing.
 
+The writer commits everything queued in one transaction. A transaction's cost is mostly fixed
+(the commit), and a sender has one request in flight, so the senders' next requests arrive
+just after a commit answered them: the writer then waits up to ``linger_s`` for as many
+requests as its recent transactions held (:meth:`StoreSink._linger`) before it commits, so
+groups stay as large as the number of active senders. A lone sender's group is one request,
+which is never held back; each request is still acknowledged only after its commit.
+
 Example:
     >>> from agentgym_runtime.collectors.store import TraceStore
     >>> sink = StoreSink(TraceStore(":memory:")).start()
@@ -31,7 +38,8 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +60,8 @@ logger = logging.getLogger("agentgym_runtime.collector")
 
 #: Batch ids remembered in memory (older ones are still found in ``otlp_batches``).
 _RECENT_IDS = 200_000
+#: Transactions whose request counts set the group the writer waits for.
+_GROUP_HISTORY = 8
 
 
 class Overloaded(Exception):
@@ -152,6 +162,7 @@ class StoreSink:
         max_queued_spans: Spans waiting for the writer before requests are refused (429).
         max_transaction_spans: Spans committed in one transaction at most.
         stats: Counters to update.
+        linger_s: Longest wait for more requests to join a transaction (``0``: never wait).
     """
 
     def __init__(
@@ -161,11 +172,15 @@ class StoreSink:
         max_queued_spans: int = 200_000,
         max_transaction_spans: int = 50_000,
         stats: SinkStats | None = None,
+        linger_s: float = 0.005,
     ) -> None:
         self.store = store
         self.stats = stats or SinkStats()
         self._max_queued = max_queued_spans
         self._max_txn = max_transaction_spans
+        self._linger_s = linger_s
+        #: Requests in each recent transaction (the group the writer waits for).
+        self._groups: deque[int] = deque(maxlen=_GROUP_HISTORY)
         self._queue: list[_Item] = []
         self._queued_spans = 0
         self._cond = threading.Condition()
@@ -229,15 +244,33 @@ class StoreSink:
                     self._cond.wait()
                 if not self._queue and self._closing:
                     return
+                self._linger()
                 group: list[_Item] = []
                 spans = 0
                 while self._queue and (not group or spans + self._queue[0].rows.span_count <= self._max_txn):
                     item = self._queue.pop(0)
                     group.append(item)
                     spans += item.rows.span_count
+                self._groups.append(len(group))
             self._write_group(group)
             with self._cond:
                 self._queued_spans -= spans
+
+    def _linger(self) -> None:
+        """Wait (``_cond`` held) up to ``linger_s`` until the queue holds a recent group's requests.
+
+        Bounded three ways: the time, a transaction's spans, and the largest recent group (no
+        more senders are expected than were active a moment ago).
+        """
+        target = max(self._groups, default=1)
+        if self._linger_s <= 0 or len(self._queue) >= target:
+            return
+        deadline = time.monotonic() + self._linger_s
+        while len(self._queue) < target and self._queued_spans < self._max_txn and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _write_group(self, group: list[_Item]) -> None:
         try:
