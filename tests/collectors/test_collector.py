@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agentgym_runtime.collectors.otlp.client import CollectorSpanExporter
 from agentgym_runtime.collectors.otlp.server import Collector, CollectorServer, Limits
 from agentgym_runtime.collectors.otlp.spool import Spool
+from agentgym_runtime.collectors.rows import SpanRecord, span_record
+from agentgym_runtime.collectors.schema import SPAN_COLUMNS
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.errors import ConfigurationError
 
@@ -280,3 +282,38 @@ def test_the_writer_waits_for_as_many_requests_as_it_last_committed_together_and
     sink.close()
     assert lone.result(0) == "duplicate"
     assert sink.stats.write_transactions == 2
+
+
+def test_a_spooled_batch_the_collector_refuses_is_set_aside_and_the_batches_behind_it_are_delivered(
+    tmp_path: Path,
+) -> None:
+    """The spool is delivered oldest first: a batch refused with 400 (the store refuses its rows,
+    a damaged file) must not hold back every batch spooled after it."""
+    store = TraceStore(str(tmp_path / "t.duckdb"))
+    server = CollectorServer(Collector(store), port=0).start()
+    spool = Spool(tmp_path / "spool")
+    assert spool.put(b"\x0a\x05damaged", spans=3)  # the oldest file: not an OTLP request
+    endpoint: list[str | None] = [None]
+    exporter = CollectorSpanExporter(lambda: endpoint[0], spool=spool, drain_interval_s=0.05)
+    try:
+        assert exporter.export(_spans(4)).name == "SUCCESS"  # no collector known yet: spooled behind it
+        endpoint[0] = server.endpoint
+        assert exporter.force_flush(10_000)
+        assert store.query("SELECT count(*) FROM spans") == [(4,)]
+        assert not spool.files()
+        rejected = list((tmp_path / "spool" / "rejected").iterdir())
+        assert [p.read_bytes() for p in rejected] == [b"\x0a\x05damaged"]  # kept for a look, not retried
+        assert exporter.stats.snapshot()["rows_dropped"] == 3
+        # Sent directly, rows the store refuses (here: invalid JSON) are set aside too, not spooled.
+        good = span_record(_spans(1)[0])
+        assert good is not None
+        at = SPAN_COLUMNS.index("attributes")
+        assert exporter.export([SpanRecord([*good[:at], "{not json", *good[at + 1 :]])]).name == "FAILURE"
+        assert not spool.files()
+        assert len(list((tmp_path / "spool" / "rejected").iterdir())) == 2
+        assert exporter.stats.snapshot()["rows_dropped"] == 4
+        assert exporter.export(_spans(2)).name == "SUCCESS"
+        assert store.query("SELECT count(*) FROM spans") == [(6,)]
+    finally:
+        exporter.shutdown()
+        server.stop()

@@ -296,10 +296,12 @@ class StoreSink:
                 try:
                     self._commit_items(fresh)
                 except Exception as exc:
-                    if len(fresh) == 1 or not is_data_error(exc):
+                    if not is_data_error(exc):
                         raise
-                    # One request's rows are refused by the store: commit the others each alone.
-                    self._commit_alone(fresh)
+                    if len(fresh) == 1:  # its own rows: refused (400), not "store unavailable" (503, retried)
+                        self._reject(fresh[0], exc)
+                    else:  # one request's rows are refused by the store: commit the others each alone
+                        self._commit_alone(fresh)
                     fresh = []
             if duplicates:
                 self.stats.add(duplicate_batches=len(duplicates))
@@ -343,13 +345,16 @@ class StoreSink:
                 self._commit_items([item])
             except Exception as exc:
                 if is_data_error(exc):
-                    self.stats.add(write_failures=1, malformed=1)
-                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    item.future.set_exception(RejectedRows(f"the store refused these rows: {exc}"))
+                    self._reject(item, exc)
                 else:
                     self._failed([item], exc)
                 continue
             item.future.set_result("written")
+
+    def _reject(self, item: _Item, exc: Exception) -> None:
+        self.stats.add(write_failures=1, malformed=1)
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        item.future.set_exception(RejectedRows(f"the store refused these rows: {exc}"))
 
     def _failed(self, items: list[_Item], exc: Exception) -> None:
         self.stats.add(write_failures=1)
