@@ -10,7 +10,8 @@
 Every subprocess (collector, senders, workers) imports the ``agentgym_runtime`` of ``--tree``
 (default: the checkout this file is in), not whatever the virtual environment has installed.
 
-Run: ``nice .venv/bin/python benchmarks/bench_collector.py [--spans 400000] [--tree PATH]``.
+Run: ``nice .venv/bin/python benchmarks/bench_collector.py [--spans 400000] [--tree PATH]``;
+``--baseline-tree OTHER`` measures only the rows throughput, alternating OTHER and ``--tree``.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def throughput_collector(total: int, body: str = "otlp", tree: Path = TREE) -> float:
-    """Spans/s from 4 sender processes into a collector (``body``: ``otlp`` or ``rows``)."""
+def throughput_collector(total: int, body: str = "otlp", tree: Path = TREE) -> tuple[float, float]:
+    """Spans/s from 4 sender processes into a collector (``body``: ``otlp`` or ``rows``), and
+    the requests its writer committed per transaction."""
     home = Path(tempfile.mkdtemp())
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -140,9 +142,10 @@ def throughput_collector(total: int, body: str = "otlp", tree: Path = TREE) -> f
         for sender in senders:
             sender.wait()
         elapsed = time.perf_counter() - start
-        written = httpx.get(f"{endpoint}/v1/status").json()["stats"]["spans_written"]
+        stats = httpx.get(f"{endpoint}/v1/status").json()["stats"]
+        written = stats["spans_written"]
         assert written == per * 4, written
-        return written / elapsed
+        return written / elapsed, stats["requests"] / max(1, stats["write_transactions"])
     finally:
         collector.terminate()
         collector.wait(60)
@@ -223,22 +226,47 @@ def per_call_pair(rounds: int = 3, tree: Path = TREE) -> tuple[list[float], list
         collector.wait(60)
 
 
+def compare(total: int, before: Path, after: Path, rounds: int) -> None:
+    """Rows throughput of two trees side by side: ``rounds`` rounds of (before, after), each its own collector."""
+    ratios: list[float] = []
+    for i in range(rounds):
+        load = os.getloadavg()[0]
+        b, b_group = throughput_collector(total, "rows", before)
+        a, a_group = throughput_collector(total, "rows", after)
+        ratios.append(a / b)
+        print(
+            f"round {i + 1}: before {b:,.0f} spans/s ({b_group:.2f} requests/transaction), after {a:,.0f} "
+            f"({a_group:.2f}); ratio {a / b:.2f}; load average {load:.2f} -> {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+    print(f"after/before, median of {rounds} rounds: {statistics.median(ratios):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--tree", type=Path, default=TREE)
     parser.add_argument("--sender", nargs=4)
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="only the rows throughput, alternating this tree and --tree (A/B rounds)"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="A/B rounds with --baseline-tree")
     args = parser.parse_args()
     if args.sender:
         _sender(args.sender[0], int(args.sender[1]), int(args.sender[2]), args.sender[3])
         return
     print(machine(), f"load average {os.getloadavg()[0]:.2f}")
+    if args.baseline_tree:
+        compare(args.spans, args.baseline_tree, args.tree, args.rounds)
+        return
     base = throughput_in_process(args.spans)
-    otlp = statistics.median([throughput_collector(args.spans, "otlp", args.tree) for _ in range(2)])
-    rows = statistics.median([throughput_collector(args.spans, "rows", args.tree) for _ in range(2)])
+    otlp = statistics.median([throughput_collector(args.spans, "otlp", args.tree)[0] for _ in range(2)])
+    rows_runs = [throughput_collector(args.spans, "rows", args.tree) for _ in range(2)]
+    rows = statistics.median([r[0] for r in rows_runs])
     print(
         f"spans/s into the store: in-process writer {base:,.0f}; collector from 4 processes, OTLP protobuf "
-        f"{otlp:,.0f} ({otlp / base:.2f}x), agentgym rows {rows:,.0f} ({rows / base:.2f}x) (target >= 50,000)"
+        f"{otlp:,.0f} ({otlp / base:.2f}x), agentgym rows {rows:,.0f} ({rows / base:.2f}x) (target >= 50,000); "
+        f"rows requests per transaction {', '.join(f'{r[1]:.2f}' for r in rows_runs)}"
     )
     local, remote = per_call_pair(3, args.tree)
     ratios = [r / lo for lo, r in zip(local, remote, strict=True)]

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agentgym_runtime.collectors.otlp.client import CollectorSpanExporter
 from agentgym_runtime.collectors.otlp.server import Collector, CollectorServer, Limits
 from agentgym_runtime.collectors.otlp.spool import Spool
+from agentgym_runtime.collectors.rows import SpanRecord, span_record
+from agentgym_runtime.collectors.schema import SPAN_COLUMNS
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.errors import ConfigurationError
 
@@ -251,3 +253,67 @@ def test_agentgym_sql_in_the_owning_process(tmp_path: Path) -> None:
         assert table.to_pylist() == [{"n": 4}]
     finally:
         agentgym.shutdown()
+
+
+def test_the_writer_waits_for_as_many_requests_as_it_last_committed_together_and_acks_after_the_commit(
+    tmp_path: Path,
+) -> None:
+    from agentgym_runtime.collectors.otlp.decode import PROTOBUF, decode_request, request_rows
+    from agentgym_runtime.collectors.otlp.sink import StoreSink, spans_id
+
+    store = TraceStore(str(tmp_path / "t.duckdb"))
+    # A long linger: only the number of requests, never the clock, can end these waits.
+    sink = StoreSink(store, linger_s=60.0)
+    rows = [
+        request_rows(decode_request(encode_spans(_spans(3, f"s{i}")).SerializeToString(), PROTOBUF, None))
+        for i in range(8)
+    ]
+    first = [sink.submit(spans_id(r) or "", r) for r in rows[:4]]
+    sink.start()  # 4 senders' requests, queued together: one transaction
+    assert [f.result(30) for f in first] == ["written"] * 4
+    assert sink.stats.write_transactions == 1
+    second = [sink.submit(spans_id(r) or "", r) for r in rows[4:7]]
+    assert not any(f.done() for f in second)  # 3 of the 4 senders: the writer waits for the 4th
+    assert store.query("SELECT count(*) FROM spans") == [(12,)]  # nothing of them committed yet
+    last = sink.submit(spans_id(rows[7]) or "", rows[7])
+    assert [f.result(30) for f in [*second, last]] == ["written"] * 4
+    assert (sink.stats.write_transactions, store.query("SELECT count(*) FROM spans")) == (2, [(24,)])
+    lone = sink.submit(spans_id(rows[0]) or "", rows[0])  # a retry, alone: closing ends the wait at once
+    sink.close()
+    assert lone.result(0) == "duplicate"
+    assert sink.stats.write_transactions == 2
+
+
+def test_a_spooled_batch_the_collector_refuses_is_set_aside_and_the_batches_behind_it_are_delivered(
+    tmp_path: Path,
+) -> None:
+    """The spool is delivered oldest first: a batch refused with 400 (the store refuses its rows,
+    a damaged file) must not hold back every batch spooled after it."""
+    store = TraceStore(str(tmp_path / "t.duckdb"))
+    server = CollectorServer(Collector(store), port=0).start()
+    spool = Spool(tmp_path / "spool")
+    assert spool.put(b"\x0a\x05damaged", spans=3)  # the oldest file: not an OTLP request
+    endpoint: list[str | None] = [None]
+    exporter = CollectorSpanExporter(lambda: endpoint[0], spool=spool, drain_interval_s=0.05)
+    try:
+        assert exporter.export(_spans(4)).name == "SUCCESS"  # no collector known yet: spooled behind it
+        endpoint[0] = server.endpoint
+        assert exporter.force_flush(10_000)
+        assert store.query("SELECT count(*) FROM spans") == [(4,)]
+        assert not spool.files()
+        rejected = list((tmp_path / "spool" / "rejected").iterdir())
+        assert [p.read_bytes() for p in rejected] == [b"\x0a\x05damaged"]  # kept for a look, not retried
+        assert exporter.stats.snapshot()["rows_dropped"] == 3
+        # Sent directly, rows the store refuses (here: invalid JSON) are set aside too, not spooled.
+        good = span_record(_spans(1)[0])
+        assert good is not None
+        at = SPAN_COLUMNS.index("attributes")
+        assert exporter.export([SpanRecord([*good[:at], "{not json", *good[at + 1 :]])]).name == "FAILURE"
+        assert not spool.files()
+        assert len(list((tmp_path / "spool" / "rejected").iterdir())) == 2
+        assert exporter.stats.snapshot()["rows_dropped"] == 4
+        assert exporter.export(_spans(2)).name == "SUCCESS"
+        assert store.query("SELECT count(*) FROM spans") == [(6,)]
+    finally:
+        exporter.shutdown()
+        server.stop()

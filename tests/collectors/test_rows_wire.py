@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -286,3 +288,52 @@ def test_rows_without_pyarrow_on_the_collector_are_refused_clearly(monkeypatch: 
         wire.decode_batch(wire.MAGIC)
     monkeypatch.setattr(wire, "table_to_arrow", lambda table, rows: None)
     assert wire.encode_batch(RowBatch(spans=[("x",)])) is None
+
+
+def test_a_batch_committed_as_rows_after_the_worker_gave_up_is_not_written_again_as_otlp(tmp_path: Path) -> None:
+    """The worker sends rows, gives up waiting (the collector commits them later) and spools
+    them; the collector is replaced on the same store by one that reads only OTLP, so the
+    spooled batch arrives again in the other encoding (other bytes): written once."""
+    store = TraceStore(str(tmp_path / "t.duckdb"))
+    first = CollectorServer(Collector(store), port=0).start()
+    endpoint: list[str | None] = [first.endpoint]
+    spool = Spool(tmp_path / "spool")
+    exporter = CollectorSpanExporter(lambda: endpoint[0], spool=spool, timeout_s=1.0, drain_interval_s=0.05)
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(_: Any) -> None:  # the collector's commit waits behind this transaction
+        holding.set()
+        gate.wait(60)
+
+    blocker = threading.Thread(target=store.write, args=(hold,))
+    blocker.start()
+    assert holding.wait(10)
+    other: CollectorServer | None = None
+    try:
+        assert exporter.export(_mixed_items()).name == "SUCCESS"  # no answer within 1 s: spooled as rows
+        endpoint[0] = None  # no collector known for now: the spool waits
+        deadline = time.monotonic() + 10
+        while not spool.files() or any(spool.directory.glob(".*")):  # a drain try in flight times out too
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert spool.files()[0].read_bytes().startswith(rows_wire.MAGIC)
+        gate.set()
+        blocker.join(10)
+        while store.query("SELECT count(*) FROM spans") != [(5,)]:  # the collector commits it after all
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.05)
+        first.stop()
+        other = CollectorServer(Collector(store), port=0).start()
+        other.collector.formats = lambda: ["application/x-protobuf", "application/json"]  # type: ignore[method-assign]
+        endpoint[0] = other.endpoint
+        assert exporter.force_flush(10_000)
+        assert not spool.files()
+    finally:
+        gate.set()
+        exporter.shutdown()
+        if other is not None:
+            other.stop()
+    assert store.query("SELECT count(*), count(DISTINCT span_id) FROM spans") == [(5, 5)]
+    assert other.collector.stats.snapshot()["duplicate_batches"] == 1  # it came as OTLP and was recognized
+    assert store.query("SELECT count(*) FROM episodes") == [(1,)]
+    assert store.query("SELECT count(*) FROM feedback") == [(1,)]

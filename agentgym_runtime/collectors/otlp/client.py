@@ -10,7 +10,9 @@ built from the rows (:mod:`.encode`), which any OTLP receiver reads. A batch tha
 acknowledged (collector down, restarting, overloaded, or the process that owned the home just
 died) goes to the shared on-disk :class:`Spool` as it was encoded, and a background thread
 delivers the spool, oldest first, as soon as a collector answers (a spooled rows batch goes as
-OTLP to a collector that does not read rows).
+OTLP to a collector that does not read rows). A batch the collector refuses for what it holds
+(``400``, ``413``) is set aside in the spool's ``rejected/`` and counted as dropped: sent again
+it would be refused again, and spooled it would hold back every batch behind it.
 When this process becomes the owner of the home itself (:mod:`.election`), batches go
 straight to its local writer.
 
@@ -40,7 +42,7 @@ from agentgym_runtime import semconv
 from agentgym_runtime.collectors.otlp import rows_wire
 from agentgym_runtime.collectors.otlp.decode import PROTOBUF, MalformedPayloadError
 from agentgym_runtime.collectors.otlp.encode import encode_rows
-from agentgym_runtime.collectors.otlp.spool import Spool
+from agentgym_runtime.collectors.otlp.spool import REJECTED, Spool
 from agentgym_runtime.collectors.rows import RowBatch, SpanRecord, SpanRows, preload_arrow, span_rows
 from agentgym_runtime.collectors.stats import PipelineStats
 
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from agentgym_runtime.collectors.journal import Journal
 
 logger = logging.getLogger("agentgym_runtime.collector")
+
+#: Answers that refuse the body itself (malformed, rows the store refuses, too large).
+REFUSED: frozenset[int] = frozenset({400, 413})
 
 EndpointFn = Callable[[], str | None]
 """Gives the collector's current endpoint (``http://host:port``), or ``None`` if none is known."""
@@ -184,6 +189,8 @@ class CollectorSpanExporter(SpanExporter):
                 self.stats.wrote()
                 self._forget_errors()
                 return SpanExportResult.SUCCESS
+            if status in REFUSED:
+                return self._set_aside(payload, count, endpoint, status, reason)
             self._log_once(
                 f"send:{status}",
                 f"agentgym: the collector at {endpoint} did not take {count} spans ({status or 'unreachable'}: "
@@ -244,6 +251,18 @@ class CollectorSpanExporter(SpanExporter):
         self._log_once("spool-full", f"agentgym: the spool {self.spool.directory} is full; dropping {count} spans")
         return SpanExportResult.FAILURE
 
+    def _set_aside(
+        self, payload: bytes, count: int, endpoint: str | None, status: int, reason: str
+    ) -> SpanExportResult:
+        self.spool.set_aside(payload, spans=count)
+        self.stats.add(rows_dropped=count)
+        self._log_once(
+            f"refused:{status}",
+            f"agentgym: the collector at {endpoint} refused {count} spans ({status}: {reason}); dropping them "
+            f"(the request is kept in {self.spool.directory / REJECTED} if there is room)",
+        )
+        return SpanExportResult.FAILURE
+
     def retry_pending(self) -> bool:
         """Deliver the spool now; ``True`` once it is empty."""
         self.spool.release_stale()
@@ -297,7 +316,17 @@ class CollectorSpanExporter(SpanExporter):
                 if claim is None:
                     self._refresh_pending()
                     return
-                status, _ = self._post(self._drain_con, endpoint, claim.payload)
+                status, reason = self._post(self._drain_con, endpoint, claim.payload)
+                if status in REFUSED:  # never deliverable: it must not hold back the batches behind it
+                    self.spool.reject(claim)
+                    self.stats.add(rows_dropped=claim.spans)
+                    self._log_once(
+                        f"refused:{status}",
+                        f"agentgym: the collector at {endpoint} refused a spooled batch of {claim.spans} spans "
+                        f"({status}: {reason}); set aside in {self.spool.directory / REJECTED}",
+                    )
+                    self._refresh_pending()
+                    continue
                 if status != 200:
                     self.spool.release(claim)
                     self._refresh_pending()

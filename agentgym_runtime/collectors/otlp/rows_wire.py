@@ -19,8 +19,8 @@ of its table; ``NOT NULL`` columns hold no null, trace and span ids are lowercas
 32 and 16 characters, and buffers are not compressed (a compressed buffer would be
 inflated before any bound could be checked). Anything else is refused with a
 :class:`~.decode.MalformedPayloadError` that says why (``400``). The same authentication,
-size limits, rate limits, dedupe (the batch id is a hash of the body) and acknowledgement
-after commit apply as for OTLP.
+size limits, rate limits, dedupe (the batch id is a hash of the span ids, the same as for
+the OTLP of the same rows) and acknowledgement after commit apply as for OTLP.
 
 Example:
     >>> from agentgym_runtime.collectors.rows import RowBatch, arrow_ready

@@ -45,7 +45,7 @@ from agentgym_runtime.collectors.otlp.decode import (
     request_rows,
 )
 from agentgym_runtime.collectors.otlp.query import run_sql, run_sql_arrow
-from agentgym_runtime.collectors.otlp.sink import Overloaded, SinkStats, StoreSink, batch_id
+from agentgym_runtime.collectors.otlp.sink import Overloaded, SinkStats, StoreSink, batch_id, spans_id
 from agentgym_runtime.collectors.rows import preload_arrow
 from agentgym_runtime.collectors.store import TraceStore
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
@@ -195,7 +195,9 @@ class Collector:
             self.stats.add(malformed=1)
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            future = self.sink.submit(batch_id(payload), rows)
+            # Keyed by its spans, not its bytes: the same batch may come again in the other encoding.
+            body_id = batch_id(payload)
+            future = self.sink.submit(spans_id(rows) or body_id, rows, also=(body_id,))
         except Overloaded as exc:
             return JSONResponse(
                 {"error": str(exc)}, status_code=429, headers={"Retry-After": str(max(1, round(exc.retry_after_s)))}

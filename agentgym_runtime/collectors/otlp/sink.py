@@ -2,12 +2,24 @@
 
 Every request waits for the transaction that holds its rows: a ``200`` means the spans are
 in the store, so a client that got no answer (the collector was killed, the connection
-dropped) keeps its batch and sends it again. A batch id (a hash of the request body, the
-same bytes on every retry) is committed in ``otlp_batches`` with the rows, so a retry of a
-batch that did commit is acknowledged without writing it twice, across restarts too.
+dropped) keeps its batch and sends it again. A batch id is committed in ``otlp_batches`` with
+the rows, so a retry of a batch that did commit is acknowledged without writing it twice,
+across restarts too. The id is a hash of the request's span ids (:func:`spans_id`), not of
+its bytes: a worker may send a batch as agentgym rows, get no answer although the collector
+committed it, and deliver it again later as OTLP (the collector it then reaches reads only
+OTLP), so the same spans arrive in two encodings. The hash of the body (:func:`batch_id`,
+what earlier versions recorded) is still looked up, so a retry of a batch committed before
+an upgrade is recognized too.
 
 The queue is bounded in spans: past the bound :meth:`StoreSink.submit` raises
 :class:`Overloaded` and the server answers ``429`` with ``Retry-After`` instead of growing.
+
+The writer commits everything queued in one transaction. A transaction's cost is mostly fixed
+(the commit), and a sender has one request in flight, so the senders' next requests arrive
+just after a commit answered them: the writer then waits up to ``linger_s`` for as many
+requests as its recent transactions held (:meth:`StoreSink._linger`) before it commits, so
+groups stay as large as the number of active senders. A lone sender's group is one request,
+which is never held back; each request is still acknowledged only after its commit.
 
 Example:
     >>> from agentgym_runtime.collectors.store import TraceStore
@@ -15,7 +27,7 @@ Example:
     >>> from agentgym_runtime.collectors.otlp.decode import DecodedRows
     >>> sink.submit("b1", DecodedRows()).result(5)
     'written'
-    >>> sink.submit("b1", DecodedRows()).result(5)
+    >>> sink.submit("b2", DecodedRows(), also=("b1",)).result(5)
     'duplicate'
     >>> sink.close()
 """
@@ -26,7 +38,8 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +60,8 @@ logger = logging.getLogger("agentgym_runtime.collector")
 
 #: Batch ids remembered in memory (older ones are still found in ``otlp_batches``).
 _RECENT_IDS = 200_000
+#: Transactions whose request counts set the group the writer waits for.
+_GROUP_HISTORY = 8
 
 
 class Overloaded(Exception):
@@ -65,6 +80,35 @@ def batch_id(body: bytes) -> str:
         True
     """
     return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def spans_id(rows: DecodedRows | RowTables) -> str | None:
+    """The id of a request's spans, whatever their encoding or order; ``None`` without spans.
+
+    A hash of the sorted ``trace_id:span_id`` pairs: the rows body of a batch and the OTLP
+    body built from the same rows (:mod:`.encode` groups spans by service and scope, so their
+    order may differ) get the same id.
+
+    Example:
+        >>> from agentgym_runtime.collectors.rows import RowBatch
+        >>> a = DecodedRows(RowBatch(spans=[("t1", "s1"), ("t1", "s2")]))
+        >>> b = DecodedRows(RowBatch(spans=[("t1", "s2"), ("t1", "s1")]))
+        >>> spans_id(a) == spans_id(b) != spans_id(DecodedRows(RowBatch(spans=[("t1", "s1")])))
+        True
+        >>> spans_id(DecodedRows()) is None
+        True
+    """
+    if isinstance(rows, RowTables):
+        table = rows.tables.get("spans")
+        if table is None or not table.num_rows:
+            return None
+        traces, spans = table.column("trace_id").to_pylist(), table.column("span_id").to_pylist()
+        keys = sorted(f"{trace}:{span}" for trace, span in zip(traces, spans, strict=True))
+    else:
+        if not rows.batch.spans:
+            return None
+        keys = sorted(f"{row[0]}:{row[1]}" for row in rows.batch.spans)
+    return "s-" + hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -107,6 +151,7 @@ class _Item:
     batch_id: str
     rows: DecodedRows | RowTables
     future: Future[str]
+    also: tuple[str, ...] = ()
 
 
 class StoreSink:
@@ -117,6 +162,7 @@ class StoreSink:
         max_queued_spans: Spans waiting for the writer before requests are refused (429).
         max_transaction_spans: Spans committed in one transaction at most.
         stats: Counters to update.
+        linger_s: Longest wait for more requests to join a transaction (``0``: never wait).
     """
 
     def __init__(
@@ -126,11 +172,15 @@ class StoreSink:
         max_queued_spans: int = 200_000,
         max_transaction_spans: int = 50_000,
         stats: SinkStats | None = None,
+        linger_s: float = 0.005,
     ) -> None:
         self.store = store
         self.stats = stats or SinkStats()
         self._max_queued = max_queued_spans
         self._max_txn = max_transaction_spans
+        self._linger_s = linger_s
+        #: Requests in each recent transaction (the group the writer waits for).
+        self._groups: deque[int] = deque(maxlen=_GROUP_HISTORY)
         self._queue: list[_Item] = []
         self._queued_spans = 0
         self._cond = threading.Condition()
@@ -151,8 +201,11 @@ class StoreSink:
             self._thread.start()
         return self
 
-    def submit(self, batch_id: str, rows: DecodedRows | RowTables) -> Future[str]:
+    def submit(self, batch_id: str, rows: DecodedRows | RowTables, *, also: tuple[str, ...] = ()) -> Future[str]:
         """Queue ``rows``; the future gives ``"written"`` or ``"duplicate"`` once committed.
+
+        ``batch_id`` is recorded with the rows; a batch whose ``batch_id`` or any id in
+        ``also`` was committed before is a duplicate.
 
         Rows decoded from OTLP and Arrow tables of agentgym's own format
         (:mod:`.rows_wire`) are committed together. The future raises :class:`RejectedRows`
@@ -169,7 +222,7 @@ class StoreSink:
             if self._queue and self._queued_spans + count > self._max_queued:
                 self.stats.add(rejected_overloaded=1)
                 raise Overloaded(1.0)
-            self._queue.append(_Item(batch_id, rows, future))
+            self._queue.append(_Item(batch_id, rows, future, also))
             self._queued_spans += count
             self._cond.notify()
         self.stats.add(requests=1, spans_received=count)
@@ -191,15 +244,33 @@ class StoreSink:
                     self._cond.wait()
                 if not self._queue and self._closing:
                     return
+                self._linger()
                 group: list[_Item] = []
                 spans = 0
                 while self._queue and (not group or spans + self._queue[0].rows.span_count <= self._max_txn):
                     item = self._queue.pop(0)
                     group.append(item)
                     spans += item.rows.span_count
+                self._groups.append(len(group))
             self._write_group(group)
             with self._cond:
                 self._queued_spans -= spans
+
+    def _linger(self) -> None:
+        """Wait (``_cond`` held) up to ``linger_s`` until the queue holds a recent group's requests.
+
+        Bounded three ways: the time, a transaction's spans, and the largest recent group (no
+        more senders are expected than were active a moment ago).
+        """
+        target = max(self._groups, default=1)
+        if self._linger_s <= 0 or len(self._queue) >= target:
+            return
+        deadline = time.monotonic() + self._linger_s
+        while len(self._queue) < target and self._queued_spans < self._max_txn and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _write_group(self, group: list[_Item]) -> None:
         try:
@@ -208,26 +279,29 @@ class StoreSink:
             seen: set[str] = set()
             duplicates: list[_Item] = []
             for item in group:
-                if item.batch_id in self._recent or item.batch_id in seen:
+                ids = (item.batch_id, *item.also)
+                if any(i in self._recent or i in seen for i in ids):
                     duplicates.append(item)
                 else:
-                    seen.add(item.batch_id)
+                    seen.update(ids)
                     fresh.append(item)
-            fresh_ids = [item.batch_id for item in fresh]
+            fresh_ids = [i for item in fresh for i in (item.batch_id, *item.also)]
             # Ids committed by an earlier run and no longer remembered in memory.
             if fresh_ids:
                 known = self._committed_among(fresh_ids)
                 if known:
-                    duplicates += [item for item in fresh if item.batch_id in known]
-                    fresh = [item for item in fresh if item.batch_id not in known]
+                    duplicates += [item for item in fresh if known.intersection((item.batch_id, *item.also))]
+                    fresh = [item for item in fresh if not known.intersection((item.batch_id, *item.also))]
             if fresh:
                 try:
                     self._commit_items(fresh)
                 except Exception as exc:
-                    if len(fresh) == 1 or not is_data_error(exc):
+                    if not is_data_error(exc):
                         raise
-                    # One request's rows are refused by the store: commit the others each alone.
-                    self._commit_alone(fresh)
+                    if len(fresh) == 1:  # its own rows: refused (400), not "store unavailable" (503, retried)
+                        self._reject(fresh[0], exc)
+                    else:  # one request's rows are refused by the store: commit the others each alone
+                        self._commit_alone(fresh)
                     fresh = []
             if duplicates:
                 self.stats.add(duplicate_batches=len(duplicates))
@@ -271,13 +345,16 @@ class StoreSink:
                 self._commit_items([item])
             except Exception as exc:
                 if is_data_error(exc):
-                    self.stats.add(write_failures=1, malformed=1)
-                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    item.future.set_exception(RejectedRows(f"the store refused these rows: {exc}"))
+                    self._reject(item, exc)
                 else:
                     self._failed([item], exc)
                 continue
             item.future.set_result("written")
+
+    def _reject(self, item: _Item, exc: Exception) -> None:
+        self.stats.add(write_failures=1, malformed=1)
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        item.future.set_exception(RejectedRows(f"the store refused these rows: {exc}"))
 
     def _failed(self, items: list[_Item], exc: Exception) -> None:
         self.stats.add(write_failures=1)

@@ -4,9 +4,12 @@ One file per request body (``<time>-<pid>-<spans>.otlp``, written atomically), s
 the processes of a home: whoever reaches the collector first delivers it, the oldest first.
 A file is claimed by renaming it before sending, so two processes never send the same file
 at once; a claim left by a process that died is released by the next one that looks. The
-collector acknowledges a request only once it is committed and recognizes a body it already
-committed (:func:`~agentgym_runtime.collectors.otlp.sink.batch_id`), so a spooled request is
-written once, even when the sender died between the commit and the deletion of the file.
+collector acknowledges a request only once it is committed and recognizes the spans of a request
+it already committed (:func:`~agentgym_runtime.collectors.otlp.sink.spans_id`), so a spooled
+request is written once, even when the sender died between the commit and the deletion of the
+file, or the file is delivered re-encoded as OTLP. A request the collector refuses for what
+it holds (``400``, ``413``: sending it again cannot succeed) is moved to ``rejected/``
+(bounded, kept for a look) so that it does not hold back the requests spooled after it.
 
 Example:
     >>> import tempfile
@@ -36,6 +39,8 @@ logger = logging.getLogger("agentgym_runtime.collector")
 
 _SUFFIX = ".otlp"
 _CLAIMED = ".claimed-"
+#: Where refused requests are set aside.
+REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +69,20 @@ class Spool:
         directory: Where the files live (created on first use).
         max_bytes: Total size kept; a request that would go past it is refused (and counted
             by the caller as dropped), so the spool never fills the disk.
+        max_rejected_bytes: Total size of the refused requests kept in ``rejected/``; past
+            it a refused request is deleted.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = 512 * 1024 * 1024,
+        max_rejected_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.max_rejected_bytes = max_rejected_bytes
         self._lock = threading.Lock()
         self._seq = 0
 
@@ -134,6 +148,31 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    def reject(self, claim: Claim) -> None:
+        """The collector refused ``claim`` for what it holds: set it aside, never send it again."""
+        rejected = self.directory / REJECTED
+        original = claim.path.name[1:].split(_CLAIMED)[0]
+        with self._lock:
+            if _size(rejected) + len(claim.payload) <= self.max_rejected_bytes:
+                rejected.mkdir(exist_ok=True, mode=0o700)
+                try:
+                    os.rename(claim.path, rejected / original)
+                    return
+                except FileNotFoundError:
+                    return
+            claim.path.unlink(missing_ok=True)
+
+    def set_aside(self, payload: bytes, *, spans: int) -> None:
+        """Keep a request the collector refused when it was sent directly (see :meth:`reject`)."""
+        rejected = self.directory / REJECTED
+        with self._lock:
+            if _size(rejected) + len(payload) > self.max_rejected_bytes:
+                return
+            rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq}-{spans}{_SUFFIX}"
+            atomic_write_bytes(rejected / name, payload, durable=False)
+
     def release_stale(self) -> int:
         """Put back the claims of processes that died while delivering; how many."""
         released = 0
@@ -152,6 +191,14 @@ class Spool:
                 except FileNotFoundError:
                     pass
         return released
+
+
+def _size(directory: Path) -> int:
+    try:
+        with os.scandir(directory) as entries:
+            return sum(entry.stat().st_size for entry in entries if entry.is_file())
+    except FileNotFoundError:
+        return 0
 
 
 def _spans_of(name: str) -> int:
