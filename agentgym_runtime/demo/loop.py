@@ -73,6 +73,12 @@ class DemoConfig:
             reliability at this confidence reaches it, not the point estimate: a run stopped at
             95.07% live over 219 episodes measured 93.8% on held-out tasks (the estimate sits on
             the threshold half the time); at 0.8 a version needs ~96% over ~270 calls.
+        served_tasks: Distinct requests the simulated users send, in turn. More than a run serves
+            (~700-900 episodes), so the live version's traffic after a promotion is requests no
+            training snapshot held, and the live reliability the stopping rule reads measures what
+            the held-out table measures. With 400, the users cycled back to requests the version
+            had trained on: a code_review run stopped on "criteria met on live traffic" with its
+            version at 93.5% on held-out tasks.
         training_think_s: While a training job runs, each simulated user pauses this long between
             conversations: the snapshot is taken, the job and the serving threads share the
             CPU, and unpaced users would take most of it (on 2 cores a 60-round job then took
@@ -96,6 +102,7 @@ class DemoConfig:
     until_criteria: bool = True
     live_confidence: float = 0.8
     training_think_s: float = 1.0
+    served_tasks: int = 1000
 
 
 def unserved_tasks(scenario: Scenario, served: Sequence[Task], n: int, seed: int) -> list[Task]:
@@ -113,9 +120,10 @@ def unserved_tasks(scenario: Scenario, served: Sequence[Task], n: int, seed: int
         (300, False)
     """
     prompts = {t.prompt for t in served}
-    # Draw twice as many as needed: the served ones are removed, and each split has thousands of tasks.
+    # n + |served| distinct prompts hold at least n that were not served (and qa_testing's split has
+    # only 1,560 prompts, so drawing more than that fails).
     try:
-        drawn = scenario.tasks("heldout", 2 * n + len(prompts), seed=seed)
+        drawn = scenario.tasks("heldout", n + len(prompts), seed=seed)
     except ConfigurationError as exc:
         raise ConfigurationError(
             f"scenario {scenario.name!r} cannot give {n} held-out tasks besides the {len(prompts)} served: {exc}"
@@ -380,7 +388,7 @@ class Demo:
         config = self.config
         runtime, demo_model, chat = self._setup()
         scenario = get_scenario(config.scenario)
-        served_tasks = scenario.tasks("heldout", 400, seed=config.seed + 1)
+        served_tasks = scenario.tasks("heldout", config.served_tasks, seed=config.seed + 1)
         serve = self._serving_agent(chat, demo_model)
         self.state.phase = "serving version 0; recording episodes"
         threads = [
