@@ -326,3 +326,21 @@ def test_concurrent_calls_on_two_adapters_and_the_base_each_get_their_own_output
         thread.join()
     for label, got in results.items():
         assert got == [expected[label]] * 6, label
+
+
+def test_streaming_gives_the_message_of_the_non_streaming_call(small: DemoModel, adapters: tuple[Path, Path]) -> None:
+    from langchain_core.messages import HumanMessage
+
+    support = get_scenario(SCENARIO)
+    tools = [{"type": "function", "function": {"name": t.name}} for t in support.tools()]
+    for label, adapter, index in (("base", None, 2), ("strong", adapters[1], 2), ("strong", adapters[1], 0)):
+        chat = TinyToolCallingChatModel.from_demo_model(small, adapter=str(adapter) if adapter else None)
+        task = support.tasks("heldout", 10, seed=3)[1 if index == 2 else 0].prompt
+        chunks = list(chat.bind_tools(tools).stream([HumanMessage(task)]))
+        message = chunks[0]
+        for chunk in chunks[1:]:
+            message += chunk
+        expected = GOLDEN[f"{label}_chat"][index]
+        assert message.content == expected["content"]
+        assert [[c["name"], c["args"]] for c in message.tool_calls] == expected["tool_calls"]
+        assert [message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"]] == expected["usage"]
