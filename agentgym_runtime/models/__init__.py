@@ -5,6 +5,10 @@
   No transformers import.
 * :mod:`~agentgym_runtime.models.engine` — one transformers engine per base model serving the pinned
   policy version's LoRA adapter per call (base model and adapters loaded once, adapters cached by digest).
+* :mod:`~agentgym_runtime.models.formats` — the seam a model plugs into the engine: a ``ServingFormat``
+  (render, encode, stop strings, decode, parse, stream filter); ``TemplateFormat`` for chat-template
+  models. A model with a prompt format of its own (the demo's, your fine-tune) brings one and is served
+  with ``ChatEngine.for_model``. No transformers import.
 * Framework chat models over that engine: :mod:`~agentgym_runtime.models.langchain`,
   :mod:`~agentgym_runtime.models.autogen`, :mod:`~agentgym_runtime.models.crewai`.
 
@@ -41,14 +45,19 @@ if TYPE_CHECKING:
         tool_block,
     )
     from agentgym_runtime.models.engine import AdapterError, ChatEngine, Generation
+    from agentgym_runtime.models.formats import EncodedPrompt, ServingFormat, TemplateFormat
 
 _ENGINE = ("AdapterError", "ChatEngine", "Generation")
+_FORMATS = ("EncodedPrompt", "ServingFormat", "TemplateFormat")
 
 __all__ = [
     "TOOL_CALL_FORMATS",
     "AdapterError",
     "ChatEngine",
     "Generation",
+    "EncodedPrompt",
+    "ServingFormat",
+    "TemplateFormat",
     "ChatTemplateError",
     "InvalidToolCall",
     "PadTokenError",
@@ -67,7 +76,8 @@ __all__ = [
 ]
 
 _LAZY: dict[str, str] = {
-    name: "agentgym_runtime.models.engine" if name in _ENGINE else "agentgym_runtime.models.chat_format"
+    name: "agentgym_runtime.models."
+    + ("engine" if name in _ENGINE else "formats" if name in _FORMATS else "chat_format")
     for name in __all__
 }
 

@@ -10,7 +10,15 @@ call, a retrained adapter at the same path is a new one, and a rollback switches
 reloading anything.
 
 Generation holds a lock: peft's active adapter is state of the one model, so calls are serialized
-(on CPU one generation uses every core anyway). The base model serves with the adapters disabled.
+(on CPU one generation uses every core anyway), and concurrent calls on different adapters each get
+their own adapter's output. The base model serves with the adapters disabled.
+
+What is particular to a model — how a conversation becomes its prompt, how its completion becomes
+tool calls — is its :class:`~agentgym_runtime.models.formats.ServingFormat`: a Hugging Face chat model
+gets :class:`~agentgym_runtime.models.formats.TemplateFormat` (its own chat template); a model with a
+prompt format of its own (the demo's tiny model, your own fine-tune) is served with
+:meth:`ChatEngine.for_model`, and :meth:`ChatEngine.complete` completes many rendered prompts in
+batches (left-padded, one adapter per batch).
 
 An adapter trained on another base model is refused with :class:`AdapterError` (its
 ``adapter_config.json`` names another model, or its weights do not fit this one).
@@ -34,16 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
-from agentgym_runtime.models.chat_format import (
-    ParsedCompletion,
-    ToolCallFormat,
-    check_format,
-    detect_format,
-    end_of_turn_markers,
-    parse_completion,
-    render_chat,
-    strip_end_of_turn,
-)
+from agentgym_runtime.models.chat_format import ParsedCompletion, ToolCallFormat, check_format, detect_format
+from agentgym_runtime.models.formats import EncodedPrompt, ServingFormat, TemplateFormat
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _WEIGHT_FILES = _ADAPTER_FILES[1:]
@@ -185,6 +185,7 @@ class ChatEngine:
         max_new_tokens: Default completion budget.
         chat_template: A template overriding the tokenizer's.
         pad_token: A token to pad with for tokenizers that ship none (``"eos"``: the eos token).
+        name: The model's name in responses and traces (default: ``model_path``).
 
     Example:
         >>> ChatEngine("/models/x").model_path
@@ -196,9 +197,11 @@ class ChatEngine:
     max_new_tokens: int = 256
     chat_template: str | None = None
     pad_token: str | None = None
+    name: str | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
+    _format: ServingFormat | None = field(default=None, repr=False)
     _digests: dict[str, str] = field(default_factory=dict, repr=False)  # path@mtime -> digest
     _loaded: set[str] = field(default_factory=set, repr=False)
 
@@ -225,6 +228,33 @@ class ChatEngine:
                 )
         return engine
 
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        serving_format: ServingFormat,
+        *,
+        model_path: str | Path,
+        name: str | None = None,
+        max_new_tokens: int = 256,
+    ) -> ChatEngine:
+        """An engine over a model already loaded, with a serving format of its own (module docstring).
+
+        The engine wraps ``model`` in place when it loads the first adapter (peft adds the LoRA layers to
+        its modules): hand it a model that nothing else runs. ``model_path`` is the base model adapters
+        are checked against (an adapter's ``base_model_name_or_path``).
+
+        Example:
+            >>> fmt = MyFormat(tokenizer)  # doctest: +SKIP
+            >>> engine = ChatEngine.for_model(model, tokenizer, fmt, model_path="/models/mine")  # doctest: +SKIP
+            >>> engine.complete([fmt.render(messages, tools)], adapter="/adapters/v2")[0].text  # doctest: +SKIP
+        """
+        engine = cls(str(model_path), max_new_tokens=max_new_tokens, name=name)
+        model.eval()
+        engine._model, engine._tokenizer, engine._format = model, tokenizer, serving_format
+        return engine
+
     # --- loading -----------------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
@@ -237,6 +267,18 @@ class ChatEngine:
         """The model: the base model, or a peft model holding every adapter loaded so far."""
         self._load()
         return self._model
+
+    @property
+    def serving_format(self) -> ServingFormat:
+        """How this model's prompts and completions look (:class:`~.formats.TemplateFormat` unless given)."""
+        self._load()
+        assert self._format is not None  # set with the model
+        return self._format
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in responses and traces."""
+        return self.name or self.model_path
 
     def _is_loaded(self) -> bool:
         return self._model is not None
@@ -257,6 +299,7 @@ class ChatEngine:
                 self.model_path, local_files_only=True, dtype=torch.float32, **gguf_kwargs(self.model_path)
             )
             model.eval()
+            self._format = TemplateFormat(tokenizer, check_format(self.fmt) if self.fmt else detect_format(tokenizer))
             self._tokenizer = tokenizer
             self._model = model
 
@@ -324,20 +367,24 @@ class ChatEngine:
 
     # --- generating --------------------------------------------------------------------------------------------------
     def format(self) -> ToolCallFormat:
-        """The tool-call format of this model (the option, else read from its template)."""
-        return check_format(self.fmt) if self.fmt else detect_format(self.tokenizer)
+        """The tool-call format of this chat model (the option, else read from its template).
+
+        Raises:
+            ConfigurationError: The engine serves a format of its own (:meth:`for_model`), not a template.
+        """
+        served = self.serving_format
+        if not isinstance(served, TemplateFormat):
+            raise ConfigurationError(f"{self.model_name!r} is served in a format of its own, not a chat template")
+        return served.fmt
 
     def prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """The rendered prompt of ``messages`` (OpenAI style) and ``tools``."""
-        return render_chat(self.tokenizer, messages, tools, fmt=self.format())
+        return self.serving_format.render(messages, tools)
 
-    def _encode(self, prompt: str) -> Any:
-        tokenizer = self.tokenizer
+    def _encode(self, prompts: Sequence[str]) -> list[EncodedPrompt]:
+        served = self.serving_format
         with self._lock:  # a fast tokenizer may reset its padding state per call: not from two threads at once
-            return tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-
-    def _markers(self, stop: Sequence[str] | None) -> tuple[str, ...]:
-        return (*end_of_turn_markers(self.tokenizer), *(stop or ()))
+            return [served.encode(prompt) for prompt in prompts]
 
     def _options(self, max_new_tokens: int | None, temperature: float, stop: Sequence[str] | None) -> dict[str, Any]:
         tokenizer = self.tokenizer
@@ -346,9 +393,10 @@ class ChatEngine:
             "do_sample": temperature > 0,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
-            "stop_strings": list(self._markers(stop)),
-            "tokenizer": tokenizer,
         }
+        stop_strings = self.serving_format.stop_strings(stop)
+        if stop_strings:
+            options.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         if temperature > 0:
             options["temperature"] = temperature
         else:  # greedy: no sampling settings of the model's generation config apply (and none warn)
@@ -357,23 +405,36 @@ class ChatEngine:
 
     def _run(
         self,
-        inputs: Any,
+        prompts: Sequence[EncodedPrompt],
         adapter: Path | None,
         options: dict[str, Any],
         streamer: Any = None,
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[list[list[int]], str | None]:
+        """The generated ids of each prompt (each cut after its eos) and the adapter's digest."""
         torch, _ = _import_torch()
         self._load()
+        # Left padding: every row's completion starts at the same column.
+        width = max(len(p.ids) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad if pad is not None else 0, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
+            mask[row, width - len(prompt.ids) :] = 1
         with self._lock:
             digest = self._activate(adapter)
             with torch.no_grad(), self._adapter_scope(digest):
                 extra = {"streamer": streamer} if streamer is not None else {}
-                output = self._model.generate(**inputs, **options, **extra)
-        return output[0, inputs["input_ids"].shape[1] :], digest
+                output = self._model.generate(input_ids=ids, attention_mask=mask, **options, **extra)
+        eos = self.tokenizer.eos_token_id
+        return [_through_eos(output[row, width:].tolist(), eos) for row in range(len(prompts))], digest
 
-    def _result(self, new: Any, prompt_tokens: int, stop: Sequence[str] | None, digest: str | None) -> Generation:
-        text = strip_end_of_turn(self.tokenizer.decode(new, skip_special_tokens=False), self._markers(stop))
-        return Generation(text, parse_completion(text, self.format()), prompt_tokens, len(new), digest)
+    def _result(
+        self, new: list[int], prompt: EncodedPrompt, stop: Sequence[str] | None, digest: str | None
+    ) -> Generation:
+        served = self.serving_format
+        text, completion_tokens = served.decode(new, prompt, stop)
+        return Generation(text, served.parse(text), len(prompt.ids), completion_tokens, digest)
 
     def generate(
         self,
@@ -396,11 +457,39 @@ class ChatEngine:
             >>> engine.generate([{"role": "user", "content": "hi"}]).text  # doctest: +SKIP
             'Hello!'
         """
-        inputs = self._encode(self.prompt(messages, tools))
-        new, digest = self._run(
-            inputs, Path(adapter) if adapter else None, self._options(max_new_tokens, temperature, stop)
-        )
-        return self._result(new, int(inputs["input_ids"].shape[1]), stop, digest)
+        prompt = self.prompt(messages, tools)
+        return self.complete(
+            [prompt], adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+        )[0]
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: Path | str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        batch_size: int = 64,
+    ) -> list[Generation]:
+        """Completions of already rendered ``prompts``, ``batch_size`` at a time, with one adapter for all.
+
+        What an offline evaluation runs: many episodes in lock step, each step's prompts in batches.
+
+        Raises:
+            AdapterError: The adapter is missing or was trained on another base model.
+
+        Example:
+            >>> [g.text for g in engine.complete([engine.prompt(m) for m in conversations])]  # doctest: +SKIP
+        """
+        where = Path(adapter) if adapter else None
+        options = self._options(max_new_tokens, temperature, stop)
+        out: list[Generation] = []
+        for start in range(0, len(prompts), batch_size):
+            encoded = self._encode(prompts[start : start + batch_size])
+            rows, digest = self._run(encoded, where, options)
+            out += [self._result(new, prompt, stop, digest) for new, prompt in zip(rows, encoded, strict=True)]
+        return out
 
     def stream(
         self,
@@ -423,10 +512,15 @@ class ChatEngine:
             True
         """
         _, transformers = _import_torch()
-        inputs = self._encode(self.prompt(messages, tools))
+        encoded = self._encode([self.prompt(messages, tools)])[0]
         options = self._options(max_new_tokens, temperature, stop)
         streamer = transformers.TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
-        return ChatStream(self, inputs, Path(adapter) if adapter else None, options, streamer, stop)
+        return ChatStream(self, encoded, Path(adapter) if adapter else None, options, streamer, stop)
+
+
+def _through_eos(tokens: list[int], eos: int | None) -> list[int]:
+    """``tokens`` up to and with the first eos: in a batch, a row that ended early is padded after it."""
+    return tokens[: tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens
 
 
 def pinned_adapter(home: str | None = None) -> Path | None:
@@ -468,14 +562,14 @@ class ChatStream(Iterator[str]):
     def __init__(
         self,
         engine: ChatEngine,
-        inputs: Any,
+        prompt: EncodedPrompt,
         adapter: Path | None,
         options: dict[str, Any],
         streamer: Any,
         stop: Sequence[str] | None,
     ) -> None:
         self.result: Generation | None = None
-        self._pieces = self._generate(engine, inputs, adapter, options, streamer, stop)
+        self._pieces = self._generate(engine, prompt, adapter, options, streamer, stop)
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -483,7 +577,7 @@ class ChatStream(Iterator[str]):
     def _generate(
         self,
         engine: ChatEngine,
-        inputs: Any,
+        prompt: EncodedPrompt,
         adapter: Path | None,
         options: dict[str, Any],
         streamer: Any,
@@ -494,14 +588,14 @@ class ChatStream(Iterator[str]):
 
         def run() -> None:
             try:
-                outcome.append(engine._run(inputs, adapter, options, streamer))
+                outcome.append(engine._run([prompt], adapter, options, streamer))
             except BaseException as exc:  # re-raised in the caller's thread below
                 failure.append(exc)
                 streamer.end()
 
         thread = threading.Thread(target=run, name="agentgym-generate", daemon=True)
         thread.start()
-        content = ContentFilter(engine.format(), engine._markers(stop))
+        content = engine.serving_format.content_filter(stop)
         for piece in streamer:
             delta = content.feed(piece)
             if delta:
@@ -509,73 +603,11 @@ class ChatStream(Iterator[str]):
         thread.join()
         if failure:
             raise failure[0]
-        new, digest = outcome[0]
-        self.result = engine._result(new, int(inputs["input_ids"].shape[1]), stop, digest)
+        rows, digest = outcome[0]
+        self.result = engine._result(rows[0], prompt, stop, digest)
         rest = content.finish(self.result.parsed.content)
         if rest:
             yield rest
-
-
-_CALL_MARKERS: dict[ToolCallFormat, tuple[str, ...]] = {"hermes": ("<tool_call>",), "mistral": ("[TOOL_CALLS]",)}
-#: How a completion that is a tool call starts in the bare-JSON formats (after whitespace).
-_JSON_STARTS = ("{", "[", "<|python_tag|>", "```")
-
-
-class ContentFilter:
-    """Turns pieces of a completion's text into pieces of its content (what is not a tool call).
-
-    Content is let through as soon as it cannot be part of a tool call or an end-of-turn marker; the
-    rest waits for :meth:`finish`, which completes it to the parsed completion's content.
-
-    Example:
-        >>> f = ContentFilter("hermes", ("<|im_end|>",))
-        >>> [f.feed(p) for p in ["  Sure", ", calling <tool", "_call>{...}"]]
-        ['Sure', ', calling', '']
-        >>> f.finish("Sure, calling")
-        ''
-    """
-
-    def __init__(self, fmt: ToolCallFormat, end_markers: Sequence[str]) -> None:
-        self._fmt = fmt
-        self._held = (*_CALL_MARKERS.get(fmt, ()), *(m for m in end_markers if m))
-        self._text = ""
-        self._sent = ""
-        self._closed = False
-
-    def _safe(self) -> str:
-        text = self._text.lstrip()
-        if self._fmt not in _CALL_MARKERS and any(s.startswith(text) or text.startswith(s) for s in _JSON_STARTS):
-            return ""  # may be (or become) a bare JSON tool call: wait for the whole completion
-        cut = len(text)
-        for marker in self._held:
-            found = text.find(marker)
-            if found >= 0:
-                cut = min(cut, found)
-                self._closed = True
-            else:  # hold back a tail that could be the start of the marker
-                for size in range(min(len(marker) - 1, len(text)), 0, -1):
-                    if text.endswith(marker[:size]):
-                        cut = min(cut, len(text) - size)
-                        break
-        return text[:cut].rstrip()
-
-    def feed(self, piece: str) -> str:
-        """The content ``piece`` lets through (possibly none)."""
-        if self._closed:
-            return ""
-        self._text += piece
-        safe = self._safe()
-        if not safe.startswith(self._sent) or len(safe) <= len(self._sent):
-            return ""
-        delta, self._sent = safe[len(self._sent) :], safe
-        return delta
-
-    def finish(self, content: str) -> str:
-        """The rest of ``content`` (the parsed completion's) after what was let through."""
-        # What was let through is always a prefix of the parsed content (text before any tool call,
-        # with surrounding whitespace held back); if a tokenizer's incremental decoding ever differed,
-        # the remainder still completes the parsed content.
-        return content[len(self._sent) :] if content.startswith(self._sent) else ""
 
 
 _SHARED: dict[str, ChatEngine] = {}

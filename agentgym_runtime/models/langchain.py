@@ -9,6 +9,10 @@ running agent (:func:`agentgym_runtime.current_policy`): a promoted version serv
 a rollback from the next, with no restart; outside an episode, or for a policy without an adapter, the
 base model answers.
 
+A model with a prompt format of its own is served the same way: build its engine with
+:meth:`ChatEngine.for_model <agentgym_runtime.models.engine.ChatEngine.for_model>` and wrap it with
+:meth:`TransformersChatModel.from_engine` (the demo's ``TinyToolCallingChatModel`` does just that).
+
 Example:
     >>> from agentgym_runtime.models.langchain import TransformersChatModel  # doctest: +SKIP
     >>> from langchain.agents import create_agent  # doctest: +SKIP
@@ -29,7 +33,7 @@ from agentgym_runtime.models.engine import ChatEngine, Generation, serving_adapt
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
     from langchain_core.language_models import BaseChatModel, LanguageModelInput
-    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage, convert_to_openai_messages
     from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
     from langchain_core.runnables import Runnable
@@ -38,6 +42,32 @@ try:
     from pydantic import ConfigDict, PrivateAttr
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("in-process LangChain chat model", "langchain", exc.name or "langchain_core") from exc
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages in OpenAI's style, keeping what a serving format may need that OpenAI's drops.
+
+    A tool message whose tool failed gets ``"status": "error"``; an assistant message's calls that could
+    not be read get ``"invalid_tool_calls"`` (``id``, ``name``, ``arguments`` as written, ``error``).
+    Chat templates ignore both keys (see :mod:`~agentgym_runtime.models.formats`).
+
+    Example:
+        >>> from langchain_core.messages import ToolMessage
+        >>> to_openai_messages([ToolMessage("boom", tool_call_id="c1", status="error")])[0]["status"]
+        'error'
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        converted = convert_to_openai_messages([message])
+        if converted and isinstance(message, ToolMessage) and message.status == "error":
+            converted[0]["status"] = "error"
+        if converted and isinstance(message, AIMessage) and message.invalid_tool_calls:
+            converted[0]["invalid_tool_calls"] = [
+                {"id": c.get("id"), "name": c.get("name"), "arguments": c.get("args"), "error": c.get("error")}
+                for c in message.invalid_tool_calls
+            ]
+        out += converted
+    return out
 
 
 def _usage(generation: Generation) -> UsageMetadata:
@@ -55,7 +85,7 @@ class TransformersChatModel(BaseChatModel):
         tool_format: The tool-call format (default: read from the chat template).
         chat_template: A template overriding the tokenizer's.
         pad_token: A pad token for tokenizers that ship none (``"eos"``: the eos token).
-        max_new_tokens: Completion budget per call.
+        max_new_tokens: Completion budget per call (default: the engine's).
         temperature: 0 (the default) decodes greedily.
 
     Example:
@@ -72,7 +102,7 @@ class TransformersChatModel(BaseChatModel):
     tool_format: ToolCallFormat | None = None
     chat_template: str | None = None
     pad_token: str | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None
     temperature: float = 0.0
     _engine: ChatEngine | None = PrivateAttr(default=None)
 
@@ -116,7 +146,7 @@ class TransformersChatModel(BaseChatModel):
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:
         return {
-            "messages": convert_to_openai_messages(messages),
+            "messages": to_openai_messages(messages),
             "tools": kwargs.get("tools") or None,
             "adapter": self.active_adapter(),
             "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
@@ -126,7 +156,7 @@ class TransformersChatModel(BaseChatModel):
 
     def _metadata(self, generation: Generation) -> dict[str, Any]:
         return {
-            "model_name": self.model_path,
+            "model_name": self.engine.model_name,
             "adapter": generation.adapter,
             "finish_reason": "tool_calls" if generation.parsed.tool_calls else "stop",
         }
@@ -163,7 +193,7 @@ class TransformersChatModel(BaseChatModel):
         }
         return ChatResult(
             generations=[ChatGeneration(message=message)],
-            llm_output={"token_usage": usage, "model_name": self.model_path},
+            llm_output={"token_usage": usage, "model_name": self.engine.model_name},
         )
 
     def _stream(
@@ -196,4 +226,4 @@ class TransformersChatModel(BaseChatModel):
         )
 
 
-__all__ = ["TransformersChatModel"]
+__all__ = ["TransformersChatModel", "to_openai_messages"]

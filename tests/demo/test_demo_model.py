@@ -168,7 +168,10 @@ def test_lora_adapter_named_by_the_pinned_policy_is_loaded(
     base = demo.complete(prompts)
     tuned = demo.complete(prompts, adapter=adapter_dir)
     assert [t for t, _, _ in tuned] != [t for t, _, _ in base]
-    assert demo.with_adapter(adapter_dir) is demo.with_adapter(adapter_dir)  # loaded once
+    loaded = set(demo.engine._loaded)
+    assert len(loaded) == 1  # the adapter was loaded once, into the engine's one model ...
+    assert [t for t, _, _ in demo.complete(prompts, adapter=adapter_dir)] == [t for t, _, _ in tuned]
+    assert demo.engine._loaded == loaded  # ... and served again without loading it again
     assert [t for t, _, _ in demo.complete(prompts)] == [t for t, _, _ in base]  # base weights untouched
 
     policy = Policy(agent="support", version=1, llm=LLMConfig(adapter=str(adapter_dir)))

@@ -23,7 +23,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.models.chat_format import ChatTemplateError, PadTokenError
-from agentgym_runtime.models.engine import AdapterError, ChatEngine, ContentFilter
+from agentgym_runtime.models.engine import AdapterError, ChatEngine
+from agentgym_runtime.models.formats import ContentFilter
 from agentgym_runtime.models.langchain import TransformersChatModel
 from agentgym_runtime.recording.policy import LLMConfig, Policy
 from tests.models.lora import random_adapter, trained_adapter

@@ -4,8 +4,11 @@
   (``render_prompt``, ``parse_completion``, ``score_completion``); no torch needed.
 * :mod:`~agentgym_runtime.demo.model.tiny` — the tiny causal LM: built from a config, tokenizer
   trained locally, warm-started on scenario data, cached under ``<home>/models/<scenario>-tiny``.
-* :mod:`~agentgym_runtime.demo.model.chat` — ``TinyToolCallingChatModel``, a LangChain chat model
-  emitting real tool calls and loading the pinned policy's LoRA adapter.
+* :mod:`~agentgym_runtime.demo.model.serving` — ``DemoFormat``, the demo model's serving format: all
+  it adds to the shared engine (:class:`~agentgym_runtime.models.engine.ChatEngine`), which serves it
+  like any model (the pinned policy's LoRA adapter per call, loaded once; batches; streaming).
+* :mod:`~agentgym_runtime.demo.model.chat` — ``TinyToolCallingChatModel``: the shared LangChain chat
+  model (:class:`~agentgym_runtime.models.langchain.TransformersChatModel`) over the demo's engine.
 * :mod:`~agentgym_runtime.demo.model.evaluate` — ``evaluate_model`` on held-out tasks.
 
 Names are resolved on first access, so importing this package loads no torch.
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
         render_prompt,
         score_completion,
     )
+    from agentgym_runtime.demo.model.serving import DemoFormat
     from agentgym_runtime.demo.model.tiny import (
         DemoModel,
         TinyModelConfig,
@@ -58,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "render_call": "agentgym_runtime.demo.model.format",
     "render_prompt": "agentgym_runtime.demo.model.format",
     "score_completion": "agentgym_runtime.demo.model.format",
+    "DemoFormat": "agentgym_runtime.demo.model.serving",
     "DemoModel": "agentgym_runtime.demo.model.tiny",
     "TinyModelConfig": "agentgym_runtime.demo.model.tiny",
     "build_demo_model": "agentgym_runtime.demo.model.tiny",
@@ -67,6 +72,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "CompletionScore",
+    "DemoFormat",
     "DemoModel",
     "EvaluationResult",
     "ParsedCompletion",

@@ -3,7 +3,8 @@
 Each task runs as an episode of at most ``max_steps`` LLM calls on a fresh world: a tool call
 is executed (failures are shown to the model as errors, as agent frameworks do), an answer
 ends the episode, and so does a call whose arguments are not JSON (LangChain's agent loop
-stops on a message whose only tool call is invalid). Episodes run in lock step so completions are generated in batches.
+stops on a message whose only tool call is invalid). Episodes run in lock step so completions are generated in batches,
+by the model's engine (:meth:`~agentgym_runtime.models.engine.ChatEngine.complete`) that serves live calls too.
 
 Example:
     >>> from agentgym_runtime.demo.model import evaluate_model, load_or_build_demo_model  # doctest: +SKIP

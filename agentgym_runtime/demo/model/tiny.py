@@ -9,6 +9,11 @@ delexicalised into slot tokens before the model sees them and put back in its ou
 structure in minutes on a CPU but would need far longer to learn to copy digits. Nothing is
 downloaded. torch, transformers, tokenizers and peft are imported only here (the ``train`` extra).
 
+It is served like any model (:attr:`DemoModel.engine`): by the shared
+:class:`~agentgym_runtime.models.engine.ChatEngine` in the demo's own serving format
+(:class:`~agentgym_runtime.demo.model.serving.DemoFormat`), which loads each LoRA adapter once and
+serves the one each call asks for.
+
 Code that drives ``model``/``tokenizer`` directly (the GRPO trainer) must do the same:
 ``text, slots = delexicalize(render_prompt(...))``, generate from ``text``, then
 ``relexicalize(completion, slots)`` before :func:`~agentgym_runtime.demo.model.format.score_completion`.
@@ -21,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -32,13 +38,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime.demo.model.data import corpus_texts, warm_start_examples
-from agentgym_runtime.demo.model.format import FORMAT_VERSION, delexicalize, relexicalize
+from agentgym_runtime.demo.model.format import FORMAT_VERSION, delexicalize
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
 from agentgym_runtime.scenarios.base import Scenario
 from agentgym_runtime.scenarios.registry import get_scenario
+
+if TYPE_CHECKING:
+    from agentgym_runtime.models.engine import ChatEngine
 
 #: Bump when the build recipe changes: it is part of the cache key.
 RECIPE_VERSION = 2
@@ -101,12 +110,12 @@ def cache_key(scenario: str, config: TinyModelConfig, seed: int) -> str:
 
 
 class DemoModel:
-    """The tiny LM and its tokenizer, with batched greedy completion and LoRA adapters.
+    """The tiny LM and its tokenizer, served by the shared engine (batched greedy completion, LoRA adapters).
 
     Attributes:
         scenario: The scenario it was warm-started on.
         path: Where its files live.
-        model: The ``transformers`` model (``GPT2LMHeadModel``).
+        model: The ``transformers`` model (``GPT2LMHeadModel``), the plain base weights (training reads them).
         tokenizer: A ``PreTrainedTokenizerFast``.
         config: The :class:`TinyModelConfig` it was built with.
     """
@@ -117,7 +126,7 @@ class DemoModel:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self._adapters: dict[str, Any] = {}
+        self._engine: ChatEngine | None = None
         self._lock = threading.Lock()
 
     @property
@@ -125,67 +134,39 @@ class DemoModel:
         """Parameters of the base model."""
         return int(sum(p.numel() for p in self.model.parameters()))
 
-    def with_adapter(self, adapter_path: str | os.PathLike[str]) -> Any:
-        """The model with the peft LoRA adapter at ``adapter_path`` (loaded once, then cached).
+    @property
+    def engine(self) -> ChatEngine:
+        """The engine serving this model (created on first use): per-call LoRA adapters, each loaded once.
 
-        Each adapter wraps its own copy of the base weights, so concurrent calls on different
-        adapters (or on the base) never interfere.
-
-        Raises:
-            ConfigurationError: No adapter at that path.
+        It serves a copy of the weights: peft adds the adapters' layers to the model it wraps, and
+        :attr:`model` stays the plain base that training and direct generation use.
         """
-        key = str(Path(adapter_path).resolve())
         with self._lock:
-            loaded = self._adapters.get(key)
-            if loaded is not None:
-                return loaded
-            if not (Path(key) / "adapter_config.json").exists():
-                raise ConfigurationError(f"no LoRA adapter (adapter_config.json) at {key}")
-            try:
-                import copy
+            if self._engine is None:
+                from agentgym_runtime.demo.model.serving import DemoFormat
+                from agentgym_runtime.models.engine import ChatEngine
 
-                from peft import PeftModel
-            except ImportError as exc:  # pragma: no cover
-                raise MissingExtraError("demo model", "train", "peft") from exc
-            loaded = PeftModel.from_pretrained(copy.deepcopy(self.model), key)
-            loaded.eval()
-            self._adapters[key] = loaded
-            return loaded
+                context = self.config.n_positions - self.config.max_new_tokens
+                self._engine = ChatEngine.for_model(
+                    copy.deepcopy(self.model),
+                    self.tokenizer,
+                    DemoFormat(self.tokenizer, context),
+                    model_path=str(self.path),
+                    name=f"{self.scenario}-tiny",
+                    max_new_tokens=self.config.max_new_tokens,
+                )
+            return self._engine
 
     def complete(
         self, prompts: Sequence[str], *, adapter: str | os.PathLike[str] | None = None, batch_size: int = 64
     ) -> list[tuple[str, int, int]]:
-        """Greedy completions of ``prompts``: ``(text, input_tokens, output_tokens)`` each."""
-        torch, _, _ = _require()
-        model = self.model if adapter is None else self.with_adapter(adapter)
-        tok = self.tokenizer
-        out: list[tuple[str, int, int]] = []
-        limit = self.config.n_positions - self.config.max_new_tokens
-        for start in range(0, len(prompts), batch_size):
-            chunk = [delexicalize(p) for p in prompts[start : start + batch_size]]
-            encoded = [tok.encode(p)[-limit:] for p, _ in chunk]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, seq in enumerate(encoded):
-                ids[row, width - len(seq) :] = torch.tensor(seq)
-                mask[row, width - len(seq) :] = 1
-            with torch.inference_mode():
-                generated = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=self.config.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
-                )
-            for row, seq in enumerate(encoded):
-                new = generated[row, width:].tolist()
-                if tok.eos_token_id in new:
-                    new = new[: new.index(tok.eos_token_id)]
-                text = relexicalize(tok.decode(new, skip_special_tokens=True), chunk[row][1])
-                out.append((text.strip(), len(seq), len(new) + 1))
-        return out
+        """Greedy completions of rendered ``prompts``: ``(text, input_tokens, output_tokens)`` each.
+
+        Raises:
+            AdapterError: No LoRA adapter at ``adapter``, or one trained on another base model.
+        """
+        served = self.engine.complete(prompts, adapter=Path(adapter) if adapter else None, batch_size=batch_size)
+        return [(g.text, g.prompt_tokens, g.completion_tokens) for g in served]
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
