@@ -13,7 +13,8 @@ What a user would pick instead of ``grpo`` is TRL. Both get the SAME:
   the snapshot: zero-shot SmolLM2 answers in prose, so every reward would be 0 and neither would learn),
   learning rate, AdamW weight decay 0.01 (torch's default, which ``grpo`` uses), constant schedule, no
   gradient clipping, prompts per step, group size (TRL ``num_generations``), completion length,
-  temperature 1, KL beta (reference: the base model, the adapter disabled, in both), clip 0.2, one
+  temperature 1, KL beta (reference: the base model, the adapter disabled, in both: TRL's own choice for
+  a fresh adapter; for a trained one it would copy it as the reference, so the bench drops that copy), clip 0.2, one
   optimiser step per batch, TRL ``loss_type="grpo"`` (per-sequence token mean, what ``grpo`` computes),
   optimiser steps, seed; CPU, float32, 2 threads, no gradient checkpointing.
 
@@ -257,6 +258,11 @@ def main() -> None:
             train_dataset=dataset,
             processing_class=tokenizer,
         )
+        # Given a model with a trained adapter, TRL makes a frozen copy of it the KL reference; grpo's
+        # reference is the base model (the adapter disabled), which is TRL's own reference for a fresh
+        # adapter and what it falls back to without the copy: dropping the copy makes the KL term the same.
+        if "ref" in trainer.model.peft_config:
+            trainer.model.delete_adapter("ref")
         setup = time.perf_counter() - started
         started = time.perf_counter()
         trainer.train()
