@@ -35,16 +35,6 @@ from _util import machine
 NEW_TOKENS = 40
 
 
-def exact_reward(task: Any, completion: str) -> float:
-    """A user reward for ``grpo``: 1 when the completion asks for a call the recorded episode made and that ran ok."""
-    from agentgym_runtime.models.chat_format import parse_completion
-
-    parsed = parse_completion(completion, "hermes")
-    ok = {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in task.tool_calls if c.outcome == "ok"}
-    calls = [(c.name, json.dumps(c.arguments, sort_keys=True)) for c in parsed.tool_calls]
-    return 1.0 if calls and all(c in ok for c in calls) else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train", type=int, default=48)
@@ -61,10 +51,16 @@ def main() -> None:
     from agentgym_runtime.models.engine import ChatEngine
     from agentgym_runtime.models.langchain import TransformersChatModel
     from agentgym_runtime.trainers.base import TrainingJobSpec
-    from agentgym_runtime.trainers.dataset import write_snapshot
     from agentgym_runtime.trainers.grpo import GRPOTrainer
     from agentgym_runtime.trainers.sft import SFTTrainer
-    from tests.models.smollm2_support import HELDOUT_PHRASES, TRAIN_PHRASES, model_dir, student, tasks, teacher
+    from tests.models.smollm2_support import (
+        HELDOUT_PHRASES,
+        TRAIN_PHRASES,
+        model_dir,
+        record_teacher_snapshot,
+        student,
+        tasks,
+    )
 
     model = model_dir()
     if model is None:
@@ -73,13 +69,7 @@ def main() -> None:
     runtime = agentgym.configure(home=root / "home")
     ids = random.Random(15).sample(range(1000, 10000), args.train + args.heldout)
     train, heldout = tasks(TRAIN_PHRASES, ids[: args.train]), tasks(HELDOUT_PHRASES, ids[args.train :])
-    run_teacher = teacher()
-    for question, tool, n in train:
-        with agentgym.episode(session_id=f"teacher-{n}"):
-            run_teacher(question, tool, n)
-    runtime.flush()
-    snapshot = root / "snap"
-    write_snapshot(runtime.store, "teacher", snapshot, run_id="bench")
+    snapshot = record_teacher_snapshot(runtime, train, root / "snap", run_id="bench")
     engine = ChatEngine(model, max_new_tokens=NEW_TOKENS)
     rows: list[dict[str, Any]] = []
     print(f"# {machine()}; torch threads: {__import__('torch').get_num_threads()}", flush=True)
@@ -153,7 +143,7 @@ def main() -> None:
                 "inner_steps": 1,
                 "max_new_tokens": NEW_TOKENS,
                 "heldout_fraction": 0.0,
-                "reward": "bench_smollm2:exact_reward",
+                "reward": "tests.models.smollm2_support:exact_reward",
                 "seed": step,
                 **({"learning_rate": args.grpo_learning_rate} if args.grpo_learning_rate else {}),
             },

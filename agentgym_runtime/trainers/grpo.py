@@ -236,7 +236,10 @@ class _Sampler:
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         mask_columns = []
         with torch.no_grad():
-            output = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+            # The prompt's pass needs the head at its last position only (as transformers' generate does).
+            output = self.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
             next_position = positions[:, -1] + 1
             for step in range(self.config.max_new_tokens):
                 logits = output.logits[:, -1, :].float()
@@ -380,7 +383,13 @@ def _update(
     import torch
 
     with torch.no_grad():
-        old = _token_logprobs(model, sequences, attention, prompt_length)
+        # With one optimiser step per round, the weights the ratio compares with are the very weights
+        # that sampled: the step's own log-probabilities, detached, are the old ones (TRL's shortcut),
+        # which saves a forward pass over the batch. Only with dropout would a second pass differ,
+        # by the dropout noise alone, so it is kept where dropout is on.
+        old = None
+        if config.inner_steps > 1 or _has_dropout(model):
+            old = _token_logprobs(model, sequences, attention, prompt_length)
         with model.disable_adapter():
             ref = _token_logprobs(model, sequences, attention, prompt_length)
     advantage = torch.tensor(advantages, device=device)
@@ -392,7 +401,7 @@ def _update(
         logps = _token_logprobs(model, sequences, attention, prompt_length)
         loss, stats = grpo_loss(
             logps,
-            old,
+            logps.detach() if old is None else old,
             ref,
             advantage,
             mask,
@@ -404,6 +413,16 @@ def _update(
         loss.backward()
         optimiser.step()
     return stats
+
+
+def _has_dropout(model: Any) -> bool:
+    """Whether training mode makes ``model``'s forward pass random (a dropout module or attention dropout > 0)."""
+    import torch
+
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "attention_dropout", 0) or getattr(config, "hidden_dropout", 0))
 
 
 def grpo_train(

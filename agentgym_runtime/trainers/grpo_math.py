@@ -21,12 +21,23 @@ def _positions(attention: Any) -> Any:
 
 
 def _token_logprobs(model: Any, sequences: Any, attention: Any, prompt_length: int) -> Any:
-    """Log-probabilities of the completion tokens (positions after ``prompt_length``)."""
+    """Log-probabilities of the completion tokens (positions after ``prompt_length``).
+
+    The model computes its head for the completion positions alone (transformers'
+    ``logits_to_keep``, as TRL does): a chat prompt with a tool block is most of the sequence
+    (SmolLM2: ~260 prompt tokens for a 40-token completion), and the 49k-vocabulary head over
+    every prompt position cost more than the rest of the forward pass's logits were worth.
+    """
     import torch
 
+    keep = sequences.shape[1] - prompt_length + 1  # the completion and the token before it
     logits = model(
-        input_ids=sequences, attention_mask=attention, position_ids=_positions(attention), use_cache=False
-    ).logits[:, prompt_length - 1 : -1, :]
+        input_ids=sequences,
+        attention_mask=attention,
+        position_ids=_positions(attention),
+        use_cache=False,
+        logits_to_keep=keep,
+    ).logits[:, -keep:-1, :]
     targets = sequences[:, prompt_length:]
     try:
         from trl.trainer.utils import selective_log_softmax

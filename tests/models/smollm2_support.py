@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
 import agentgym_runtime as agentgym
+from agentgym_runtime.trainers.dataset import Task, write_snapshot
 
 
 def model_dir() -> str | None:
@@ -78,6 +80,37 @@ def teacher() -> Any:
 def tasks(phrases: dict[str, list[str]], ids: list[int]) -> list[tuple[str, str, int]]:
     rows = [(tool, phrase) for tool in phrases for phrase in phrases[tool]]
     return [(rows[k % len(rows)][1].format(n=n), rows[k % len(rows)][0], n) for k, n in enumerate(ids)]
+
+
+def record_teacher_snapshot(
+    runtime: Any, questions: list[tuple[str, str, int]], directory: Path, *, run_id: str
+) -> Path:
+    """Record the teacher on ``questions`` (from :func:`tasks`) and snapshot exactly those episodes to ``directory``.
+
+    Episodes recorded earlier by the same runtime are left out (the snapshot starts when this call
+    does), so a train and a held-out snapshot can be recorded one after the other.
+    """
+    since = datetime.now(UTC)
+    run_teacher = teacher()
+    for question, tool, n in questions:
+        with agentgym.episode(session_id=f"teacher-{n}"):
+            run_teacher(question, tool, n)
+    runtime.flush()
+    write_snapshot(runtime.store, "teacher", directory, run_id=run_id, since=since)
+    return directory
+
+
+def exact_reward(task: Task, completion: str) -> float:
+    """A user reward for ``grpo`` (``tests.models.smollm2_support:exact_reward``): 1 for a call the episode made ok.
+
+    The outcome reward's replay accepts any schema-valid arguments; this one checks the order id.
+    """
+    from agentgym_runtime.models.chat_format import parse_completion
+
+    parsed = parse_completion(completion, "hermes")
+    ok = {(c.name, json.dumps(c.arguments, sort_keys=True)) for c in task.tool_calls if c.outcome == "ok"}
+    calls = [(c.name, json.dumps(c.arguments, sort_keys=True)) for c in parsed.tool_calls]
+    return 1.0 if calls and all(c in ok for c in calls) else 0.0
 
 
 def student(chat: Any) -> Any:

@@ -194,3 +194,31 @@ def test_eval_every_returns_the_best_measured_round_and_never_one_worse_than_the
     assert hurt["heldout_reward_last_step"] < hurt["heldout_reward_before"]
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert lora_b and all(float(p.detach().abs().max()) == 0.0 for p in lora_b)  # a fresh adapter is zero in B
+
+
+def test_completion_logprobs_with_the_head_over_the_completion_only_equal_the_full_heads() -> None:
+    from agentgym_runtime.trainers.grpo_math import _positions, _token_logprobs
+
+    model = tiny_llama(12).eval()
+    # Two rows, the first left-padded by two: prompt length 4, completion length 3.
+    sequences = torch.tensor([[0, 0, 5, 6, 7, 8, 1], [4, 5, 6, 7, 9, 10, 11]])
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        full = model(input_ids=sequences, attention_mask=attention, position_ids=_positions(attention)).logits
+        expected = torch.gather(full[:, 3:-1].log_softmax(-1), 2, sequences[:, 4:].unsqueeze(-1)).squeeze(-1)
+        got = _token_logprobs(model, sequences, attention, 4)
+    assert got.shape == (2, 3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_dropout_is_detected_in_the_modules_and_the_attention() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from agentgym_runtime.trainers.grpo import _has_dropout
+
+    assert not _has_dropout(tiny_llama(12))
+    with_lora_dropout = get_peft_model(tiny_llama(12), LoraConfig(r=2, lora_dropout=0.1, target_modules=["q_proj"]))
+    assert _has_dropout(with_lora_dropout)
+    attention_dropout = tiny_llama(12)
+    attention_dropout.config.attention_dropout = 0.1
+    assert _has_dropout(attention_dropout)
