@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=40)
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--learning-rate", type=float, default=5e-5, help="grpo's default (the first pair ran 5e-3)")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--guides", type=int, default=0, help="grpo's max_guides_per_group (TRL has none)")
     parser.add_argument("--no-skip-uniform", action="store_true", help="grpo trains on uniform groups too")
