@@ -35,15 +35,17 @@ TARGET = 0.95
 WALL_LIMIT_S = 600.0
 
 
-def run_once(scenario: str, seed: int, minutes: float) -> dict[str, Any]:
+def run_once(scenario: str, seed: int, minutes: float | None) -> dict[str, Any]:
     """One fresh demo: its summary's figures, wall time and exit status (never raises on a failed run)."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
     with tempfile.TemporaryDirectory(prefix=f"demo-{scenario}-") as home:
         command = [sys.executable, "-m", "agentgym_runtime.cli", "demo", "--scenario", scenario]
-        command += ["--home", home, "--seed", str(seed), "--minutes", str(minutes), "--json"]
+        command += ["--home", home, "--seed", str(seed), "--json"]
+        if minutes is not None:
+            command += ["--minutes", str(minutes)]
         start = time.monotonic()
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=minutes * 60 + 900)
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=(minutes or 10) * 60 + 900)
             code, out, err = done.returncode, done.stdout, done.stderr
         except subprocess.TimeoutExpired as exc:
             code, out, err = -9, str(exc.stdout or ""), "timed out"
@@ -64,7 +66,18 @@ def run_once(scenario: str, seed: int, minutes: float) -> dict[str, Any]:
         llm_call_reduction=criteria.get("llm_call_reduction"),
         passed=bool(summary.get("passed")),
         stopped=summary.get("stopped"),
-        runs=[r.get("status") for r in summary.get("training_runs", [])],
+        # What the spread comes from: each version's held-out and live figures, when each went
+        # live, and what each (not skipped) training run trained on and took.
+        versions={
+            str(v): {"heldout": row.get("heldout_tool_reliability"), "live": row.get("live_tool_reliability")}
+            for v, row in rows.items()
+        },
+        promoted_at_s=summary.get("promoted_at_s"),
+        runs=[
+            {k: r.get(k) for k in ("status", "candidate_version", "episodes", "took_s", "reason")}
+            for r in summary.get("training_runs", [])
+            if r.get("status") != "skipped"
+        ],
     )
     return record
 
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--runs", type=int, default=10, help="fresh runs per scenario (seeds 0..runs-1)")
-    parser.add_argument("--minutes", type=float, default=6.0, help="the demo's serving budget (its default)")
+    parser.add_argument("--minutes", type=float, default=None, help="the demo's whole-run budget (default: its own)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "demo_matrix.jsonl")
     parser.add_argument("--summarize", type=Path, help="only print the table of an existing JSON-lines file")
     args = parser.parse_args(argv)

@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
 def demo(
     scenario: str = typer.Option("customer_support", "--scenario", "-s", help="Scenario to run."),
     minutes: float = typer.Option(
-        6.0, "--minutes", "-m", min=0.5, help="Serving time budget (the demo ends earlier once a version is promoted)."
+        9.5,
+        "--minutes",
+        "-m",
+        min=0.5,
+        help="Time budget of the whole run, the model build included (it ends earlier once the criteria are met).",
     ),
     users: int = typer.Option(3, "--users", min=1, max=16, help="Concurrent simulated users."),
     promotions: int = typer.Option(

@@ -81,6 +81,9 @@ class GRPOConfig(BaseModel):
 
     Attributes:
         steps: Optimisation rounds (each samples fresh groups).
+        continued_steps: Rounds when the job trains on from a served version's adapter
+            (``init_adapter``; default: ``steps``). A version that already makes the right call
+            almost everywhere has little left to learn, and a shorter job reaches its canary sooner.
         prompts_per_step: Prompts sampled per round.
         group_size: Completions per prompt (the GRPO group).
         inner_steps: Optimiser steps per round on the same samples (ratios move away from 1 after the first).
@@ -137,6 +140,7 @@ class GRPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(default=20, ge=1)
+    continued_steps: int | None = Field(default=None, ge=1)
     prompts_per_step: int = Field(default=4, ge=1)
     group_size: int = Field(default=8, ge=2)
     inner_steps: int = Field(default=2, ge=1)
@@ -478,6 +482,7 @@ def grpo_train(
     guide_cache: dict[int, list[tuple[list[int], float]]] = {}
     guided = 0
     skipped_groups = 0
+    steps = config.continued_steps if init_adapter is not None and config.continued_steps else config.steps
 
     def guides_of(index: int) -> list[tuple[list[int], float]]:
         # Tokenised once per prompt, scored with the same reward as the samples.
@@ -490,7 +495,7 @@ def grpo_train(
             ]
         return guide_cache[index]
 
-    for step in range(config.steps):
+    for step in range(steps):
         if weights is None:
             picks = torch.randint(len(train_prompts), (config.prompts_per_step,), generator=order).tolist()
         else:
@@ -542,8 +547,8 @@ def grpo_train(
             note = f"reward {rewards_per_step[-1]:.3f}"
         else:
             note = "no group with signal"
-        report(0.1 + 0.8 * (step + 1) / config.steps, f"step {step + 1}/{config.steps}: {note}")
-        if selecting and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+        report(0.1 + 0.8 * (step + 1) / steps, f"step {step + 1}/{steps}: {note}")
+        if selecting and (step + 1) % config.eval_every == 0 and step + 1 < steps:
             measured = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
             if measured > best_reward:
                 best_reward, best_step = measured, step + 1
@@ -557,12 +562,13 @@ def grpo_train(
                 parameter.copy_(saved)
         after = best_reward
     else:
-        best_step = config.steps
+        best_step = steps
     metrics: dict[str, Any] = {
         "heldout_reward_before": before,
         "heldout_reward_after": after,
         "heldout_reward_last_step": last_step,
         "best_step": best_step,
+        "steps": steps,
         "train_reward_first_step": rewards_per_step[0],
         "train_reward_last_step": rewards_per_step[-1],
         "samples": samples,

@@ -92,6 +92,11 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
 
     assert "customer-support-bot" not in registered_training()
     assert summary["stopped"] == "1 promotion(s) reached"
+    # Where the time went: when the version went live, and what its run trained on and took.
+    assert 0 < summary["promoted_at_s"][str(promoted)] < summary["minutes"] * 60
+    first = next(r for r in summary["training_runs"] if r["candidate_version"] == 1)
+    assert first["episodes"] >= 150
+    assert 0 < first["took_s"] < summary["promoted_at_s"][str(promoted)]
     # No run is left running or recorded as failed because the demo ended: one still going was
     # cancelled, with the reason.
     for run in summary["training_runs"]:

@@ -87,7 +87,10 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
         return 1.0 if completion == "g h c" else 0.0
 
     config = TOY_CONFIG
-    _, plain = grpo_train(_model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout)
+    # ``continued_steps`` only applies to a job that trains on from an adapter: this one runs ``steps``.
+    fresh = config.model_copy(update={"continued_steps": 1})
+    _, plain = grpo_train(_model(tokenizer), tokenizer, train, reward, fresh, heldout_prompts=heldout)
+    assert plain["steps"] == config.steps
     trained, guided = grpo_train(
         _model(tokenizer), tokenizer, train, reward, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
     )
@@ -107,10 +110,11 @@ def test_guides_teach_a_call_that_sampling_never_finds_and_plain_grpo_cannot(tmp
         tokenizer,
         train,
         reward,
-        config.model_copy(update={"steps": 1}),
+        config.model_copy(update={"steps": 500, "continued_steps": 1}),
         heldout_prompts=heldout,
         init_adapter=saved,
     )
+    assert continued["steps"] == 1  # ``continued_steps``, not the 500 of a fresh job
     assert continued["continued_from"] == str(saved)
     assert continued["heldout_reward_before"] == guided["heldout_reward_after"]
     assert guided["continued_from"] is None
