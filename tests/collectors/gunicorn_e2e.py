@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,41 +249,94 @@ def run_shared_home(home: Path, requests: int) -> RunResult:
     return _measure(result, home)
 
 
-def run_owner_killed(home: Path, requests: int) -> RunResult:
-    """As :func:`run_shared_home`, with the elected owner killed with SIGKILL after half the requests."""
-    from agentgym_runtime.collectors.otlp.election import read_endpoint
+@dataclass
+class _Midway:
+    """What :func:`_interrupt_midway` saw of a run interrupted halfway.
 
-    port = free_port()
-    server = _gunicorn(home, port)
+    Attributes:
+        by_pid: The acknowledged request numbers by serving pid, as :func:`drive` returns them.
+        drive_s: Seconds the client took to send every request.
+        start: ``time.perf_counter()`` just before the first request.
+        load: 1-minute load average just before the first request.
+        killed_pid: The pid the interruption killed, if it killed one.
+    """
+
+    by_pid: dict[int, set[int]]
+    drive_s: float
+    start: float
+    load: float
+    killed_pid: int | None
+
+
+def _interrupt_midway(
+    port: int, requests: int, kill: Callable[[], int | None], restart: Callable[[], None] | None = None
+) -> _Midway:
+    """Drive ``requests`` to ``port``, calling ``kill`` (then ``restart``) once half of them are sent.
+
+    The interruption runs on its own thread so that the client keeps sending while it happens:
+    that overlap is what the scenarios test.
+
+    Args:
+        port: The server's loopback port.
+        requests: Requests to send.
+        kill: Kills something; returns the pid it killed, or ``None`` where it found nothing to kill.
+        restart: Run right after ``kill`` (on the same thread), to bring back what it killed.
+
+    Returns:
+        What the client saw, and the pid killed.
+    """
     half = threading.Event()
     killed: list[int] = []
 
-    def kill_owner() -> None:
+    def interrupt() -> None:
         if not half.wait(600):
             return
-        owner = read_endpoint(home)
-        if owner is not None:
-            os.kill(int(owner["pid"]), signal.SIGKILL)
-            killed.append(int(owner["pid"]))
+        pid = kill()
+        if pid is not None:
+            killed.append(pid)  # before the restart: a failing restart still leaves the kill on record
+        if restart is not None:
+            restart()
 
-    killer = threading.Thread(target=kill_owner)
-    killer.start()
+    interrupter = threading.Thread(target=interrupt)
+    interrupter.start()
     load = os.getloadavg()[0]
     start = time.perf_counter()
     try:
         by_pid = drive(port, requests, at_half=half)
         drive_s = time.perf_counter() - start
     finally:
-        half.set()  # the killer never waits past the run
-        killer.join()
+        half.set()  # the interrupter never waits past the run
+        interrupter.join()
+    return _Midway(by_pid, drive_s, start, load, killed[0] if killed else None)
+
+
+def run_owner_killed(home: Path, requests: int) -> RunResult:
+    """As :func:`run_shared_home`, with the elected owner killed with SIGKILL after half the requests."""
+    from agentgym_runtime.collectors.otlp.election import read_endpoint
+
+    port = free_port()
+    server = _gunicorn(home, port)
+
+    def kill_owner() -> int | None:
+        owner = read_endpoint(home)
+        if owner is None:
+            return None
+        os.kill(int(owner["pid"]), signal.SIGKILL)
+        return int(owner["pid"])
+
+    try:
+        run = _interrupt_midway(port, requests, kill_owner)
+    finally:
         _stop(server)
     owner = read_endpoint(home)
     _settle(home)
-    result = RunResult("owner killed (SIGKILL) midway", requests, set().union(*by_pid.values()), [], drive_s=drive_s)
-    result.total_s = time.perf_counter() - start
-    result.load = (load, os.getloadavg()[0])
-    result.killed_pid = killed[0] if killed else None
-    result.by_killed = len(by_pid.get(result.killed_pid or -1, ()))
+    result = RunResult(
+        "owner killed (SIGKILL) midway", requests, set().union(*run.by_pid.values()), [], drive_s=run.drive_s
+    )
+    result.total_s = time.perf_counter() - run.start
+    result.load = (run.load, os.getloadavg()[0])
+    result.killed_pid = run.killed_pid
+    result.by_killed = len(run.by_pid.get(run.killed_pid or -1, ()))
     result.owner_after = int(owner["pid"]) if owner is not None else None
     result.log = _log(home)
     return _measure(result, home)
@@ -296,29 +350,18 @@ def run_collector_bounce(home: Path, requests: int) -> RunResult:
     endpoint = f"http://127.0.0.1:{collector_port}"
     wait_up(endpoint)
     server = _gunicorn(home, port, AGENTGYM_COLLECTOR_ENDPOINT=endpoint)
-    half = threading.Event()
-    killed: list[int] = []
 
-    def bounce() -> None:
-        nonlocal collector
-        if not half.wait(600):
-            return
-        killed.append(collector.pid)
+    def kill_collector() -> int:
         collector.send_signal(signal.SIGKILL)
+        return collector.pid
+
+    def restart_collector() -> None:
+        nonlocal collector
         collector.wait(10)
         time.sleep(1.0)  # workers keep serving meanwhile: their batches go to the spool
         collector = subprocess.Popen(cmd, env=_env(home), stderr=subprocess.DEVNULL)
 
-    bouncer = threading.Thread(target=bounce)
-    bouncer.start()
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    try:
-        by_pid = drive(port, requests, at_half=half)
-        drive_s = time.perf_counter() - start
-    finally:
-        half.set()  # the bouncer never waits past the run
-        bouncer.join()
+    run = _interrupt_midway(port, requests, kill_collector, restart_collector)
     try:
         wait_up(endpoint)  # the restarted collector takes what the workers flush as they stop
     finally:
@@ -330,11 +373,11 @@ def run_collector_bounce(home: Path, requests: int) -> RunResult:
         time.sleep(0.1)
     collector.send_signal(signal.SIGTERM)
     collector.wait(60)
-    result = RunResult("collector killed (SIGKILL) and restarted", requests, set().union(*by_pid.values()), [])
-    result.drive_s = drive_s
-    result.total_s = time.perf_counter() - start
-    result.load = (load, os.getloadavg()[0])
-    result.killed_pid = killed[0] if killed else None
+    result = RunResult("collector killed (SIGKILL) and restarted", requests, set().union(*run.by_pid.values()), [])
+    result.drive_s = run.drive_s
+    result.total_s = time.perf_counter() - run.start
+    result.load = (run.load, os.getloadavg()[0])
+    result.killed_pid = run.killed_pid
     result.log = _log(home)
     return _measure(result, home)
 
