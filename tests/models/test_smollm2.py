@@ -11,7 +11,7 @@ v1, which goes to canary; live traffic (held-out phrasings, other order ids) is 
 v1, the router's gate judges in the background and promotes v1 on tool use (v0 never calls a tool, so
 its tool reliability is undefined: see :mod:`agentgym_runtime.policy.gate`); from then on v1 serves
 every session, and the held-out questions (phrasings and order ids never trained on) are answered by
-it. Measured: see the test's timeout comment.
+it. Not yet seen green in this form: see the timeout comment.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ OPTIONS.update(json.loads(os.environ.get("AGENTGYM_SMOLLM2_OPTIONS", "{}")))  # 
 GATE = GateConfig(confidence=0.95, min_tool_calls=4, min_episodes=4, max_tool_calls=4)
 
 
-@pytest.mark.timeout(1200)  # measured: see the end of the test
+@pytest.mark.timeout(1200)  # runs at load ~4 beside a benchmark: 1042 s to the canary, then over 1200 s
 def test_smollm2_is_trained_on_a_teachers_traces_canaried_and_promoted_by_the_gate(
     agentgym_runtime: Any, recorded: Any, tmp_path: Path
 ) -> None:
