@@ -107,7 +107,7 @@ def _decision_json(event: PolicyEvent | None) -> dict[str, Any] | None:
         "actor": event.actor,
         "reason": event.reason,
         "at": _when(event.occurred_at),
-        "z": details.get("reliability_z"),
+        "z": details.get("reliability_z", details.get("tool_use_z")),
         "boundary_z": look.get("boundary_z") if isinstance(look, dict) else None,
         "alpha_spent": look.get("alpha_spent") if isinstance(look, dict) else None,
         "candidate_tool_calls": (details.get("candidate") or {}).get("tool_calls"),

@@ -123,7 +123,7 @@ class HomeSource:
                             "at": event.occurred_at,
                             "candidate": event.details.get("candidate"),
                             "incumbent": event.details.get("incumbent"),
-                            "z": event.details.get("reliability_z"),
+                            "z": event.details.get("reliability_z", event.details.get("tool_use_z")),
                         }
                     )
 

@@ -6,6 +6,14 @@ configurable confidence, once both arms have a minimum number of tool calls. Epi
 rates are compared the same way (an error spike rolls back), and task reward, where both
 arms have enough rewarded episodes, with a one-sided Welch z-test on the means.
 
+**An arm that calls no tool.** Reliability is undefined for a version that never requests a
+tool call: a base model that answers in prose before its first training, or a candidate whose
+training broke its tool use. Waiting for its tool calls would hold the canary forever, so when
+one arm made no tool call in at least ``min_episodes`` episodes and the other has
+``min_tool_calls``, the gate compares *tool use* instead: the share of episodes that made at
+least one tool call and no failed one (:attr:`ArmStats.tool_episodes`), with the same test,
+boundaries and actions.
+
 * **rollback** — reliability significantly lower, error rate significantly higher, or
   reward significantly lower;
 * **promote** — reliability significantly higher, and reward not significantly lower;
@@ -134,11 +142,22 @@ class ArmStats:
     rewarded: int = 0
     reward_mean: float | None = None
     reward_var: float | None = None
+    tool_episodes: int = 0  # episodes with at least one tool call and no failed one
 
     @property
     def reliability(self) -> float | None:
         """Tool reliability, ``None`` without tool calls."""
         return self.tool_successes / self.tool_calls if self.tool_calls else None
+
+    @property
+    def tool_use(self) -> float | None:
+        """Share of episodes that made at least one tool call and no failed one, ``None`` without episodes.
+
+        Example:
+            >>> ArmStats(version=1, episodes=4, tool_calls=3, tool_successes=3, tool_episodes=3).tool_use
+            0.75
+        """
+        return self.tool_episodes / self.episodes if self.episodes else None
 
     @property
     def error_rate(self) -> float | None:
@@ -266,8 +285,8 @@ class Gate:
         cfg = self.config
         alpha = 1.0 - cfg.confidence
         numbers: dict[str, Any] = {
-            "candidate": {**asdict(candidate), "reliability": candidate.reliability},
-            "incumbent": {**asdict(incumbent), "reliability": incumbent.reliability},
+            "candidate": {**asdict(candidate), "reliability": candidate.reliability, "tool_use": candidate.tool_use},
+            "incumbent": {**asdict(incumbent), "reliability": incumbent.reliability, "tool_use": incumbent.tool_use},
             "confidence": cfg.confidence,
             "test": "two-proportion z (one-sided)",
         }
@@ -315,7 +334,8 @@ class Gate:
             numbers["reward_worse_z"], numbers["reward_worse_p"] = z, p
             reward_worse = p < alpha
             reward_note = f"; reward {candidate.reward_mean:.3f} vs {incumbent.reward_mean:.3f}"
-        if candidate.tool_calls < cfg.min_tool_calls or incumbent.tool_calls < cfg.min_tool_calls:
+        silent = self._silent_arm(candidate, incumbent)
+        if silent is None and (candidate.tool_calls < cfg.min_tool_calls or incumbent.tool_calls < cfg.min_tool_calls):
             if reward_worse:
                 return GateDecision(
                     "rollback", f"reward regression{reward_note} (p={numbers['reward_worse_p']:.2g})", numbers
@@ -326,23 +346,40 @@ class Gate:
                 f"v{incumbent.version} {incumbent.tool_calls} (need {cfg.min_tool_calls} each)",
                 numbers,
             )
-        z_better, p_better = two_proportion_z(
-            candidate.tool_successes, candidate.tool_calls, incumbent.tool_successes, incumbent.tool_calls
-        )
+        if silent is None:
+            metric = "reliability"
+            z_better, p_better = two_proportion_z(
+                candidate.tool_successes, candidate.tool_calls, incumbent.tool_successes, incumbent.tool_calls
+            )
+            summary = (
+                f"tool reliability v{candidate.version} {candidate.tool_successes}/{candidate.tool_calls} "
+                f"({candidate.reliability:.3f}) vs v{incumbent.version} "
+                f"{incumbent.tool_successes}/{incumbent.tool_calls} ({incumbent.reliability:.3f}){reward_note}"
+            )
+        else:
+            metric = "tool_use"
+            z_better, p_better = two_proportion_z(
+                candidate.tool_episodes, candidate.episodes, incumbent.tool_episodes, incumbent.episodes
+            )
+            summary = (
+                f"episodes with successful tool use v{candidate.version} {candidate.tool_episodes}/"
+                f"{candidate.episodes} vs v{incumbent.version} {incumbent.tool_episodes}/{incumbent.episodes} "
+                f"(v{silent.version} made no tool call in {silent.episodes} episodes){reward_note}"
+            )
         p_worse = normal_sf(-z_better) if z_better != 0.0 or p_better < 1.0 else 1.0
-        numbers["reliability_z"], numbers["reliability_p_better"], numbers["reliability_p_worse"] = (
+        numbers["metric"] = metric
+        numbers[f"{metric}_z"], numbers[f"{metric}_p_better"], numbers[f"{metric}_p_worse"] = (
             z_better,
             p_better,
             p_worse,
         )
-        summary = (
-            f"tool reliability v{candidate.version} {candidate.tool_successes}/{candidate.tool_calls} "
-            f"({candidate.reliability:.3f}) vs v{incumbent.version} {incumbent.tool_successes}/{incumbent.tool_calls} "
-            f"({incumbent.reliability:.3f}){reward_note}"
-        )
         look: Look | None = None
         if sequential is not None:
-            if previous and candidate.tool_calls <= previous[-1].tool_calls:
+            if candidate.tool_calls == 0:
+                # A look's information is the candidate's tool calls: with none there is nothing to
+                # promote on, and only the (nominal-level) rollback test runs.
+                sequential["note"] = "the candidate made no tool call"
+            elif previous and candidate.tool_calls <= previous[-1].tool_calls:
                 # No new canary information since the last look: testing again would spend
                 # alpha on the same data (and the spending needs increasing fractions).
                 sequential["note"] = f"no new canary tool calls since look {previous[-1].number}"
@@ -373,6 +410,26 @@ class Gate:
         if look.final:
             return GateDecision("rollback", f"not better by the final look: {summary} ({where})", numbers, look)
         return GateDecision("hold", f"no significant difference yet: {summary} ({where})", numbers, look)
+
+    def _silent_arm(self, candidate: ArmStats, incumbent: ArmStats) -> ArmStats | None:
+        """The arm to compare on tool use: it made no tool call in ``min_episodes`` episodes, the other has enough.
+
+        Example:
+            >>> gate = Gate(GateConfig(min_tool_calls=5, min_episodes=5))
+            >>> gate._silent_arm(ArmStats(1, 6, 6, 6, tool_episodes=6), ArmStats(0, 5)).version
+            0
+            >>> gate._silent_arm(ArmStats(1, 6, 6, 6, tool_episodes=6), ArmStats(0, 4)) is None  # too few episodes
+            True
+        """
+        cfg = self.config
+        for silent, other in ((incumbent, candidate), (candidate, incumbent)):
+            if (
+                silent.tool_calls == 0
+                and silent.episodes >= cfg.min_episodes
+                and other.tool_calls >= cfg.min_tool_calls
+            ):
+                return silent
+        return None
 
     def _look(self, tool_calls: int, z: float, previous: Sequence[Look], alpha: float) -> Look:
         planned = self.config.planned_tool_calls

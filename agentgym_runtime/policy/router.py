@@ -376,7 +376,7 @@ class PolicyRouter:
 
     # --- gate -----------------------------------------------------------------------------------
     def arm_stats(self, agent: str, version: int, since: float | None) -> ArmStats:
-        """One version's episodes, tool calls, errors and rewards since ``since`` (from the store).
+        """One version's episodes, tool calls, errors, rewards and tool-using episodes since ``since`` (from the store).
 
         Raises:
             PolicyError: The router has no trace store to read.
@@ -386,11 +386,12 @@ class PolicyRouter:
         start = datetime.fromtimestamp(since or 0.0, tz=UTC)
         rows = self.store.query(
             "SELECT count(*), coalesce(sum(tool_calls), 0), coalesce(sum(tool_calls - tool_failures), 0), "
-            "count(*) FILTER (WHERE status = ?), count(reward), avg(reward), var_samp(reward) "
+            "count(*) FILTER (WHERE status = ?), count(reward), avg(reward), var_samp(reward), "
+            "count(*) FILTER (WHERE tool_calls > 0 AND tool_failures = 0) "
             "FROM episodes WHERE agent = ? AND policy_version = ? AND started_at >= ?",
             [EpisodeStatus.ERROR.value, agent, version, start],
         )
-        episodes, calls, successes, errors, rewarded, mean, var = rows[0]
+        episodes, calls, successes, errors, rewarded, mean, var, tool_episodes = rows[0]
         return ArmStats(
             version=version,
             episodes=int(episodes),
@@ -400,6 +401,7 @@ class PolicyRouter:
             rewarded=int(rewarded),
             reward_mean=None if mean is None else float(mean),
             reward_var=None if var is None else float(var),
+            tool_episodes=int(tool_episodes),
         )
 
     def evaluate(self, agent: str) -> GateDecision:

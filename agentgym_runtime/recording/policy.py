@@ -126,7 +126,8 @@ def resolve_adapter_path(policy: Policy, home: str | os.PathLike[str] | None = N
 
     An absolute path is used as is; a relative one is resolved against
     ``policy.metadata["artifact_dir"]`` when present, else against
-    ``<home>/policies/<agent>/v<version>``.
+    ``<home>/policies/<agent>/v<version>``; without ``home``, the configured runtime's home
+    (``agentgym.configure(home=...)``, whose registry stored the artifact), else the environment's.
 
     Example:
         >>> p = Policy(agent="a", version=1, llm=LLMConfig(adapter="lora"), metadata={"artifact_dir": "/x"})
@@ -143,6 +144,11 @@ def resolve_adapter_path(policy: Policy, home: str | os.PathLike[str] | None = N
         return Path(artifact_dir) / path
     if home is None:
         from agentgym_runtime.config import Settings
+        from agentgym_runtime.recording.runtime import peek_runtime
 
-        home = Settings().home
+        # A chat model built without a home (TransformersChatModel(model_path=...)) serves the
+        # versions of the runtime that routes its calls: the environment's default home would be
+        # another directory, and every call of a registered version failed with "no adapter".
+        runtime = peek_runtime()
+        home = runtime.settings.home if runtime is not None else Settings().home
     return Path(home) / "policies" / policy.agent / f"v{policy.version}" / path

@@ -84,7 +84,9 @@ class TrainingResult(BaseModel):
 
     ``adapter`` (if set) is a path relative to the job's ``output_dir``.
     ``metrics`` should include ``heldout_reward_before``/``heldout_reward_after`` (or the
-    trainer's closest equivalents) so the registry and the gate can show them.
+    trainer's closest equivalents) so the registry and the gate can show them; ``None`` when
+    nothing was held out (``heldout_fraction=0``): a 0 there would make the scheduler judge that
+    the job learnt nothing and register no candidate.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -563,10 +563,11 @@ def grpo_train(
         after = best_reward
     else:
         best_step = steps
+    measured = bool(heldout_prompts)  # nothing held out: no score, never a 0 that reads as "learnt nothing"
     metrics: dict[str, Any] = {
-        "heldout_reward_before": before,
-        "heldout_reward_after": after,
-        "heldout_reward_last_step": last_step,
+        "heldout_reward_before": before if measured else None,
+        "heldout_reward_after": after if measured else None,
+        "heldout_reward_last_step": last_step if measured else None,
         "best_step": best_step,
         "steps": steps,
         "train_reward_first_step": rewards_per_step[0],

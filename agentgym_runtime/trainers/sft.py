@@ -285,12 +285,13 @@ class SFTTrainer:
         after, exact_after = heldout_scores(
             peft_model, data.tokenizer, heldout_prompts, heldout, reward, config.max_new_tokens, device
         )
+        measured = bool(heldout)  # nothing held out: no score, never a 0 that reads as "learnt nothing"
         metrics = {
             **metrics,
-            "heldout_reward_before": before,
-            "heldout_reward_after": after,
-            "heldout_exact_before": exact_before,
-            "heldout_exact_after": exact_after,
+            "heldout_reward_before": before if measured else None,
+            "heldout_reward_after": after if measured else None,
+            "heldout_exact_before": exact_before if measured else None,
+            "heldout_exact_after": exact_after if measured else None,
             "train_samples": len(pairs),
             "heldout_samples": len(heldout),
             "teacher_models": sorted({s.model for s in chosen if s.model}),

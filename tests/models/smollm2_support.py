@@ -1,14 +1,20 @@
-"""The support scenario of the SmolLM2 end-to-end test and benchmark: tools, phrasings, a teacher, a student.
+"""The support scenario of the SmolLM2 end-to-end test and benchmarks: tools, phrasings, a teacher, a student.
 
 Train and held-out phrasings differ, and callers draw disjoint order ids for the two. The teacher is
 a scripted stand-in for a large API model's agent recorded through ``agentgym.llm_call``; the student
 is served by any LangChain chat model (the product's ``TransformersChatModel`` in the test).
+
+The pipeline helpers (:func:`serve_canary`, :func:`policy_events`, :func:`score`) drive and read the
+product's own loop: the student decorated with ``train_online(trainer="sft", canary_share=...)``,
+trained by the scheduler, canaried, and promoted or rolled back by the router's gate.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,8 +119,12 @@ def exact_reward(task: Task, completion: str) -> float:
     return 1.0 if calls and all(c in ok for c in calls) else 0.0
 
 
-def student(chat: Any) -> Any:
-    """The student agent: SmolLM2 served in-process; it runs the tools its model asks for."""
+def student(chat: Any, name: str = "support", **training: Any) -> Any:
+    """The student agent: SmolLM2 served in-process; it runs the tools its model asks for.
+
+    ``training`` goes to ``agentgym.train_online`` as it is (``trainer="sft"``, ``canary_share``, ...):
+    options only, nothing about the scenario.
+    """
     tools = [{"type": "function", "function": d} for d in (get_order.definition(), refund_order.definition())]
     bound = chat.bind_tools(tools)
 
@@ -128,4 +138,81 @@ def student(chat: Any) -> Any:
                     pass  # recorded as the call's outcome
         return [(c["name"], c["args"]) for c in message.tool_calls]
 
-    return agentgym.train_online(name="support")(support)
+    return agentgym.train_online(name=name, **training)(support)
+
+
+Calls = list[tuple[str, dict[str, Any]]]
+
+
+def score(calls: list[Calls], questions: list[tuple[str, str, int]]) -> tuple[int, int]:
+    """``(exact, valid)``: answers that are exactly the right call (tool and order id), and that call known tools.
+
+    Example:
+        >>> score([[("get_order", {"order_id": 7})], [("refund_order", {"order_number": 8})], []],
+        ...       [("q", "get_order", 7), ("q", "refund_order", 8), ("q", "get_order", 9)])
+        (1, 2)
+    """
+    exact = sum(c == [(tool, {"order_id": n})] for c, (_, tool, n) in zip(calls, questions, strict=True))
+    valid = sum(bool(c) and all(name in TOOLS for name, _ in c) for c in calls)
+    return exact, valid
+
+
+def ask(run_student: Any, questions: list[tuple[str, str, int]], label: str) -> list[Calls]:
+    """Each question in its own episode and session (``<label>-<order id>``); the calls the model made."""
+    answers = []
+    for question, _, n in questions:
+        with agentgym.episode(session_id=f"{label}-{n}"):
+            answers.append(run_student(question))
+    return answers
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    """One live call served while a canary ran: its session, the version that served it, its calls."""
+
+    session: str
+    version: int
+    calls: Calls
+    exact: bool
+    decided: bool  # the gate had decided on the canary when this call returned (the last call only)
+
+
+def serve_canary(
+    runtime: Any, run_student: Any, questions: list[tuple[str, str, int]], agent: str, canary: int
+) -> list[LiveCall]:
+    """Serve live ``questions`` one at a time until the router's gate decides on ``canary`` (or they run out).
+
+    Every call is a new sticky session (``live-<order id>``), so the router sends ``canary_share`` of
+    them to the candidate; with ``RouterConfig.evaluate_every`` the gate judges in the background as
+    they arrive. Returns every call with the version that served it (read back from the store).
+    """
+    served: list[tuple[tuple[str, str, int], Calls, bool]] = []
+    decided = False
+    for asked in questions:
+        with agentgym.episode(session_id=f"live-{asked[2]}"):
+            calls = run_student(asked[0])
+        # The gate runs on its own thread, started when a canary call is pinned; its verdict lands
+        # in the pointers during the call that started it, in practice: poll briefly to be sure.
+        deadline = time.monotonic() + 2.0
+        while not decided and time.monotonic() < deadline:
+            decided = runtime.policies.state(agent).canary != canary
+            if not decided:
+                time.sleep(0.05)
+        served.append((asked, calls, decided))
+        if decided:
+            break
+    assert runtime.flush()
+    versions = dict(
+        runtime.store.query(
+            "SELECT session_id, policy_version FROM episodes WHERE agent = ? AND session_id LIKE 'live-%'", [agent]
+        )
+    )
+    return [
+        LiveCall(f"live-{n}", int(versions[f"live-{n}"]), calls, calls == [(tool, {"order_id": n})], done)
+        for (_, tool, n), calls, done in served
+    ]
+
+
+def policy_events(runtime: Any, agent: str, version: int) -> list[tuple[str | None, str, str]]:
+    """``(from status, to status, actor)`` of every event of ``version``, oldest first (gate holds included)."""
+    return [(e.from_status, e.to_status, e.actor) for e in runtime.policies.events(agent) if e.version == version]

@@ -14,13 +14,19 @@ TOOLS = [{"name": "get_order", "description": "Fetch an order.", "parameters": {
 
 
 def scripted_episode(
-    agent: str, session_id: str | None, reliability: Mapping[int, float], rng: random.Random, calls: int = 2
+    agent: str,
+    session_id: str | None,
+    reliability: Mapping[int, float],
+    rng: random.Random,
+    calls: int | Mapping[int, int] = 2,
 ) -> int:
-    """One episode: an LLM call requesting ``calls`` tool calls, each succeeding with the pinned
-    version's reliability. Returns the version the episode ran under."""
+    """One episode: an LLM call requesting ``calls`` tool calls (or ``calls[version]``), each succeeding
+    with the pinned version's reliability. Returns the version the episode ran under."""
     with agentgym.episode(agent=agent, session_id=session_id):
         policy = agentgym.current_policy()
         assert policy is not None
+        if not isinstance(calls, int):
+            calls = calls[policy.version]
         llm = start_llm_call(model="scripted", tools=TOOLS, input_messages=[{"role": "user", "content": "where?"}])
         llm.finish(requested=[RequestedToolCall.from_raw("get_order", f"c{i}", {"id": i}) for i in range(calls)])
         for i in range(calls):

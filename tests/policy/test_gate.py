@@ -88,6 +88,50 @@ def test_confidence_changes_the_verdict() -> None:
         GateConfig(confidence=1.0)
 
 
+def test_an_incumbent_that_calls_no_tool_is_compared_on_tool_use_and_the_candidate_promoted() -> None:
+    # A base model answering in prose: reliability is undefined, so waiting for its tool calls
+    # held the canary forever. 3 of 3 candidate episodes used their tool well, 0 of 3 incumbent ones:
+    # pooled 0.5, z = 1 / sqrt(0.25 * 2/3) = 2.449, p = 0.00715.
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=3, min_episodes=3))
+    candidate = ArmStats(1, episodes=3, tool_calls=3, tool_successes=3, tool_episodes=3)
+    decision = gate.decide(candidate, ArmStats(0, episodes=3))
+    assert decision.action == "promote"
+    assert decision.reason == (
+        "better: episodes with successful tool use v1 3/3 vs v0 0/3 (v0 made no tool call in 3 episodes) (p=0.0072)"
+    )
+    assert decision.numbers["metric"] == "tool_use"
+    assert decision.numbers["tool_use_z"] == pytest.approx(math.sqrt(6))
+    assert decision.numbers["tool_use_p_better"] == pytest.approx(normal_sf(math.sqrt(6)))
+    assert (decision.numbers["candidate"]["tool_use"], decision.numbers["incumbent"]["tool_use"]) == (1.0, 0.0)
+    assert "reliability_z" not in decision.numbers
+    # Too few incumbent episodes, or too few candidate calls: hold, as before.
+    assert gate.decide(candidate, ArmStats(0, episodes=2)).reason == (
+        "not enough tool calls yet: v1 3, v0 0 (need 3 each)"
+    )
+    few = ArmStats(1, episodes=3, tool_calls=2, tool_successes=2, tool_episodes=2)
+    assert gate.decide(few, ArmStats(0, episodes=3)).action == "hold"
+
+
+def test_a_candidate_that_stops_calling_tools_is_rolled_back_on_tool_use() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=10, min_episodes=10))
+    incumbent = ArmStats(1, episodes=10, tool_calls=12, tool_successes=11, tool_episodes=9)
+    decision = gate.decide(ArmStats(2, episodes=10), incumbent, looks=[])
+    assert decision.action == "rollback"
+    assert decision.reason.startswith(
+        "regression: episodes with successful tool use v2 0/10 vs v1 9/10 (v2 made no tool call in 10 episodes)"
+    )
+    assert decision.look is None  # no candidate tool call: no look, no alpha spent on the promotion
+    assert decision.numbers["sequential"]["note"] == "the candidate made no tool call"
+
+
+def test_tool_use_promotion_crosses_the_sequential_boundary_like_reliability() -> None:
+    # Planned horizon = min_tool_calls: the first look is final (t = 1), boundary ~ z_alpha.
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=4, min_episodes=4, max_tool_calls=4))
+    decision = gate.decide(ArmStats(1, 4, 4, 4, tool_episodes=4), ArmStats(0, 4), looks=[])
+    assert decision.action == "promote" and decision.look is not None
+    assert decision.look.final and decision.look.z == pytest.approx(math.sqrt(8))
+
+
 # --- repeated looks: alpha spending ---------------------------------------------------------------
 
 

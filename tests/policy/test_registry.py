@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import agentgym_runtime as agentgym
+from agentgym_runtime.config import Settings
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.artifact import read_artifact, verify_artifact, write_artifact
 from agentgym_runtime.policy.errors import PolicyArtifactError, PolicyConflictError, PolicyNotFoundError
@@ -292,3 +293,28 @@ def test_register_policy_with_adapter_dir_keeps_signature(agentgym_runtime: Runt
     with pytest.raises(PolicyNotFoundError, match="agent 'coder' has no version 4; versions: 0, 1"):
         agentgym.load_policy("coder@v4")
     assert agentgym.load_policy("coder").version == 0  # bare name: live
+
+
+def test_a_served_versions_adapter_resolves_in_the_configured_home_not_the_environments(
+    agentgym_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a chat model built without a home (TransformersChatModel(model_path=...)) resolved
+    # the pinned version's relative adapter against the environment's home (./.agentgym), not the
+    # home given to agentgym.configure, so a version the scheduler had registered never served.
+    from agentgym_runtime.models.engine import serving_adapter
+    from agentgym_runtime.policy.router import seeded
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the environment's default home: ./.agentgym, another directory
+    adapter = tmp_path / "out"
+    adapter.mkdir()
+    _safetensors(adapter / "adapter_model.safetensors")
+    agentgym.register_policy("coder", trainer="sft", adapter_dir=adapter)
+    policy = agentgym_runtime.policies.load("coder", 1)
+    home = Path(agentgym_runtime.settings.home)
+    assert Settings().home != str(home)
+    with seeded(policy), agentgym.episode(agent="coder"):
+        served = serving_adapter()
+    assert served == home / "policies" / "coder" / "v1" / "adapter"
+    assert (served / "adapter_model.safetensors").is_file()

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -228,6 +229,33 @@ def test_gate_promotes_a_better_canary_automatically(agentgym_runtime: Runtime, 
     assert events[0]["reason"].startswith("gate: hold (not enough tool calls yet")
     assert json.loads(events[1]["details"])["candidate"]["tool_calls"] == truth[1]["calls"]
     assert events[1]["reason"].startswith("gate: better: tool reliability v1 ")
+
+
+def test_gate_promotes_a_canary_over_an_incumbent_that_calls_no_tool(
+    agentgym_runtime: Runtime, recorded: Recorded
+) -> None:
+    # Regression: v0 answering in prose (no tool call at all, a base model before training) left the
+    # canary on hold forever ("not enough tool calls yet"); the gate now compares tool use.
+    router = _gate_router(agentgym_runtime)
+    router.set_config(replace(router.config, gate=GateConfig(min_tool_calls=10, min_episodes=10, min_rewarded=10_000)))
+    registry = agentgym_runtime.policies
+    agentgym.promote("support", registry.register("support", system_prompt="trained").version, canary=0.5)
+    rng = random.Random(3)
+    versions = [scripted_episode("support", f"u{i}", {0: 1.0, 1: 1.0}, rng, calls={0: 0, 1: 1}) for i in range(40)]
+    decision = router.evaluate("support")
+    assert decision.action == "promote", decision.reason
+    truth = {
+        r["policy_version"]: r["n"]
+        for r in recorded.query("SELECT policy_version, count(*) AS n FROM episodes GROUP BY 1")
+    }
+    assert truth == {0: versions.count(0), 1: versions.count(1)}
+    assert decision.numbers["metric"] == "tool_use"
+    assert decision.numbers["candidate"]["tool_episodes"] == versions.count(1)
+    assert (decision.numbers["incumbent"]["episodes"], decision.numbers["incumbent"]["tool_episodes"]) == (
+        versions.count(0),
+        0,
+    )
+    assert registry.state("support").live == 1
 
 
 def test_gate_rolls_back_a_regression_in_the_background(agentgym_runtime: Runtime, recorded: Recorded) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agentgym_runtime.trainers.scheduler.scheduler import learned_nothing
+
 torch = pytest.importorskip("torch")
 
 from agentgym_runtime.trainers.grpo import (  # noqa: E402
@@ -145,6 +147,10 @@ def test_with_skipping_off_uniform_groups_still_take_a_step() -> None:
     config = GRPOConfig(steps=2, group_size=2, prompts_per_step=2, max_new_tokens=2, skip_uniform_groups=False)
     _, metrics = grpo_train(_model(tokenizer), tokenizer, train, lambda i, c: 0.0, config)
     assert metrics["skipped_groups"] == 0
+    # Nothing held out: no held-out score rather than a 0 (the scheduler read 0 -> 0 as "nothing
+    # learnt" and registered no candidate of a job run with heldout_fraction=0).
+    assert (metrics["heldout_reward_before"], metrics["heldout_reward_after"]) == (None, None)
+    assert learned_nothing(metrics) is None
     # final_kl is set by optimiser steps only (None when every round was skipped): the steps ran, with
     # the KL term alone acting, and a fresh adapter equals the base, so the KL stays 0.
     assert metrics["final_kl"] == pytest.approx(0.0, abs=1e-6)

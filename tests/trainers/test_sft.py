@@ -119,6 +119,28 @@ def test_distillation_trains_a_student_agent_on_a_teacher_agents_traces(
     assert metrics["heldout_reward_after"] >= 0.5
 
 
+def test_with_nothing_held_out_there_is_no_heldout_score_and_the_candidate_counts(
+    agentgym_runtime: Runtime, tmp_path: Path
+) -> None:
+    # Regression: heldout_fraction=0 reported held-out rewards 0 -> 0, which the scheduler reads as
+    # "nothing learnt" and registers no candidate (every such run failed).
+    from agentgym_runtime.trainers.scheduler.scheduler import learned_nothing
+    from agentgym_runtime.trainers.sft import SFTTrainer
+
+    record_support("support", [1, 2, 3, 4])
+    assert agentgym_runtime.flush()
+    write_snapshot(agentgym_runtime.store, "support", tmp_path / "snap", run_id="r1")
+    model = build_model(tmp_path / "model", template=QWEN_LIKE)
+
+    spec = _spec(tmp_path, tmp_path / "snap", model, heldout_fraction=0.0, epochs=1)
+    metrics = SFTTrainer().train(spec, lambda f, m: None).metrics
+
+    assert (metrics["heldout_samples"], metrics["train_samples"]) == (0, 8)
+    held_out = ("heldout_reward_before", "heldout_reward_after", "heldout_exact_before", "heldout_exact_after")
+    assert [metrics[key] for key in held_out] == [None] * 4
+    assert learned_nothing(metrics) is None
+
+
 def test_bad_input_is_refused_with_a_clear_error(agentgym_runtime: Runtime, tmp_path: Path) -> None:
     from agentgym_runtime.trainers.sft import SFTTrainer
 
