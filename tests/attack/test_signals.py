@@ -21,7 +21,10 @@ import pytest
 from tests.attack.helpers import count, spawn
 
 CHILD = """
-import atexit, json, sys, time
+import atexit, json, signal, sys, time
+# Ctrl-C's handler, as an interactive process has it: a child of a shell's background job (``make
+# test &``, some CI runners) inherits SIGINT ignored, and then SIGINT would never reach the host.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 done = {{"n": 0, "flushed": 0, "wrong": 0}}
 def _report():
     with open({report!r}, "w") as fh:
