@@ -33,6 +33,7 @@ from agentgym_runtime.cli.common import (
 )
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.errors import PolicyError
+from agentgym_runtime.policy.gate import decision_z
 from agentgym_runtime.policy.registry import PolicyEvent, PolicyRegistry, PolicyState, PolicyStatus, default_actor
 from agentgym_runtime.recording.policy import Policy
 
@@ -107,7 +108,7 @@ def _decision_json(event: PolicyEvent | None) -> dict[str, Any] | None:
         "actor": event.actor,
         "reason": event.reason,
         "at": _when(event.occurred_at),
-        "z": details.get("reliability_z", details.get("tool_use_z")),
+        "z": decision_z(details),
         "boundary_z": look.get("boundary_z") if isinstance(look, dict) else None,
         "alpha_spent": look.get("alpha_spent") if isinstance(look, dict) else None,
         "candidate_tool_calls": (details.get("candidate") or {}).get("tool_calls"),

@@ -85,6 +85,7 @@ class HomeSource:
         return snap
 
     def _read_policies(self, snap: Snapshot) -> None:
+        from agentgym_runtime.policy.gate import decision_z
         from agentgym_runtime.policy.registry import PolicyRegistry
 
         registry = PolicyRegistry(self.home / "policies", actor="dashboard")
@@ -123,7 +124,7 @@ class HomeSource:
                             "at": event.occurred_at,
                             "candidate": event.details.get("candidate"),
                             "incumbent": event.details.get("incumbent"),
-                            "z": event.details.get("reliability_z", event.details.get("tool_use_z")),
+                            "z": decision_z(event.details),
                         }
                     )
 

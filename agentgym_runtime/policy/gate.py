@@ -67,6 +67,7 @@ __all__ = [
     "GateConfig",
     "GateDecision",
     "Look",
+    "decision_z",
     "normal_ppf",
     "normal_sf",
     "obrien_fleming_spending",
@@ -243,6 +244,17 @@ class GateDecision:
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
     look: Look | None = None
+
+
+def decision_z(details: Mapping[str, Any]) -> float | None:
+    """The z of the metric a gate decision's ``details`` compared on (tool reliability, or tool use).
+
+    Example:
+        >>> decision_z({"metric": "tool_use", "tool_use_z": 4.8}), decision_z({"reliability_z": 2.5})
+        (4.8, 2.5)
+    """
+    value = details.get(f"{details.get('metric', 'reliability')}_z")
+    return None if value is None else float(value)
 
 
 class Gate:
