@@ -21,7 +21,7 @@ import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 # Importing the services wires the default runtime (policy router, training scheduler) before the
@@ -178,7 +178,7 @@ def train_online(
     metadata: Mapping[str, Any] | None = ...,
     schedule: str | None = ...,
     min_new_episodes: int | None = ...,
-    trainer: str | None = ...,
+    trainer: str | Sequence[str] | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
@@ -195,7 +195,7 @@ def train_online(
     metadata: Mapping[str, Any] | None = ...,
     schedule: str | None = ...,
     min_new_episodes: int | None = ...,
-    trainer: str | None = ...,
+    trainer: str | Sequence[str] | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
@@ -213,7 +213,7 @@ def train_online(
     metadata: Mapping[str, Any] | None = None,
     schedule: str | None = None,
     min_new_episodes: int | None = None,
-    trainer: str | None = None,
+    trainer: str | Sequence[str] | None = None,
     gpu: str | None = None,
     trainer_options: Mapping[str, Any] | None = None,
     canary_share: float | None = None,
@@ -235,7 +235,10 @@ def train_online(
         min_new_episodes: Skip a scheduled run unless this many episodes ended since the last
             successful one (default 20).
         trainer: ``"demos"`` (default), ``"apo"``, ``"grpo"``, ``"sft"``, ``"verl"`` or your own
-            (``AGENTGYM_EXTRA_TRAINERS`` or ``trainer_options={"trainer_class": "module:Class"}``).
+            (``AGENTGYM_EXTRA_TRAINERS`` or ``trainer_options={"trainer_class": "module:Class"}``);
+            or a list run in stages, e.g. ``["sft", "grpo"]``: supervised on the traces first,
+            then each later job reinforces from the live version's adapter (an option named after
+            a stage holds that stage's own options: ``{"grpo": {"steps": 20}}``).
         gpu: ``"auto"`` (CUDA when available, else CPU; default), ``"cpu"`` or ``"local"`` (this
             machine's GPU, required).
         trainer_options: Passed to the trainer (JSON-serialisable).

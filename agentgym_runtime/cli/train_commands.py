@@ -75,7 +75,7 @@ def train(
     is handed to that service's scheduler (through ``<home>/requests``) and followed from here.
     """
     from agentgym_runtime.api import configure, shutdown
-    from agentgym_runtime.trainers.scheduler import training_config
+    from agentgym_runtime.trainers.scheduler import alone, training_config
 
     settings = settings_for(home, store)
     overrides: dict[str, Any] = {}
@@ -120,7 +120,9 @@ def train(
             choices = ", ".join(sorted(known)) or "none yet (record episodes first)"
             err_console.print(f"[red]unknown agent {agent!r}; known agents: {choices}[/red]")
             raise typer.Exit(2)
-        base = runtime.scheduler.config_for(agent).model_dump(exclude={"agent"})
+        configured = runtime.scheduler.config_for(agent)
+        # A trainer named here runs alone, not the config's stages.
+        base = alone(configured, trainer) if trainer is not None else configured.model_dump(exclude={"agent"})
         base.update(overrides)
         if trainer_options:
             base["trainer_options"] = {**base.get("trainer_options", {}), **trainer_options}

@@ -97,6 +97,23 @@ class SpecEchoTrainer:
         )
 
 
+class StageEchoTrainer:
+    """Reports which trainer name (stage) the job ran under, the options it got and its starting version."""
+
+    name: ClassVar[str] = "fake-stage"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        options = {k: v for k, v in spec.options.items() if k not in ("trainer_class", "heldout_fraction")}
+        return TrainingResult(
+            trainer="fake-stage",
+            system_prompt=f"trained by {spec.trainer}",
+            metrics={"stage": spec.trainer, "options": options, "base_policy_version": spec.base_policy_version},
+        )
+
+
 class ZeroScoreTrainer:
     """Every replay raised: held-out reward 0 before and after, the way a broken replay reports it."""
 

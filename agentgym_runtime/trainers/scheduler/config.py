@@ -35,6 +35,9 @@ _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 ProgressCallback = Callable[[float, str], None]
+#: The policy metadata key naming the trainer (the stage) a scheduled job ran under: the next job
+#: of a staged config reads it from the served version to run the stage after it.
+STAGE_KEY = "trainer_stage"
 
 
 def parse_schedule(schedule: str) -> tuple[Literal["interval", "cron"], float | str]:
@@ -90,10 +93,18 @@ class TrainingConfig(BaseModel):
         min_new_episodes: Episodes needed since the last successful run; fewer skips the run.
         max_episodes: A run trains on at most this many of the new episodes, the most recent
             (a busy service records thousands between runs; training time stays bounded).
-        trainer: ``"demos"``, ``"apo"``, ``"grpo"``, ``"verl"`` or a registered extra trainer.
+        trainer: ``"demos"``, ``"apo"``, ``"grpo"``, ``"sft"``, ``"verl"`` or a registered extra
+            trainer; with ``stages``, the first stage.
+        stages: Trainers run in turn (``["sft", "grpo"]``; empty: ``trainer`` alone): a job runs
+            the stage after the one that trained the version it starts from (the first stage
+            from the base model or from a version no stage trained; the last stage repeats), so
+            a supervised start on the traces is followed by reinforcement from the live version's
+            adapter. :func:`stage_for` picks it; :func:`stage_options` gives its options.
         gpu: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` (hide GPUs), ``"local"`` (this
             machine's GPU, required).
-        trainer_options: Passed to the trainer as ``TrainingJobSpec.options``.
+        trainer_options: Passed to the trainer as ``TrainingJobSpec.options``. With ``stages``, an
+            option named after a stage holds that stage's own options, over the shared ones
+            (``{"model_path": ..., "grpo": {"steps": 20}}``).
         timeout_s: The job is killed and the run failed after this long.
         heldout_fraction: Share of sessions the trainer should hold out (``options["heldout_fraction"]``).
         python: Interpreter for the job (default: the serving process's).
@@ -129,6 +140,7 @@ class TrainingConfig(BaseModel):
     min_new_episodes: int = Field(default=20, ge=1)
     max_episodes: int = Field(default=2000, ge=1)
     trainer: str = "demos"
+    stages: list[str] = Field(default_factory=list)
     gpu: GpuMode = "auto"
     trainer_options: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = Field(default=3600.0, gt=0)
@@ -172,32 +184,124 @@ def training_config(agent: str, **options: Any) -> TrainingConfig:
         json.dumps(dict(trainer_options))
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"trainer_options must be JSON-serialisable (they go to the job): {exc}") from None
+    stages = _stages(options.get("trainer", "demos"), options.get("stages"))
+    for name in stages if len(stages) > 1 else ():
+        if name in trainer_options and not isinstance(trainer_options[name], Mapping):
+            raise ConfigurationError(
+                f"trainer_options[{name!r}] must be a mapping of the {name!r} stage's own options, "
+                f"got {type(trainer_options[name]).__name__}"
+            )
+    known = set(TRAINERS) | set(extra_trainers())
+    for name in stages:
+        merged = _merged_options(trainer_options, stages, name)
+        _check_trainer(agent, name, merged, known, gpu, options.get("entrypoint"))
+    schedule = options.get("schedule")
+    if schedule is not None:
+        parse_schedule(schedule)
+    fields = {**options, "trainer": stages[0], "stages": stages if len(stages) > 1 else []}
+    try:
+        return TrainingConfig(agent=agent, **{**fields, "trainer_options": dict(trainer_options)})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(f"invalid training options for agent {agent!r}: {problems}") from None
+
+
+def _stages(trainer: Any, stages: Any) -> list[str]:
+    """The trainer names in turn: ``trainer`` is one name or a list of them.
+
+    ``stages`` comes from a config read back (``model_dump``): it is the sequence again when
+    ``trainer`` is still its first stage; a ``trainer`` changed since (an override) runs alone.
+
+    Example:
+        >>> _stages(["sft", "grpo"], None), _stages("demos", None), _stages("sft", ["sft", "grpo"])
+        (['sft', 'grpo'], ['demos'], ['sft', 'grpo'])
+        >>> _stages("apo", ["sft", "grpo"])
+        ['apo']
+    """
+    if isinstance(trainer, str) and isinstance(stages, (list, tuple)) and stages and stages[0] == trainer:
+        trainer = list(stages)
+    if isinstance(trainer, str):
+        return [trainer]
+    if isinstance(trainer, (list, tuple)) and trainer and all(isinstance(t, str) and t for t in trainer):
+        return list(trainer)
+    raise ConfigurationError(
+        f"trainer must be a trainer's name or a non-empty list of them (stages run in turn, "
+        f"e.g. ['sft', 'grpo']), got {trainer!r}"
+    )
+
+
+def _merged_options(trainer_options: Mapping[str, Any], stages: list[str], name: str) -> dict[str, Any]:
+    if len(stages) < 2:
+        return dict(trainer_options)
+    shared = {key: value for key, value in trainer_options.items() if key not in stages}
+    return {**shared, **dict(trainer_options.get(name) or {})}
+
+
+def stage_options(config: TrainingConfig, name: str) -> dict[str, Any]:
+    """The options a job of stage ``name`` gets: the shared ones, with the stage's own over them.
+
+    Example:
+        >>> options = {"model_path": "m", "grpo": {"steps": 20}}
+        >>> config = training_config("a", trainer=["sft", "grpo"], trainer_options=options)
+        >>> stage_options(config, "grpo"), stage_options(config, "sft")
+        ({'model_path': 'm', 'steps': 20}, {'model_path': 'm'})
+    """
+    return _merged_options(config.trainer_options, config.stages or [config.trainer], name)
+
+
+def alone(config: TrainingConfig, trainer: str) -> dict[str, Any]:
+    """``config``'s fields (for :func:`training_config`) with ``trainer`` run alone, not the stages.
+
+    A trainer a person names (``agentgym train --trainer``, ``run_now(trainer=...)``) runs as named;
+    with stages it gets the options that stage would get.
+
+    Example:
+        >>> staged = training_config("a", trainer=["sft", "grpo"], trainer_options={"grpo": {"steps": 5}})
+        >>> fields = alone(staged, "grpo")
+        >>> fields["trainer"], fields["stages"], fields["trainer_options"]
+        ('grpo', [], {'steps': 5})
+    """
+    fields = config.model_dump(exclude={"agent"})
+    return {**fields, "trainer": trainer, "stages": [], "trainer_options": stage_options(config, trainer)}
+
+
+def stage_for(config: TrainingConfig, trained_by: str | None) -> str:
+    """The trainer of the next job, when it starts from a version the stage ``trained_by`` trained.
+
+    ``trained_by`` is ``None`` for the base model and for a version no stage trained (a person's,
+    or another config's): the first stage runs. After the last stage, the last stage repeats.
+
+    Example:
+        >>> config = training_config("a", trainer=["sft", "grpo"])
+        >>> stage_for(config, None), stage_for(config, "sft"), stage_for(config, "grpo")
+        ('sft', 'grpo', 'grpo')
+    """
+    stages = config.stages or [config.trainer]
+    if trained_by not in stages:
+        return stages[0]
+    return stages[min(stages.index(trained_by) + 1, len(stages) - 1)]
+
+
+def _check_trainer(
+    agent: str, trainer: str, trainer_options: Mapping[str, Any], known: set[str], gpu: str, entrypoint: Any
+) -> None:
+    """Refuse a trainer (one stage) that cannot run with these options, naming why."""
     trainer_class = trainer_options.get("trainer_class")
     if trainer_class is not None and (not isinstance(trainer_class, str) or ":" not in trainer_class):
         raise ConfigurationError(f"trainer_class must be 'module:Class', got {trainer_class!r}")
-    trainer = options.get("trainer", "demos")
-    known = set(TRAINERS) | set(extra_trainers())
-    if not isinstance(trainer, str) or (trainer not in known and "trainer_class" not in trainer_options):
+    if trainer not in known and "trainer_class" not in trainer_options:
         raise ConfigurationError(
             f"unknown trainer {trainer!r}; choose one of: {', '.join(sorted(known))} "
             "(or pass trainer_options={'trainer_class': 'module:Class'} for your own)"
         )
     if trainer in _GPU_ONLY_TRAINERS and gpu == "cpu":
         raise ConfigurationError(f"trainer {trainer!r} needs a CUDA GPU; gpu='cpu' cannot work (use 'auto' or 'local')")
-    schedule = options.get("schedule")
-    if schedule is not None:
-        parse_schedule(schedule)
     if trainer == "verl" and "trainer_class" not in trainer_options:
         _check_verl_options(trainer_options)
     if trainer in REPLAYING_TRAINERS and "trainer_class" not in trainer_options and not trainer_options.get("replay"):
-        _check_replayable(agent, options.get("entrypoint"))
-    try:
-        return TrainingConfig(agent=agent, **{**options, "trainer_options": dict(trainer_options)})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ConfigurationError(f"invalid training options for agent {agent!r}: {problems}") from None
+        _check_replayable(agent, entrypoint)
 
 
 def _check_verl_options(trainer_options: Mapping[str, Any]) -> None:

@@ -45,9 +45,13 @@ from agentgym_runtime.recording.policy import Policy, resolve_adapter_path
 from agentgym_runtime.trainers.base import TrainingJobSpec, TrainingResult
 from agentgym_runtime.trainers.scheduler.config import (
     _DEVICE,
+    STAGE_KEY,
     TrainingConfig,
     _trigger,
+    alone,
     registered_training,
+    stage_for,
+    stage_options,
     training_config,
 )
 from agentgym_runtime.trainers.scheduler.lock import TrainLock
@@ -287,9 +291,11 @@ class TrainingScheduler:
             config = self.config_for(agent)
             options = {**config.trainer_options, **dict(overrides.pop("trainer_options", None) or {})}
             if overrides or options != config.trainer_options:
-                config = training_config(
-                    agent, **{**config.model_dump(exclude={"agent"}), **overrides, "trainer_options": options}
-                )
+                # A trainer named in the request runs alone, not the config's stages.
+                named = overrides.get("trainer")
+                kept = alone(config, named) if isinstance(named, str) else config.model_dump(exclude={"agent"})
+                options = {**kept["trainer_options"], **dict(request.overrides.get("trainer_options") or {})}
+                config = training_config(agent, **{**kept, **overrides, "trainer_options": options})
         except (OSError, ValueError, ConfigurationError) as exc:
             logger.warning("agentgym: training request %s rejected: %s", request_id, exc)
             write_status(status_path, {"state": "done", "status": "rejected", "error": str(exc)})
@@ -513,8 +519,10 @@ class TrainingScheduler:
             The run (also recorded in ``training_runs``).
         """
         config = config or self.config_for(agent)
-        if trainer is not None and trainer != config.trainer:
-            config = training_config(agent, **{**config.model_dump(exclude={"agent"}), "trainer": trainer})
+        if trainer is not None and (trainer != config.trainer or config.stages):
+            config = training_config(agent, **alone(config, trainer))
+        elif config.stages:
+            config = self._staged(config)
         run = TrainingRun(run_id=new_run_id(), agent=agent, trainer=config.trainer)
         store = self.store
         insert_run(store, run)
@@ -728,6 +736,13 @@ class TrainingScheduler:
                     self._start_canary(config, run)
         update_run(store, run, ended=True)
 
+    def _staged(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` as one job of its stages: the stage after the one that trained the served version."""
+        served = self._served_policy(config.agent)
+        trained_by = served.metadata.get(STAGE_KEY) if served.version else None
+        stage = stage_for(config, trained_by if isinstance(trained_by, str) else None)
+        return config.model_copy(update={"trainer": stage, "trainer_options": stage_options(config, stage)})
+
     def _served_policy(self, agent: str) -> Policy:
         """The policy every non-canary episode of ``agent`` gets now: the pinned one, else the live one."""
         state = self.registry.read_state(agent) if agent in self.registry.agents() else None
@@ -821,6 +836,7 @@ def _register_candidate(
         llm=result.llm,
         metadata={
             "training_run": run.run_id,
+            STAGE_KEY: spec.trainer,
             "snapshot": spec.snapshot_dir,
             "episodes": run.episodes,
             **({"notes": result.notes} if result.notes else {}),
