@@ -122,6 +122,45 @@ def summarize(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def runs_table(records: list[dict[str, Any]]) -> str:
+    """One markdown row per run: what the live version reached, when, after which training, in what time.
+
+    Example:
+        >>> row = {"scenario": "s", "seed": 3, "v0_reliability": 0.64, "reliability": 0.99, "promoted": 2,
+        ...        "promoted_at_s": {"1": 290.0, "2": 470.5}, "wall_s": 512.0, "cost_reduction": 0.25,
+        ...        "stopped": "time budget spent", "load_average": 1.2,
+        ...        "runs": [{"status": "succeeded", "candidate_version": 1, "episodes": 300, "took_s": 150.0},
+        ...                 {"status": "succeeded", "candidate_version": 2, "episodes": 600, "took_s": 80.0}]}
+        >>> print(runs_table([row]).splitlines()[2])
+        | s | 3 | 64.0% | **99.0%** (v2) | v1 290 s, v2 470 s | 300 eps 150 s; 600 eps 80 s | time budget spent | 512 | 25.0% | 1.2 |
+    """
+    lines = [
+        "| scenario | seed | v0 held-out | live version held-out | went live at | training runs (snapshot, time) "
+        "| stopped | wall s | bill reduction | load |",
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|",
+    ]
+    for r in records:
+        reliability = r.get("reliability")
+        shown = "n/a" if reliability is None else f"{reliability:.1%}"
+        if reliability is not None and reliability >= TARGET and r["wall_s"] <= WALL_LIMIT_S:
+            shown = f"**{shown}**"
+        live_at = ", ".join(f"v{v} {float(t):.0f} s" for v, t in (r.get("promoted_at_s") or {}).items()) or "-"
+        trained = "; ".join(
+            f"{run.get('episodes')} eps {float(run['took_s']):.0f} s"
+            + ("" if run.get("status") == "succeeded" else f" ({run.get('status')})")
+            for run in r.get("runs", [])
+            if run.get("took_s") is not None
+        )
+        cost = r.get("cost_reduction")
+        lines.append(
+            f"| {r['scenario']} | {r['seed']} | "
+            f"{'n/a' if r.get('v0_reliability') is None else format(r['v0_reliability'], '.1%')} | "
+            f"{shown} (v{r.get('promoted') or 0}) | {live_at} | {trained or '-'} | {r.get('stopped') or r.get('error', '')} | "
+            f"{r['wall_s']:.0f} | {'n/a' if cost is None else format(cost, '.1%')} | {r.get('load_average', '')} |"
+        )
+    return "\n".join(lines)
+
+
 def _spread(values: list[Any], fmt: str) -> str:
     known = sorted(float(v) for v in values if v is not None)
     if not known:
@@ -140,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
         print(summarize(records))
+        print()
+        print(runs_table(records))
         return 0
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     records = []
