@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +73,6 @@ def run_row(runtime: Runtime, run_id: str) -> dict[str, Any]:
     rows = runtime.store.query_dicts("SELECT * FROM training_runs WHERE run_id = ?", [run_id])
     assert len(rows) == 1
     return rows[0]
-
-
-@pytest.fixture
-def no_registered_training() -> Iterator[None]:
-    yield
-    for agent in list(registered_training()):
-        unregister_training(agent)
 
 
 def test_scheduled_run_trains_in_a_subprocess_and_registers_the_candidate(

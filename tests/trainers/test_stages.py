@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from agentgym_runtime.trainers.scheduler import (
     stage_for,
     stage_options,
     training_config,
-    unregister_training,
 )
 from tests.trainers.test_scheduler import FAKES, run_row, serve
 
@@ -43,13 +41,6 @@ def staged(**overrides: Any) -> TrainingConfig:
     }
     values.update(overrides)
     return training_config("support", **values)
-
-
-@pytest.fixture
-def no_registered_training() -> Iterator[None]:
-    yield
-    for agent in list(registered_training()):
-        unregister_training(agent)
 
 
 def test_each_job_runs_the_stage_after_the_one_that_trained_the_served_version(
