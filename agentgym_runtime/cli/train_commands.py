@@ -131,6 +131,7 @@ def train(
         except ConfigurationError as exc:
             err_console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        config = runtime.scheduler.staged(config)  # the title names the stage that runs
         with TrainingProgress(f"{agent} ({config.trainer})", console) as view:
             run = runtime.scheduler.run_now(agent, config=config, force=now, since=since_at, progress=view.update)
     finally:

@@ -51,7 +51,9 @@ def test_each_job_runs_the_stage_after_the_one_that_trained_the_served_version(
 
     def run_and_read(start: int, **kwargs: Any) -> tuple[str, dict[str, Any], int | None]:
         serve(4, start=start)
+        predicted = scheduler.staged(config).trainer  # what `agentgym train` shows before it runs
         run = scheduler.run_now("support", config=config, **kwargs)
+        assert kwargs or predicted == run.trainer
         assert run.status == "succeeded", run.error
         row = run_row(agentgym_runtime, run.run_id)
         metrics = json.loads(row["metrics"])

@@ -522,7 +522,7 @@ class TrainingScheduler:
         if trainer is not None and (trainer != config.trainer or config.stages):
             config = training_config(agent, **alone(config, trainer))
         elif config.stages:
-            config = self._staged(config)
+            config = self.staged(config)
         run = TrainingRun(run_id=new_run_id(), agent=agent, trainer=config.trainer)
         store = self.store
         insert_run(store, run)
@@ -736,8 +736,18 @@ class TrainingScheduler:
                     self._start_canary(config, run)
         update_run(store, run, ended=True)
 
-    def _staged(self, config: TrainingConfig) -> TrainingConfig:
-        """``config`` as one job of its stages: the stage after the one that trained the served version."""
+    def staged(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` as its next job: the stage after the one that trained the served version.
+
+        A config without stages comes back as it is. The result keeps ``stages``, so running it
+        picks the same stage again (until the served version changes).
+
+        Example:
+            >>> scheduler.staged(training_config("support", trainer=["sft", "grpo"])).trainer  # doctest: +SKIP
+            'sft'
+        """
+        if not config.stages:
+            return config
         served = self._served_policy(config.agent)
         trained_by = served.metadata.get(STAGE_KEY) if served.version else None
         stage = stage_for(config, trained_by if isinstance(trained_by, str) else None)
