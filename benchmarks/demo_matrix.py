@@ -11,6 +11,7 @@ for ``benchmarks/RESULTS.md``.
 
     python benchmarks/demo_matrix.py --runs 10                       # all scenarios
     python benchmarks/demo_matrix.py --scenarios code_review --runs 3 --out /tmp/m.jsonl
+    python benchmarks/demo_matrix.py --scenarios qa_testing --seeds 7 8 9 --out /tmp/m.jsonl  # the rest
     python benchmarks/demo_matrix.py --summarize benchmarks/demo_matrix.jsonl
 """
 
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--runs", type=int, default=10, help="fresh runs per scenario (seeds 0..runs-1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="these seeds instead of 0..runs-1 (finish an interrupted matrix)"
+    )
     parser.add_argument("--minutes", type=float, default=None, help="the demo's whole-run budget (default: its own)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "demo_matrix.jsonl")
     parser.add_argument("--summarize", type=Path, help="only print the table of an existing JSON-lines file")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     records = []
     for scenario in args.scenarios:
-        for seed in range(args.runs):
+        for seed in args.seeds if args.seeds is not None else range(args.runs):
             record = run_once(scenario, seed, args.minutes)
             record["load_average"] = round(os.getloadavg()[0], 1)
             records.append(record)
