@@ -89,7 +89,10 @@ class DemoConfig:
             training snapshot held, and the live reliability the stopping rule reads measures what
             the held-out table measures. With 400, the users cycled back to requests the version
             had trained on: a code_review run stopped on "criteria met on live traffic" with its
-            version at 93.5% on held-out tasks.
+            version at 93.5% on held-out tasks. They come from fresh worlds in blocks of
+            ``served_block`` (:func:`served_traffic`), so every stretch of the traffic has the
+            split's own mix of mistakes.
+        served_block: Requests drawn from one world before the next (see :func:`served_traffic`).
         measure_reserve_s: Seconds of the budget kept for measuring every version at the end.
         training_think_s: While a training job runs, each simulated user pauses this long between
             conversations: the snapshot is taken, the job and the serving threads share the
@@ -116,7 +119,44 @@ class DemoConfig:
     live_confidence: float = 0.8
     training_think_s: float = 1.0
     served_tasks: int = 1000
+    served_block: int = 150
     measure_reserve_s: float = 20.0
+
+
+def served_traffic(scenario: Scenario, n: int, seed: int, block: int = 150) -> list[Task]:
+    """``n`` distinct held-out requests in the order the simulated users send them.
+
+    They are drawn in blocks of ``block`` distinct tasks, each block from a fresh world (its own
+    customers, pull requests, builds). One long draw from one world runs out of the requests that
+    world has few distinct forms of, so it gets easier as it goes: code_review's "LGTM on PR n,
+    approve it." (a tool that does not exist) was ~10% of a draw's first 150 requests and 2-3% of
+    requests 600-900, while the held-out tasks versions are measured on hold ~8%. The live
+    traffic a promoted version served was then easier than those tasks, and the live stopping
+    rule stopped a run at 97.0% live whose version measured 90.0% held-out. In blocks, every
+    stretch of traffic has the split's own mix.
+
+    Example:
+        >>> from agentgym_runtime.scenarios import get_scenario
+        >>> traffic = served_traffic(get_scenario("code_review"), 1000, seed=1)
+        >>> len(traffic), len({t.prompt for t in traffic}), len({t.world_seed for t in traffic})
+        (1000, 1000, 7)
+    """
+    if block < 1:
+        raise ConfigurationError(f"block must be >= 1, got {block}")
+    tasks: list[Task] = []
+    prompts: set[str] = set()
+    world = 0
+    while len(tasks) < n:
+        # World seeds seed, seed + 1000, ...: never the held-out measurement's (seed + 6 in the demo).
+        before = len(tasks)
+        for task in scenario.tasks("heldout", block, seed=seed + 1000 * world):
+            if len(tasks) < n and task.prompt not in prompts:
+                prompts.add(task.prompt)
+                tasks.append(task)
+        if len(tasks) == before:  # a new world brought no new request: the split cannot give n
+            raise ConfigurationError(f"scenario {scenario.name!r} gives only {before} distinct requests, not {n}")
+        world += 1
+    return tasks
 
 
 def unserved_tasks(scenario: Scenario, served: Sequence[Task], n: int, seed: int) -> list[Task]:
@@ -406,7 +446,7 @@ class Demo:
         config = self.config
         runtime, demo_model, chat = self._setup()
         scenario = get_scenario(config.scenario)
-        served_tasks = scenario.tasks("heldout", config.served_tasks, seed=config.seed + 1)
+        served_tasks = served_traffic(scenario, config.served_tasks, config.seed + 1, config.served_block)
         serve = self._serving_agent(chat, demo_model)
         self.state.phase = "serving version 0; recording episodes"
         threads = [
