@@ -88,11 +88,17 @@ def test_the_demo_stops_on_the_live_versions_own_traffic() -> None:
     demo.state.promoted_version = 1
     demo.state.by_version[1] = _VersionTally(episodes=40, tool_calls=100, successes=94)
     assert demo._live_meets_criterion(0.95) is False
-    # 95% observed is not enough: its 80% lower bound is 92.8% (a run that stopped on 95.07% live
-    # measured 93.8% held-out); 98% over 300 calls is (lower bound 97.2%).
+    # 95% observed is not enough (a run that stopped on 95.07% live measured 93.8% held-out), nor
+    # 96.7% over 300 calls, whose 80% lower bound (95.7%) stopped runs before: at 95% it is 94.5%
+    # (a run stopped on 95.8% live with its version at 94.0% held-out). 98% over 300 calls is
+    # enough (lower bound 96.2%), and 100% over 60 (95.7%).
     demo.state.by_version[1] = _VersionTally(episodes=40, tool_calls=100, successes=95)
+    assert demo._live_meets_criterion(0.95) is False
+    demo.state.by_version[1] = _VersionTally(episodes=150, tool_calls=300, successes=290)
     assert demo._live_meets_criterion(0.95) is False
     demo.state.by_version[1] = _VersionTally(episodes=150, tool_calls=300, successes=294)
     assert demo._live_meets_criterion(0.95) is True
-    demo.state.by_version[1] = _VersionTally(episodes=150, tool_calls=300, successes=285)  # 95.0%, lower 93.9%
+    demo.state.by_version[1] = _VersionTally(episodes=30, tool_calls=60, successes=60)
+    assert demo._live_meets_criterion(0.95) is True
+    demo.state.by_version[1] = _VersionTally(episodes=150, tool_calls=300, successes=285)  # 95.0%, lower 92.6%
     assert demo._live_meets_criterion(0.95) is False
