@@ -289,12 +289,13 @@ class TrainingScheduler:
             overrides = dict(request.overrides)
             since = _parse_since(overrides.pop("since", None))
             config = self.config_for(agent)
-            options = {**config.trainer_options, **dict(overrides.pop("trainer_options", None) or {})}
-            if overrides or options != config.trainer_options:
-                # A trainer named in the request runs alone, not the config's stages.
+            extra = dict(overrides.pop("trainer_options", None) or {})
+            if overrides or extra:
+                # A trainer named in the request runs alone, not the config's stages; the request's
+                # options go over the ones that trainer would get.
                 named = overrides.get("trainer")
                 kept = alone(config, named) if isinstance(named, str) else config.model_dump(exclude={"agent"})
-                options = {**kept["trainer_options"], **dict(request.overrides.get("trainer_options") or {})}
+                options = {**kept["trainer_options"], **extra}
                 config = training_config(agent, **{**kept, **overrides, "trainer_options": options})
         except (OSError, ValueError, ConfigurationError) as exc:
             logger.warning("agentgym: training request %s rejected: %s", request_id, exc)
