@@ -179,6 +179,7 @@ def train_online(
     schedule: str | None = ...,
     min_new_episodes: int | None = ...,
     trainer: str | Sequence[str] | None = ...,
+    teachers: Sequence[str] | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
@@ -196,6 +197,7 @@ def train_online(
     schedule: str | None = ...,
     min_new_episodes: int | None = ...,
     trainer: str | Sequence[str] | None = ...,
+    teachers: Sequence[str] | None = ...,
     gpu: str | None = ...,
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
@@ -214,6 +216,7 @@ def train_online(
     schedule: str | None = None,
     min_new_episodes: int | None = None,
     trainer: str | Sequence[str] | None = None,
+    teachers: Sequence[str] | None = None,
     gpu: str | None = None,
     trainer_options: Mapping[str, Any] | None = None,
     canary_share: float | None = None,
@@ -239,6 +242,9 @@ def train_online(
             or a list run in stages, e.g. ``["sft", "grpo"]``: supervised on the traces first,
             then each later job reinforces from the live version's adapter (an option named after
             a stage holds that stage's own options: ``{"grpo": {"steps": 20}}``).
+        teachers: Other agents' names whose recorded episodes train this one too (``sft``,
+            ``grpo``): distil a large API model's agent, recorded by its own ``train_online``, into
+            this agent's open model.
         gpu: ``"auto"`` (CUDA when available, else CPU; default), ``"cpu"`` or ``"local"`` (this
             machine's GPU, required).
         trainer_options: Passed to the trainer (JSON-serialisable).
@@ -269,6 +275,7 @@ def train_online(
             ("schedule", schedule),
             ("min_new_episodes", min_new_episodes),
             ("trainer", trainer),
+            ("teachers", teachers),
             ("gpu", gpu),
             ("trainer_options", trainer_options),
             ("canary_share", canary_share),

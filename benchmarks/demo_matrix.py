@@ -79,6 +79,7 @@ def run_once(scenario: str, seed: int, minutes: float | None) -> dict[str, Any]:
             for r in summary.get("training_runs", [])
             if r.get("status") != "skipped"
         ],
+        decisions=summary.get("decisions", []),
     )
     return record
 

@@ -209,6 +209,8 @@ class DemoState:
     """What the live view shows, updated by the serving threads."""
 
     started: float = field(default_factory=time.monotonic)
+    # Registry events carry wall-clock times; this is the same start on that clock.
+    started_wall: float = field(default_factory=time.time)
     phase: str = "starting"
     served: int = 0
     errors: int = 0
@@ -527,6 +529,22 @@ class Demo:
         if current is not None and current.has_scheduler:
             current.scheduler.shutdown(wait=False, reason="the demo ended before the run finished")
 
+    def _decisions(self, runtime: Any) -> list[dict[str, Any]]:
+        """The registry's events for the demo's agent, timed in seconds since the demo started."""
+        if self.agent_name not in runtime.policies.agents():
+            return []
+        return [
+            {
+                "version": e.version,
+                "from": e.from_status,
+                "to": e.to_status,
+                "actor": e.actor,
+                "reason": e.reason,
+                "at_s": round(e.occurred_at - self.state.started_wall, 1),
+            }
+            for e in runtime.policies.events(self.agent_name)
+        ]
+
     def _summary(self, runtime: Any, scenario: Scenario, demo_model: Any, served: list[Task]) -> dict[str, Any]:
         from agentgym_runtime.collectors.pricing import TokenPrices
         from agentgym_runtime.demo.model.evaluate import evaluate_model
@@ -583,6 +601,9 @@ class Demo:
                 }
                 for r in self.state.runs
             ],
+            # Every registry decision (candidate, canary, promotion, rollback) with its reason:
+            # why a version that measured well did or did not go live.
+            "decisions": self._decisions(runtime),
         }
         if promoted is not None and promoted in evaluations:
             before, after = evaluations[0], evaluations[promoted]

@@ -474,12 +474,26 @@ def gguf_kwargs(model_path: str) -> dict[str, Any]:
     return {"gguf_file": files[0].name} if len(files) == 1 and not has_weights else {}
 
 
+def snapshot_dirs(spec: Any) -> list[Path]:
+    """The job's snapshot, then each ``extra_snapshots`` one (a relative one is inside the job's snapshot).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> spec = SimpleNamespace(snapshot_dir="/s", options={"extra_snapshots": ["teachers/big", "/other"]})
+        >>> [str(p) for p in snapshot_dirs(spec)]
+        ['/s', '/s/teachers/big', '/other']
+    """
+    root = Path(spec.snapshot_dir)
+    return [root, *(root / d for d in spec.options.get("extra_snapshots") or [])]  # an absolute path stays
+
+
 def load_job_data(spec: Any, *, heldout_fraction: float = 0.2) -> ChatJobData:
     """Train and held-out chat samples of a job's snapshot(s), and its checked tokenizer.
 
     ``spec.options``: ``model_path``; ``tool_format`` (default: detected from the tokenizer);
     ``extra_snapshots``: more snapshot directories (e.g. another agent's: a teacher's traces)
-    whose samples join the training (their held-out sessions join the held-out set).
+    whose samples join the training (their held-out sessions join the held-out set); a relative
+    one is inside the job's snapshot (where the scheduler writes ``teachers``' episodes).
 
     Raises:
         TrainerUnavailable: No chat span with recorded messages in the snapshots.
@@ -498,7 +512,7 @@ def load_job_data(spec: Any, *, heldout_fraction: float = 0.2) -> ChatJobData:
     train: list[ChatSample] = []
     heldout: list[ChatSample] = []
     count = 0
-    for directory in [spec.snapshot_dir, *list(options.get("extra_snapshots") or [])]:
+    for directory in snapshot_dirs(spec):
         train_tasks, heldout_tasks = load_tasks(directory, heldout_fraction=fraction, seed=spec.seed)
         count += len(train_tasks)
         samples = read_chat_samples(directory, [*train_tasks, *heldout_tasks])

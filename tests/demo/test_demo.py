@@ -78,6 +78,13 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
     distinct = [status for i, status in enumerate(statuses) if i == 0 or status != statuses[i - 1]]
     assert distinct[:3] == ["candidate", "canary", "live"]
     assert next(actor for status, actor in path if status == "live") == "gate"
+    # The summary carries the same decisions, with their reasons and when they happened.
+    decided = [d for d in summary["decisions"] if d["version"] == promoted]
+    assert [d["to"] for d in decided][: len(statuses)] == statuses
+    went_live = next(d for d in decided if d["to"] == "live")
+    assert went_live["actor"] == "gate"
+    assert went_live["reason"]
+    assert 0 < went_live["at_s"] <= summary["promoted_at_s"][str(promoted)] + 0.5
 
     # Better on held-out tasks never served, beyond chance.
     before, after = versions[0], versions[promoted]

@@ -114,6 +114,29 @@ class StageEchoTrainer:
         )
 
 
+class SnapshotsTrainer:
+    """Reports the episodes and sessions of each snapshot the job reads (its own, then its teachers')."""
+
+    name: ClassVar[str] = "fake-snapshots"
+
+    def check_available(self, spec: TrainingJobSpec) -> None:
+        return None
+
+    def train(self, spec: TrainingJobSpec, progress: ProgressFn) -> TrainingResult:
+        from agentgym_runtime.trainers.chat_data import snapshot_dirs
+
+        read = {}
+        for directory in snapshot_dirs(spec):  # keyed by the path inside the job's snapshot ("." for its own)
+            train, heldout = load_tasks(directory, heldout_fraction=0.0)
+            sessions = sorted(str(t.session_id) for t in [*train, *heldout])
+            read[os.path.relpath(directory, spec.snapshot_dir)] = sessions
+        return TrainingResult(
+            trainer="fake-snapshots",
+            system_prompt="read the teachers",
+            metrics={"read": read, "extra_snapshots": spec.options.get("extra_snapshots")},
+        )
+
+
 class ZeroScoreTrainer:
     """Every replay raised: held-out reward 0 before and after, the way a broken replay reports it."""
 

@@ -100,6 +100,11 @@ class TrainingConfig(BaseModel):
             from the base model or from a version no stage trained; the last stage repeats), so
             a supervised start on the traces is followed by reinforcement from the live version's
             adapter. :func:`stage_for` picks it; :func:`stage_options` gives its options.
+        teachers: Other agents whose episodes this agent's jobs also train on: distilling a large
+            model's agent (recorded by its own ``train_online``) into this one's open model. Each
+            job's snapshot holds, per teacher, its episodes that ended in the same window (at most
+            ``max_episodes`` each), given to the trainer as ``extra_snapshots``; they count towards
+            ``min_new_episodes``. Read by the ``sft`` and ``grpo`` trainers.
         gpu: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` (hide GPUs), ``"local"`` (this
             machine's GPU, required).
         trainer_options: Passed to the trainer as ``TrainingJobSpec.options``. With ``stages``, an
@@ -141,6 +146,7 @@ class TrainingConfig(BaseModel):
     max_episodes: int = Field(default=2000, ge=1)
     trainer: str = "demos"
     stages: list[str] = Field(default_factory=list)
+    teachers: list[str] = Field(default_factory=list)
     gpu: GpuMode = "auto"
     trainer_options: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = Field(default=3600.0, gt=0)
@@ -191,6 +197,7 @@ def training_config(agent: str, **options: Any) -> TrainingConfig:
                 f"trainer_options[{name!r}] must be a mapping of the {name!r} stage's own options, "
                 f"got {type(trainer_options[name]).__name__}"
             )
+    _check_teachers(agent, options.get("teachers"), stages)
     known = set(TRAINERS) | set(extra_trainers())
     for name in stages:
         merged = _merged_options(trainer_options, stages, name)
@@ -230,6 +237,26 @@ def _stages(trainer: Any, stages: Any) -> list[str]:
         f"trainer must be a trainer's name or a non-empty list of them (stages run in turn, "
         f"e.g. ['sft', 'grpo']), got {trainer!r}"
     )
+
+
+def _check_teachers(agent: str, teachers: Any, stages: list[str]) -> None:
+    """Refuse teachers that are not other agents' names, or stages that would ignore their traces."""
+    if teachers is None:
+        return
+    if isinstance(teachers, str) or not isinstance(teachers, (list, tuple)):
+        raise ConfigurationError(f"teachers must be a list of agent names, got {teachers!r}")
+    for teacher in teachers:
+        if not isinstance(teacher, str) or not teacher.strip():
+            raise ConfigurationError(f"teachers must be agent names (non-empty strings), got {teacher!r}")
+        if teacher == agent:
+            raise ConfigurationError(f"agent {agent!r} cannot be its own teacher: its episodes are trained on already")
+    if teachers:
+        ignoring = [name for name in stages if name in REPLAYING_TRAINERS]
+        if ignoring:
+            raise ConfigurationError(
+                f"the {ignoring[0]!r} trainer replays agent {agent!r}'s own entrypoint and would ignore its "
+                "teachers' traces: teachers are read by the 'sft' and 'grpo' trainers"
+            )
 
 
 def _merged_options(trainer_options: Mapping[str, Any], stages: list[str], name: str) -> dict[str, Any]:

@@ -80,6 +80,8 @@ ProgressCallback = Callable[[float, str], None]
 _REQUESTS_JOB = "train-requests"
 #: ``<home>/training/status.json``: each scheduled agent's failure streak and hold (for ``agentgym status``).
 STATUS_NAME = "status.json"
+#: Where a job's snapshot holds its teachers' episodes (``<snapshot>/teachers/<agent>/``).
+TEACHERS_DIR = "teachers"
 
 
 class _SkipOverlapFilter(logging.Filter):
@@ -577,7 +579,8 @@ class TrainingScheduler:
         since = since if chosen else last_success_until(store, agent)
         until = datetime.now(UTC)
         self._flush()  # episodes that ended before `until` reach the store first
-        new = count_new_episodes(store, agent, since, until)
+        taught = {t: count_new_episodes(store, t, since, until) for t in config.teachers}
+        new = count_new_episodes(store, agent, since, until) + sum(taught.values())
         needed = 1 if force else config.min_new_episodes
         if since is None:
             window = "recorded so far"
@@ -588,7 +591,8 @@ class TrainingScheduler:
         if new < needed:
             run.status = RunStatus.SKIPPED
             run.episodes = new
-            run.reason = f"too few new episodes: {new} {window}, at least {needed} needed"
+            teachers = f" (teachers' included: {_counts(taught)})" if taught else ""
+            run.reason = f"too few new episodes: {new} {window}{teachers}, at least {needed} needed"
             update_run(store, run, ended=True)
             return
         run.status = RunStatus.RUNNING
@@ -600,7 +604,24 @@ class TrainingScheduler:
         manifest = write_snapshot(
             store, agent, snapshot_dir, run_id=run.run_id, since=since, until=until, limit=config.max_episodes
         )
+        extra = list(config.trainer_options.get("extra_snapshots") or [])
         run.episodes = manifest.counts["episodes"]
+        for teacher, count in taught.items():
+            if count:
+                # Inside the job's snapshot, named relative to it, so that a remote backend that
+                # copies the snapshot takes the teachers' traces along.
+                relative = f"{TEACHERS_DIR}/{safe_name(teacher)}"
+                written = write_snapshot(
+                    store,
+                    teacher,
+                    snapshot_dir / relative,
+                    run_id=run.run_id,
+                    since=since,
+                    until=until,
+                    limit=config.max_episodes,
+                )
+                run.episodes += written.counts["episodes"]
+                extra.append(relative)
         run.snapshot_path = str(snapshot_dir)
         output_dir = self.home / "training" / safe_name(agent) / run.run_id
         run.output_dir = str(output_dir)
@@ -622,7 +643,11 @@ class TrainingScheduler:
             entrypoint=config.entrypoint or entrypoint,
             scenario=config.scenario or scenario,
             device=_DEVICE[config.gpu],
-            options={"heldout_fraction": config.heldout_fraction, **config.trainer_options},
+            options={
+                "heldout_fraction": config.heldout_fraction,
+                **config.trainer_options,
+                **({"extra_snapshots": extra} if extra else {}),
+            },
         )
         try:
             backend = self.backend_factory(config)
@@ -782,6 +807,11 @@ class TrainingScheduler:
         except Exception as exc:  # the candidate stays registered; a person can canary it by hand
             run.reason = f"candidate registered, canary not started: {exc}"
             self._on_error("start canary", exc)
+
+
+def _counts(taught: Mapping[str, int]) -> str:
+    """``{"big": 3, "other": 0}`` as ``big 3, other 0``."""
+    return ", ".join(f"{teacher} {count}" for teacher, count in taught.items())
 
 
 def _read_error(path: Path) -> str | None:
