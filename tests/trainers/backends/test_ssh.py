@@ -81,6 +81,30 @@ def test_demos_job_runs_over_ssh_and_its_verified_candidate_registers(
     assert json.loads((local / "outputs.sha256.json").read_text())["files"]["result.json"]["sha256"]
 
 
+def test_teachers_episodes_travel_to_the_host_inside_the_snapshot(
+    episodes: Runtime, sshd: LoopbackSSH, remote: Path
+) -> None:
+    import agentgym_runtime as agentgym
+
+    @agentgym.train_online(name="big-model")
+    def teacher(question: str) -> str:
+        return question
+
+    for k in range(2):
+        with agentgym.episode(session_id=f"taught-{k}"):
+            teacher(f"question {k}")
+    register_backend("loopback-ssh", ssh_backend(sshd, remote))
+    try:
+        config = training("loopback-ssh", trainer_class="SnapshotsTrainer", teachers=["big-model"])
+        run = episodes.scheduler.run_now("support", config=config)
+    finally:
+        unregister_backend("loopback-ssh")
+    assert run.status == "succeeded", (run.reason, run.error, run.log_tail)
+    read = json.loads(run_row(episodes, run.run_id)["metrics"])["read"]
+    # Read on the host, from the copy of the snapshot: its own 6 episodes and its teacher's 2.
+    assert (len(read["."]), read["teachers/big-model"]) == (6, ["taught-0", "taught-1"])
+
+
 def test_cancel_kills_the_remote_process_groups(tmp_path: Path, sshd: LoopbackSSH, remote: Path) -> None:
     handle = ssh_backend(sshd, remote).submit(hang_spec(tmp_path))
     info = json.loads(wait_for(lambda: runner_file(remote), what="the remote runner").read_text())
