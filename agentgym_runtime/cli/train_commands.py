@@ -49,7 +49,9 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 def train(
     agent: str = typer.Option(..., "--agent", "-a", help="The agent to train."),
-    trainer: str | None = typer.Option(None, "--trainer", "-t", help="demos | apo | grpo | verl (or your own)."),
+    trainer: str | None = typer.Option(
+        None, "--trainer", "-t", help="demos | apo | grpo | sft | verl (or your own); runs alone, not the stages."
+    ),
     now: bool = typer.Option(False, "--now", help="Run even with fewer new episodes than --min-episodes."),
     gpu: str | None = typer.Option(None, "--gpu", help="auto | cpu | local"),
     backend: str | None = typer.Option(None, "--backend", "-b", help="local | ssh | ray | runpod | lambda"),
