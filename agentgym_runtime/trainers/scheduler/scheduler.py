@@ -29,11 +29,13 @@ failed run (:func:`learned_nothing`), never a candidate, and leaves its episodes
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,13 +90,48 @@ class _SkipOverlapFilter(logging.Filter):
     """Drop APScheduler's warning for a tick that finds the previous run still going.
 
     One run per agent at a time is the design (the lock), so that skip is expected, not news.
+    Also drop the traceback of a tick that finds its thread pool closed by interpreter exit:
+    scheduling is over then, and the exit hook below stops the scheduler.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "maximum number of running instances reached" not in record.getMessage()
+        if "maximum number of running instances reached" in record.getMessage():
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, RuntimeError) and "cannot schedule new futures" in str(error))
 
 
 _OVERLAP_FILTER = _SkipOverlapFilter()
+
+
+def _stop_before_executors_join(scheduler: TrainingScheduler) -> None:
+    """Stop ``scheduler`` (killing its running jobs, recorded ``cancelled``) first thing at interpreter exit.
+
+    At exit, ``concurrent.futures`` joins every pool thread before ``atexit`` handlers run, and a
+    scheduled run's thread waits for its job: a script that ended, or a service stopped by
+    SIGTERM, would hang until the job finished (up to ``timeout_s``) while APScheduler logged a
+    traceback per tick. Hooks registered with ``threading._register_atexit`` run in reverse order
+    before those joins; this one is registered after APScheduler imported ``concurrent.futures``,
+    so it runs before its join. (A private hook, there since Python 3.9; plain ``atexit`` otherwise.)
+    """
+    if scheduler._exit_hook:
+        return
+    scheduler._exit_hook = True
+    ref = weakref.ref(scheduler)
+
+    def stop() -> None:
+        alive = ref()
+        if alive is not None:
+            try:
+                alive.shutdown(wait=False)
+            except Exception:  # interpreter exit must not become a traceback
+                logger.debug("agentgym: scheduler stop at exit failed", exc_info=True)
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        register(stop) if register is not None else atexit.register(stop)
+    except RuntimeError:  # already exiting: the runtime's atexit handler stops it
+        pass
 
 
 def _quiet_overlap_warnings() -> None:
@@ -157,6 +194,7 @@ class TrainingScheduler:
         self._lock = threading.RLock()
         self._active: dict[str, JobHandle] = {}
         self._closing = False
+        self._exit_hook = False
         self._in_flight = 0  # scheduled runs executing on APScheduler's threads
         self._idle = threading.Event()
         self._idle.set()
@@ -338,6 +376,7 @@ class TrainingScheduler:
             _quiet_overlap_warnings()
             self._aps = BackgroundScheduler(daemon=True, timezone=UTC)
             self._aps.start()
+            _stop_before_executors_join(self)
         return self._aps
 
     def shutdown(self, wait: bool = True, *, reason: str | None = None) -> None:
