@@ -118,10 +118,11 @@ def _stop_before_executors_join(scheduler: TrainingScheduler) -> None:
         return
     scheduler._exit_hook = True
     ref = weakref.ref(scheduler)
+    owner = os.getpid()  # a forked child inherits the hook, not the scheduler's thread or jobs
 
     def stop() -> None:
         alive = ref()
-        if alive is not None:
+        if alive is not None and os.getpid() == owner:
             try:
                 alive.shutdown(wait=False)
             except Exception:  # interpreter exit must not become a traceback
