@@ -56,7 +56,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     """One plain line per success criterion, with its figures, then the overall verdict and why the demo stopped.
 
     Example:
-        >>> summary = {"promoted_version": 1, "stopped": "criteria met on live traffic", "passed": False,
+        >>> summary = {"promoted_version": 1, "stopped": "criteria met on validation tasks", "passed": False,
         ...     "success_criteria": {"criteria": {"tool_reliability": 0.95, "cost_reduction": 0.3},
         ...     "tool_reliability": 0.96, "cost_reduction": 0.12, "met": {"tool_reliability": True,
         ...     "cost_reduction": False}}}
@@ -112,11 +112,13 @@ def render_summary(summary: dict[str, Any]) -> Any:
         "cost/episode",
         "live episodes",
         "live reliability",
+        "validation reliability",
     ):
         table.add_column(column, justify="right")
     for row in summary["versions"]:
         mark = " (promoted)" if row["version"] == summary.get("promoted_version") else ""
         live = row["live_tool_reliability"]
+        validation = row.get("validation_tool_reliability")
         table.add_row(
             f"v{row['version']}{mark}",
             f"{row['heldout_tool_reliability']:.1%}",
@@ -125,6 +127,7 @@ def render_summary(summary: dict[str, Any]) -> Any:
             _usd(row.get("heldout_cost_per_episode_usd")),
             str(row["episodes"]),
             "—" if live is None else f"{live:.1%}",
+            "—" if validation is None else f"{validation:.1%}",
         )
     parts: list[Any] = [table]
     for line, met in verdict_lines(summary):

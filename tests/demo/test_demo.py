@@ -44,7 +44,7 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
         eval_tasks=150,
         after_promotion_episodes=20,
         gate_min_tool_calls=40,
-        until_criteria=False,  # this test is about one promotion; the criteria loop has its own test
+        until_criteria=False,  # one promotion; the stopping rule's reading of the validation measure: test_render
     )
     summary = Demo(config).run()
     json.dumps(summary)  # the --json summary is one JSON object
@@ -85,6 +85,11 @@ def test_shortened_demo_promotes_a_trained_version_that_is_significantly_better(
     assert went_live["actor"] == "gate"
     assert went_live["reason"]
     assert 0 < went_live["at_s"] <= summary["promoted_at_s"][str(promoted)] + 0.5
+
+    # The live version was measured on the validation tasks as it went live (what the stopping
+    # rule reads), on tasks disjoint from the held-out ones: the two measures agree within noise.
+    assert versions[0]["validation_tool_reliability"] is None
+    assert abs(versions[promoted]["validation_tool_reliability"] - versions[promoted]["heldout_tool_reliability"]) < 0.1
 
     # Better on held-out tasks never served, beyond chance.
     before, after = versions[0], versions[promoted]
