@@ -104,37 +104,6 @@ class _SkipOverlapFilter(logging.Filter):
 _OVERLAP_FILTER = _SkipOverlapFilter()
 
 
-def _stop_before_executors_join(scheduler: TrainingScheduler) -> None:
-    """Stop ``scheduler`` (killing its running jobs, recorded ``cancelled``) first thing at interpreter exit.
-
-    At exit, ``concurrent.futures`` joins every pool thread before ``atexit`` handlers run, and a
-    scheduled run's thread waits for its job: a script that ended, or a service stopped by
-    SIGTERM, would hang until the job finished (up to ``timeout_s``) while APScheduler logged a
-    traceback per tick. Hooks registered with ``threading._register_atexit`` run in reverse order
-    before those joins; this one is registered after APScheduler imported ``concurrent.futures``,
-    so it runs before its join. (A private hook, there since Python 3.9; plain ``atexit`` otherwise.)
-    """
-    if scheduler._exit_hook:
-        return
-    scheduler._exit_hook = True
-    ref = weakref.ref(scheduler)
-    owner = os.getpid()  # a forked child inherits the hook, not the scheduler's thread or jobs
-
-    def stop() -> None:
-        alive = ref()
-        if alive is not None and os.getpid() == owner:
-            try:
-                alive.shutdown(wait=False)
-            except Exception:  # interpreter exit must not become a traceback
-                logger.debug("agentgym: scheduler stop at exit failed", exc_info=True)
-
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        register(stop) if register is not None else atexit.register(stop)
-    except RuntimeError:  # already exiting: the runtime's atexit handler stops it
-        pass
-
-
 def _quiet_overlap_warnings() -> None:
     logger = logging.getLogger("apscheduler.scheduler")
     if _OVERLAP_FILTER not in logger.filters:
@@ -377,8 +346,38 @@ class TrainingScheduler:
             _quiet_overlap_warnings()
             self._aps = BackgroundScheduler(daemon=True, timezone=UTC)
             self._aps.start()
-            _stop_before_executors_join(self)
+            self._stop_before_executors_join()
         return self._aps
+
+    def _stop_before_executors_join(self) -> None:
+        """Stop this scheduler (killing its running jobs, recorded ``cancelled``) first thing at interpreter exit.
+
+        At exit, ``concurrent.futures`` joins every pool thread before ``atexit`` handlers run, and a
+        scheduled run's thread waits for its job: a script that ended, or a service stopped by
+        SIGTERM, would hang until the job finished (up to ``timeout_s``) while APScheduler logged a
+        traceback per tick. Hooks registered with ``threading._register_atexit`` run in reverse order
+        before those joins; this one is registered after APScheduler imported ``concurrent.futures``,
+        so it runs before its join. (A private hook, there since Python 3.9; plain ``atexit`` otherwise.)
+        """
+        if self._exit_hook:
+            return
+        self._exit_hook = True
+        ref = weakref.ref(self)
+        owner = os.getpid()  # a forked child inherits the hook, not the scheduler's thread or jobs
+
+        def stop() -> None:
+            alive = ref()
+            if alive is not None and os.getpid() == owner:
+                try:
+                    alive.shutdown(wait=False)
+                except Exception:  # interpreter exit must not become a traceback
+                    logger.debug("agentgym: scheduler stop at exit failed", exc_info=True)
+
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            register(stop) if register is not None else atexit.register(stop)
+        except RuntimeError:  # already exiting: the runtime's atexit handler stops it
+            pass
 
     def shutdown(self, wait: bool = True, *, reason: str | None = None) -> None:
         """Stop scheduling, kill running jobs (their runs are marked cancelled) and stop the thread.
