@@ -67,10 +67,14 @@ def run_once(scenario: str, seed: int, minutes: float | None) -> dict[str, Any]:
         llm_call_reduction=criteria.get("llm_call_reduction"),
         passed=bool(summary.get("passed")),
         stopped=summary.get("stopped"),
-        # What the spread comes from: each version's held-out and live figures, when each went
+        # What the spread comes from: each version's held-out, live and validation figures, when each went
         # live, and what each (not skipped) training run trained on and took.
         versions={
-            str(v): {"heldout": row.get("heldout_tool_reliability"), "live": row.get("live_tool_reliability")}
+            str(v): {
+                "heldout": row.get("heldout_tool_reliability"),
+                "live": row.get("live_tool_reliability"),
+                "validation": row.get("validation_tool_reliability"),
+            }
             for v, row in rows.items()
         },
         promoted_at_s=summary.get("promoted_at_s"),
