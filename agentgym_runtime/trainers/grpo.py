@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentgym_runtime import semconv
 from agentgym_runtime.recording.policy import LLMConfig
+from agentgym_runtime.trainers import sampling
 from agentgym_runtime.trainers.base import (
     GPUNotAvailableError,
     ProgressFn,
@@ -116,6 +117,11 @@ class GRPOConfig(BaseModel):
         failed_episode_weight: How much more often :class:`GRPOTrainer` draws the prompt of a
             recorded episode with a failed tool call than one without (1: uniform). The failures
             are where there is something to learn.
+        rare_failure_threshold: Draw the prompts of a failure mode (the failed call's tool, outcome
+            and argument names) that is a share ``f`` below this of the failures
+            ``sqrt(threshold / f)`` times as often again (repeat-factor sampling, see
+            :mod:`agentgym_runtime.trainers.sampling`), so that a mistake the snapshot holds a few
+            times is not drowned by a common one. 0 (default): off.
         skip_uniform_groups: Leave out of the optimiser step the groups whose samples (guides
             included) all earned the same reward (DAPO's dynamic sampling, without the resampling):
             their advantages are all zero, so their only gradient is the KL term's, and on a model
@@ -158,6 +164,7 @@ class GRPOConfig(BaseModel):
     max_guides_per_group: int = Field(default=1, ge=0)
     guide_below: float = Field(default=0.5, gt=0, le=1)
     failed_episode_weight: float = Field(default=1.0, gt=0)
+    rare_failure_threshold: float = Field(default=0.0, ge=0, le=1)
     skip_uniform_groups: bool = True
     eval_every: int = Field(default=0, ge=0)
     eval_margin: float = Field(default=0.05, ge=0)
@@ -708,10 +715,16 @@ class GRPOTrainer:
             device=device,
             progress=progress,
             guides=None if guide is None else (lambda i: list(guide(pairs[i][0], prompt=pairs[i][1]))),
-            prompt_weights=[
-                config.failed_episode_weight if (t.tool_reliability is not None and t.tool_reliability < 1) else 1.0
-                for t, _ in pairs
-            ],
+            prompt_weights=sampling.prompt_weights(
+                [
+                    (sampling.recorded_failure_mode(t.tool_calls) or sampling.UNKNOWN_FAILURE)
+                    if t.tool_reliability is not None and t.tool_reliability < 1
+                    else None
+                    for t, _ in pairs
+                ],
+                failed_weight=config.failed_episode_weight,
+                rare_threshold=config.rare_failure_threshold,
+            ),
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
         counts = {"train_tasks": len(train), "heldout_tasks": len(heldout), "train_prompts": len(pairs)}
@@ -765,7 +778,16 @@ class GRPOTrainer:
             device=device,
             progress=progress,
             guides=lambda i: guided[i],
-            prompt_weights=[1.0 if s.successful else config.failed_episode_weight for s in train],
+            prompt_weights=sampling.prompt_weights(
+                [
+                    None
+                    if s.successful
+                    else (sampling.target_failure_mode(s.target, s.outcomes) or sampling.UNKNOWN_FAILURE)
+                    for s in train
+                ],
+                failed_weight=config.failed_episode_weight,
+                rare_threshold=config.rare_failure_threshold,
+            ),
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
         counts = {"train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt}
