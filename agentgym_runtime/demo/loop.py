@@ -73,9 +73,9 @@ class DemoConfig:
             0.95, not 0.99: a second round's canary has ~150 s before the budget ends, ~250 canary
             tool calls, and telling a 97.7% candidate from a 93.3% live version in that many
             needs it. Simulated with the gate's own looks (every 7 tool calls, 240 planned): at
-            0.99 such a candidate was promoted in 46% of 400 sequences and rolled back at the
+            0.99 such a candidate was promoted in 46.2% of 400 sequences and rolled back at the
             final look in 54% (a customer_support run: v2 at 97.7% held-out never served); at
-            0.95, 74% promoted. An equal candidate was promoted in 4.3% (0.5% at 0.99), one 1.5
+            0.95, 73.5% promoted. An equal candidate was promoted in 4.2% (0.5% at 0.99), one 1.5
             points worse in 0.5% (0%).
         promotions: Promotions to wait for before stopping: after the first, the scheduler trains
             on from the live version's adapter on new episodes (its remaining failures), so a

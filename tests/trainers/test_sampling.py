@@ -55,7 +55,7 @@ def test_the_failure_mode_of_an_assistant_turn_skips_calls_that_never_ran() -> N
 
 
 def test_rare_failure_modes_are_drawn_more_often_by_their_repeat_factor() -> None:
-    # 128 failures of one kind, 9 of another, 152 recordings that did not fail (a customer_support snapshot).
+    # 128 failures of one kind, 9 of another, 152 recordings that did not fail (a customer_support snapshot, simplified).
     modes = [None] * 152 + ["wrong_type"] * 128 + ["missing_argument"] * 9
     plain = prompt_weights(modes, failed_weight=3.0)
     assert set(plain[:152]) == {1.0} and set(plain[152:]) == {3.0}
