@@ -13,6 +13,7 @@ for ``benchmarks/RESULTS.md``.
     python benchmarks/demo_matrix.py --scenarios code_review --runs 3 --out /tmp/m.jsonl
     python benchmarks/demo_matrix.py --scenarios qa_testing --seeds 7 8 9 --out /tmp/m.jsonl  # the rest
     python benchmarks/demo_matrix.py --summarize benchmarks/demo_matrix.jsonl
+    python benchmarks/demo_matrix.py --scenarios customer_support --keep-failed /tmp/failed  # homes of misses
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,8 +38,13 @@ TARGET = 0.95
 WALL_LIMIT_S = 600.0
 
 
-def run_once(scenario: str, seed: int, minutes: float | None) -> dict[str, Any]:
-    """One fresh demo: its summary's figures, wall time and exit status (never raises on a failed run)."""
+def run_once(scenario: str, seed: int, minutes: float | None, keep_failed: Path | None = None) -> dict[str, Any]:
+    """One fresh demo: its summary's figures, wall time and exit status (never raises on a failed run).
+
+    With ``keep_failed``, the home of a run that did not reach the target is copied there (as
+    ``<scenario>-seed<seed>``) before it is deleted: its snapshots, adapters and traces show
+    which mistakes each version still made.
+    """
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
     with tempfile.TemporaryDirectory(prefix=f"demo-{scenario}-") as home:
         command = [sys.executable, "-m", "agentgym_runtime.cli", "demo", "--scenario", scenario]
@@ -51,8 +58,11 @@ def run_once(scenario: str, seed: int, minutes: float | None) -> dict[str, Any]:
         except subprocess.TimeoutExpired as exc:
             code, out, err = -9, str(exc.stdout or ""), "timed out"
         wall = time.monotonic() - start
+        summary = _last_json(out)
+        reached = ((summary or {}).get("success_criteria") or {}).get("tool_reliability") or 0.0
+        if keep_failed is not None and reached < TARGET:
+            shutil.copytree(home, keep_failed / f"{scenario}-seed{seed}", dirs_exist_ok=True)
     record: dict[str, Any] = {"scenario": scenario, "seed": seed, "exit": code, "wall_s": round(wall, 1)}
-    summary = _last_json(out)
     if summary is None:
         record["error"] = (err or out)[-500:]
         return record
@@ -184,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="the demo's whole-run budget (default: its own)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "demo_matrix.jsonl")
     parser.add_argument("--summarize", type=Path, help="only print the table of an existing JSON-lines file")
+    parser.add_argument("--keep-failed", type=Path, help="copy the home of each run that missed the target here")
     args = parser.parse_args(argv)
     if args.summarize:
         records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
@@ -195,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for scenario in args.scenarios:
         for seed in args.seeds if args.seeds is not None else range(args.runs):
-            record = run_once(scenario, seed, args.minutes)
+            record = run_once(scenario, seed, args.minutes, args.keep_failed)
             record["load_average"] = round(os.getloadavg()[0], 1)
             records.append(record)
             with args.out.open("a") as handle:
