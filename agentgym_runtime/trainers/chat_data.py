@@ -60,6 +60,7 @@ class ChatSample(BaseModel):
         tools: The tool definitions offered (``{name, description, parameters}``), as recorded.
         target: The assistant turn the model produced (``content`` and OpenAI-style ``tool_calls``).
         outcomes: The recorded outcome of each of ``target``'s tool calls (``None``: never executed).
+        error_types: The recorded error type of each of ``target``'s tool calls (``None``: none).
         episode_status: The episode's status (an answer counts only in an ``ok`` episode...).
         episode_reward: The episode's reward (... whose reward, when it has one, is above 0).
         task: The recorded episode (its tools and calls make the replay sandbox).
@@ -76,6 +77,7 @@ class ChatSample(BaseModel):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     target: dict[str, Any] = Field(default_factory=dict)
     outcomes: list[str | None] = Field(default_factory=list)
+    error_types: list[str | None] = Field(default_factory=list)
     episode_status: str = semconv.EpisodeStatus.OK.value
     episode_reward: float | None = None
     task: Task | None = None
@@ -145,9 +147,16 @@ def _messages(input_messages: Any, system: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _outcomes(target: Mapping[str, Any], recorded: Sequence[RecordedToolCall], used: set[int]) -> list[str | None]:
-    """The recorded outcome of each requested call: by call id, else the first unused same name+arguments call."""
+def _outcomes(
+    target: Mapping[str, Any], recorded: Sequence[RecordedToolCall], used: set[int]
+) -> tuple[list[str | None], list[str | None]]:
+    """The recorded outcome and error type of each requested call.
+
+    A call is matched by call id, else to the first unused recorded call with the same name and
+    arguments; an unmatched one (never executed) has ``None`` for both.
+    """
     outcomes: list[str | None] = []
+    error_types: list[str | None] = []
     for call in target.get("tool_calls") or []:
         function, call_id = call["function"], call.get("id")
         match = next((i for i, r in enumerate(recorded) if i not in used and call_id and r.call_id == call_id), None)
@@ -159,10 +168,12 @@ def _outcomes(target: Mapping[str, Any], recorded: Sequence[RecordedToolCall], u
             )
         if match is None:
             outcomes.append(None)
+            error_types.append(None)
         else:
             used.add(match)
             outcomes.append(recorded[match].outcome)
-    return outcomes
+            error_types.append(recorded[match].error_type)
+    return outcomes, error_types
 
 
 def read_chat_samples(snapshot_dir: str | Path, tasks: Sequence[Task]) -> list[ChatSample]:
@@ -217,6 +228,7 @@ def read_chat_samples(snapshot_dir: str | Path, tasks: Sequence[Task]) -> list[C
         if not target.get("tool_calls") and not target["content"]:
             continue  # the call failed or its answer was not recorded: nothing to learn from
         tools = _loads(row["tools"])
+        outcomes, error_types = _outcomes(target, task.tool_calls, used.setdefault(task.episode_id, set()))
         samples.append(
             ChatSample(
                 episode_id=task.episode_id,
@@ -227,7 +239,8 @@ def read_chat_samples(snapshot_dir: str | Path, tasks: Sequence[Task]) -> list[C
                 messages=messages,
                 tools=[dict(t) for t in tools if isinstance(t, Mapping)] if isinstance(tools, list) else [],
                 target=target,
-                outcomes=_outcomes(target, task.tool_calls, used.setdefault(task.episode_id, set())),
+                outcomes=outcomes,
+                error_types=error_types,
                 episode_status=task.status,
                 episode_reward=task.reward,
                 task=task,

@@ -117,8 +117,8 @@ class GRPOConfig(BaseModel):
         failed_episode_weight: How much more often :class:`GRPOTrainer` draws the prompt of a
             recorded episode with a failed tool call than one without (1: uniform). The failures
             are where there is something to learn.
-        rare_failure_threshold: Draw the prompts of a failure mode (the failed call's tool, outcome
-            and argument names) that is a share ``f`` below this of the failures
+        rare_failure_threshold: Draw the prompts of a failure mode (the failed call's tool, outcome,
+            error type and argument names) that is a share ``f`` below this of the failures
             ``sqrt(threshold / f)`` times as often again (repeat-factor sampling, see
             :mod:`agentgym_runtime.trainers.sampling`), so that a mistake the snapshot holds a few
             times is not drowned by a common one. 0 (default): off.
@@ -782,7 +782,7 @@ class GRPOTrainer:
                 [
                     None
                     if s.successful
-                    else (sampling.target_failure_mode(s.target, s.outcomes) or sampling.UNKNOWN_FAILURE)
+                    else (sampling.target_failure_mode(s.target, s.outcomes, s.error_types) or sampling.UNKNOWN_FAILURE)
                     for s in train
                 ],
                 failed_weight=config.failed_episode_weight,

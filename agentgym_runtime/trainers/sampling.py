@@ -8,10 +8,16 @@ failed 4 of 13 held-out calls of the rare kind). :func:`prompt_weights` gives ev
 failed recording ``failed_weight`` and, with ``rare_threshold``, multiplies it by the *repeat
 factor* of its failure mode (Gupta et al., "LVIS", 2019: ``max(1, sqrt(threshold / f))`` for a
 mode that is a share ``f`` of the failures). A failure mode is what the failed call looked like,
-with no knowledge of the task: the tool it named, its outcome, and the argument names it passed.
+with no knowledge of the task: the tool it named, its outcome, the error type recorded with it, and
+the argument names it passed. The error type is what tells apart two mistakes on the same tool
+with the same argument names: on customer_support, ``open_ticket`` called with text that is not
+JSON (error type ``invalid_arguments``) and with an order id of the wrong type (``ValidationError``)
+were one mode, 12 episodes inside 42, and the rarer one was never boosted (a first round then got
+0 of 8 such held-out calls right).
 
 Example:
-    >>> modes = [None, ("get_order", "invalid_arguments", ("order_id",))] + [("refund", "unknown_tool", ())] * 15
+    >>> modes = [None, ("get_order", "invalid_arguments", "ValidationError", ("order_id",))]
+    >>> modes += [("refund", "unknown_tool", "unknown_tool", ())] * 15
     >>> [round(w, 2) for w in prompt_weights(modes, failed_weight=3.0, rare_threshold=0.25)[:3]]
     [1.0, 6.0, 3.0]
 """
@@ -28,20 +34,22 @@ from agentgym_runtime import semconv
 
 __all__ = ["UNKNOWN_FAILURE", "call_failure_mode", "prompt_weights", "recorded_failure_mode", "target_failure_mode"]
 
-FailureMode = tuple[str | None, str, tuple[str, ...]]
+FailureMode = tuple[str | None, str, str | None, tuple[str, ...]]
 
 #: The mode of a recording counted as failed whose failed call is not at hand (one shared mode).
-UNKNOWN_FAILURE: FailureMode = (None, "failed", ())
+UNKNOWN_FAILURE: FailureMode = (None, "failed", None, ())
 
 
-def call_failure_mode(name: str | None, outcome: str | None, arguments: Any) -> FailureMode:
-    """The failure mode of one failed call: its tool name, outcome and sorted argument names.
+def call_failure_mode(
+    name: str | None, outcome: str | None, arguments: Any, error_type: str | None = None
+) -> FailureMode:
+    """The failure mode of one failed call: its tool name, outcome, error type and sorted argument names.
 
     Arguments recorded as a JSON string are read; anything that is not an object has no names.
 
     Example:
-        >>> call_failure_mode("get_order", "invalid_arguments", '{"order_id": "#12", "x": 1}')
-        ('get_order', 'invalid_arguments', ('order_id', 'x'))
+        >>> call_failure_mode("get_order", "invalid_arguments", '{"order_id": "#12", "x": 1}', "ValidationError")
+        ('get_order', 'invalid_arguments', 'ValidationError', ('order_id', 'x'))
     """
     if isinstance(arguments, str):
         try:
@@ -49,31 +57,35 @@ def call_failure_mode(name: str | None, outcome: str | None, arguments: Any) -> 
         except ValueError:
             arguments = None
     names = tuple(sorted(str(k) for k in arguments)) if isinstance(arguments, Mapping) else ()
-    return (name, outcome or "unknown", names)
+    return (name, outcome or "unknown", error_type, names)
 
 
 def recorded_failure_mode(calls: Iterable[Any]) -> FailureMode | None:
     """The failure mode of a recorded episode's first failed call (``None``: no call failed).
 
     ``calls`` are :class:`~agentgym_runtime.trainers.dataset.RecordedToolCall` (``name``,
-    ``outcome``, ``arguments``).
+    ``outcome``, ``arguments``, ``error_type``).
     """
     for call in calls:
         if call.outcome != semconv.ToolOutcome.OK.value:
-            return call_failure_mode(call.name, call.outcome, call.arguments)
+            return call_failure_mode(call.name, call.outcome, call.arguments, call.error_type)
     return None
 
 
-def target_failure_mode(target: Mapping[str, Any], outcomes: Sequence[str | None]) -> FailureMode | None:
+def target_failure_mode(
+    target: Mapping[str, Any], outcomes: Sequence[str | None], error_types: Sequence[str | None] = ()
+) -> FailureMode | None:
     """The failure mode of a recorded assistant turn's first failed tool call (``None``: none failed).
 
     ``target`` holds OpenAI-style ``tool_calls``; ``outcomes`` their recorded outcomes, in order
-    (``None``: never executed, which is not a failure).
+    (``None``: never executed, which is not a failure), and ``error_types`` their recorded error
+    types (missing ones count as ``None``).
     """
-    for call, outcome in zip(target.get("tool_calls") or [], outcomes, strict=False):
+    for index, (call, outcome) in enumerate(zip(target.get("tool_calls") or [], outcomes, strict=False)):
         if outcome is not None and outcome != semconv.ToolOutcome.OK.value:
             function = call.get("function") or {}
-            return call_failure_mode(function.get("name"), outcome, function.get("arguments"))
+            error_type = error_types[index] if index < len(error_types) else None
+            return call_failure_mode(function.get("name"), outcome, function.get("arguments"), error_type)
     return None
 
 

@@ -19,26 +19,41 @@ from agentgym_runtime.trainers.sampling import (
 )
 
 
-def _call(name: str | None, outcome: str, arguments: object = None) -> RecordedToolCall:
-    return RecordedToolCall(name=name, outcome=outcome, arguments=arguments)
+def _call(name: str | None, outcome: str, arguments: object = None, error_type: str | None = None) -> RecordedToolCall:
+    return RecordedToolCall(name=name, outcome=outcome, arguments=arguments, error_type=error_type)
 
 
-def test_a_failure_mode_is_the_failed_calls_tool_outcome_and_argument_names() -> None:
+def test_a_failure_mode_is_the_failed_calls_tool_outcome_error_type_and_argument_names() -> None:
     calls = [
         _call("lookup", "ok", {"id": 1}),
-        _call("get_order", "invalid_arguments", {"order_id": "#12", "verbose": True}),
-        _call("refund", "unknown_tool", {}),
+        _call("get_order", "invalid_arguments", {"order_id": "#12", "verbose": True}, "ValidationError"),
+        _call("refund", "unknown_tool", {}, "unknown_tool"),
     ]
-    assert recorded_failure_mode(calls) == ("get_order", "invalid_arguments", ("order_id", "verbose"))
+    assert recorded_failure_mode(calls) == (
+        "get_order",
+        "invalid_arguments",
+        "ValidationError",
+        ("order_id", "verbose"),
+    )
     assert recorded_failure_mode(calls[:1]) is None
     # A wrong type and a missing argument on the same tool are different modes.
     assert call_failure_mode("get_order", "invalid_arguments", {}) != call_failure_mode(
         "get_order", "invalid_arguments", {"order_id": "x"}
     )
+    # So are text that is not JSON and a wrong type with the same argument names (the recorder
+    # keeps what it could read of the text): the error type tells them apart.
+    unparsable = _call("open_ticket", "invalid_arguments", {"order_id": 1, "priority": "high"}, "invalid_arguments")
+    wrong_type = _call("open_ticket", "invalid_arguments", {"order_id": "#1", "priority": "high"}, "ValidationError")
+    assert recorded_failure_mode([unparsable]) != recorded_failure_mode([wrong_type])
     # Arguments recorded as JSON text are read; text that is not JSON has no names.
-    assert call_failure_mode("t", "invalid_arguments", '{"b": 1, "a": 2}') == ("t", "invalid_arguments", ("a", "b"))
-    assert call_failure_mode("t", "invalid_arguments", '{"b": 1, "a"') == ("t", "invalid_arguments", ())
-    assert call_failure_mode(None, None, None) == (None, "unknown", ())
+    assert call_failure_mode("t", "invalid_arguments", '{"b": 1, "a": 2}') == (
+        "t",
+        "invalid_arguments",
+        None,
+        ("a", "b"),
+    )
+    assert call_failure_mode("t", "invalid_arguments", '{"b": 1, "a"') == ("t", "invalid_arguments", None, ())
+    assert call_failure_mode(None, None, None) == (None, "unknown", None, ())
 
 
 def test_the_failure_mode_of_an_assistant_turn_skips_calls_that_never_ran() -> None:
@@ -49,7 +64,13 @@ def test_the_failure_mode_of_an_assistant_turn_skips_calls_that_never_ran() -> N
             {"id": "3", "type": "function", "function": {"name": "c", "arguments": "{}"}},
         ]
     }
-    assert target_failure_mode(target, ["ok", None, "tool_error"]) == ("c", "tool_error", ())
+    assert target_failure_mode(target, ["ok", None, "tool_error"]) == ("c", "tool_error", None, ())
+    assert target_failure_mode(target, ["ok", None, "tool_error"], [None, None, "TimeoutError"]) == (
+        "c",
+        "tool_error",
+        "TimeoutError",
+        (),
+    )
     assert target_failure_mode(target, ["ok", "ok", "ok"]) is None
     assert target_failure_mode({"content": "an answer"}, []) is None
 

@@ -51,10 +51,10 @@ def test_samples_hold_the_recorded_messages_tools_and_outcomes_exactly(
     assert typo.tools == [get_order.definition(), refund_order.definition()]
     assert typo.model == "teacher-large"
     assert typo.target["tool_calls"][0]["function"] == {"name": "get_ordr", "arguments": {"order_id": 7}}
-    assert (typo.outcomes, typo.successful) == (["unknown_tool"], False)
+    assert (typo.outcomes, typo.error_types, typo.successful) == (["unknown_tool"], ["unknown_tool"], False)
     assert good.messages[2]["tool_calls"][0]["function"]["name"] == "get_ordr"
     assert good.messages[3] == {"role": "tool", "tool_call_id": "x7", "content": "unknown tool 'get_ordr'"}
-    assert (good.outcomes, good.successful) == (["ok"], True)
+    assert (good.outcomes, good.error_types, good.successful) == (["ok"], [None], True)
     assert answer.target == {"role": "assistant", "content": 'done: {"id": 7, "status": "shipped"}'}
     assert answer.successful
     assert samples[3].target["tool_calls"][0]["function"] == {"name": "refund_order", "arguments": {"order_id": 8}}
@@ -75,7 +75,7 @@ def test_the_reward_is_the_runtimes_outcome_logic(agentgym_runtime: Runtime, tmp
     snap = _snapshot(agentgym_runtime, tmp_path / "snap", [13, 8])  # get_order(13) fails when it runs
     tasks = read_tasks(snap)
     failing, answer13, refund, answer8 = read_chat_samples(snap, tasks)
-    assert failing.outcomes == ["tool_error"]
+    assert (failing.outcomes, failing.error_types) == (["tool_error"], ["RuntimeError"])
     reward = OutcomeReward("hermes")
 
     def call(name: str, arguments: object) -> str:
