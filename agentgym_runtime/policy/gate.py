@@ -1,8 +1,13 @@
 """The gate: decide from live traffic whether a canary is better, worse, or not known yet.
 
 Tool reliability (successful tool calls / requested tool calls) of the candidate and the
-incumbent is compared with a one-sided two-proportion z-test, in each direction, at a
-configurable confidence, once both arms have a minimum number of tool calls. Episode error
+incumbent is compared with a one-sided z-test, in each direction, at a configurable confidence,
+once both arms have a minimum number of tool calls. The router assigns whole sessions to an arm,
+and a session's calls fail or succeed together (a model that gets a tool's schema wrong gets it
+wrong on every retry; a retry after an error often succeeds), so when both arms carry their
+per-session sums (:attr:`ArmStats.clusters`) the test is the cluster-robust
+:func:`~agentgym_runtime.policy.statistics.ratio_z` (delta-method variance over sessions);
+without them, the pooled two-proportion z-test of independent calls. Episode error
 rates are compared the same way (an error spike rolls back), and task reward, where both
 arms have enough rewarded episodes, with a one-sided Welch z-test on the means.
 
@@ -51,9 +56,11 @@ from typing import Any, Literal
 # The statistics live in their own module (the demo uses them too); they stay importable from
 # here, where the gate's callers have always found them.
 from agentgym_runtime.policy.statistics import (
+    ClusterSums,
     normal_ppf,
     normal_sf,
     obrien_fleming_spending,
+    ratio_z,
     sequential_boundaries,
     two_proportion_z,
     welch_z,
@@ -62,6 +69,7 @@ from agentgym_runtime.policy.statistics import (
 __all__ = [
     "MAX_TOOL_CALLS_FACTOR",
     "ArmStats",
+    "ClusterSums",
     "Gate",
     "GateAction",
     "GateConfig",
@@ -71,6 +79,7 @@ __all__ = [
     "normal_ppf",
     "normal_sf",
     "obrien_fleming_spending",
+    "ratio_z",
     "sequential_boundaries",
     "two_proportion_z",
     "welch_z",
@@ -130,6 +139,10 @@ class GateConfig:
 class ArmStats:
     """What one version did during the comparison window.
 
+    ``clusters`` are the per-session sums of the tool calls and successes (a session without a
+    session id is its own cluster): with them on both arms the gate's reliability test is
+    cluster-robust; ``None`` tests the calls as independent.
+
     Example:
         >>> ArmStats(version=1, episodes=2, tool_calls=4, tool_successes=3).reliability
         0.75
@@ -144,6 +157,7 @@ class ArmStats:
     reward_mean: float | None = None
     reward_var: float | None = None
     tool_episodes: int = 0  # episodes with at least one tool call and no failed one
+    clusters: ClusterSums | None = None
 
     @property
     def reliability(self) -> float | None:
@@ -297,8 +311,8 @@ class Gate:
         cfg = self.config
         alpha = 1.0 - cfg.confidence
         numbers: dict[str, Any] = {
-            "candidate": {**asdict(candidate), "reliability": candidate.reliability, "tool_use": candidate.tool_use},
-            "incumbent": {**asdict(incumbent), "reliability": incumbent.reliability, "tool_use": incumbent.tool_use},
+            "candidate": _arm_numbers(candidate),
+            "incumbent": _arm_numbers(incumbent),
             "confidence": cfg.confidence,
             "test": "two-proportion z (one-sided)",
         }
@@ -360,9 +374,16 @@ class Gate:
             )
         if silent is None:
             metric = "reliability"
-            z_better, p_better = two_proportion_z(
-                candidate.tool_successes, candidate.tool_calls, incumbent.tool_successes, incumbent.tool_calls
-            )
+            candidate_sums, incumbent_sums = _cluster_sums(candidate), _cluster_sums(incumbent)
+            if candidate_sums is not None and incumbent_sums is not None:
+                z_better, p_better = ratio_z(candidate_sums, incumbent_sums)
+                numbers["test"] = numbers["test"].replace(
+                    "two-proportion z", "cluster-robust ratio z (delta method over sessions)"
+                )
+            else:
+                z_better, p_better = two_proportion_z(
+                    candidate.tool_successes, candidate.tool_calls, incumbent.tool_successes, incumbent.tool_calls
+                )
             summary = (
                 f"tool reliability v{candidate.version} {candidate.tool_successes}/{candidate.tool_calls} "
                 f"({candidate.reliability:.3f}) vs v{incumbent.version} "
@@ -462,3 +483,18 @@ class Gate:
             alpha_released=spent - before,
             final=t >= 1.0,
         )
+
+
+def _cluster_sums(arm: ArmStats) -> ClusterSums | None:
+    """``arm``'s per-session sums when it carries them and they agree with its totals (else: calls are independent)."""
+    sums = arm.clusters
+    if sums is None or sums.trials != arm.tool_calls or sums.successes != arm.tool_successes:
+        return None
+    return sums
+
+
+def _arm_numbers(arm: ArmStats) -> dict[str, Any]:
+    """An arm's numbers for a decision's details (JSON-safe: the per-session sums as a named dict)."""
+    numbers = {**asdict(arm), "reliability": arm.reliability, "tool_use": arm.tool_use}
+    numbers["clusters"] = None if arm.clusters is None else arm.clusters._asdict()
+    return numbers

@@ -62,6 +62,7 @@ from agentgym_runtime.policy.errors import (
 )
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, GateDecision, Look
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyState
+from agentgym_runtime.policy.statistics import ClusterSums
 from agentgym_runtime.recording.context import AgentScope, current_agent_var, current_episode_var
 from agentgym_runtime.recording.policy import Policy
 from agentgym_runtime.semconv import EpisodeStatus
@@ -378,20 +379,29 @@ class PolicyRouter:
     def arm_stats(self, agent: str, version: int, since: float | None) -> ArmStats:
         """One version's episodes, tool calls, errors, rewards and tool-using episodes since ``since`` (from the store).
 
+        The tool calls are also summed per session (the unit the canary assigns; an episode without
+        a session is its own), for the gate's cluster-robust reliability test.
+
         Raises:
             PolicyError: The router has no trace store to read.
         """
         if self.store is None:
             raise PolicyError("the gate needs a trace store")
         start = datetime.fromtimestamp(since or 0.0, tz=UTC)
+        # One statement, so the totals and the per-session sums read the same snapshot of the store.
         rows = self.store.query(
-            "SELECT count(*), coalesce(sum(tool_calls), 0), coalesce(sum(tool_calls - tool_failures), 0), "
-            "count(*) FILTER (WHERE status = ?), count(reward), avg(reward), var_samp(reward), "
-            "count(*) FILTER (WHERE tool_calls > 0 AND tool_failures = 0) "
-            "FROM episodes WHERE agent = ? AND policy_version = ? AND started_at >= ?",
-            [EpisodeStatus.ERROR.value, agent, version, start],
+            "WITH e AS (SELECT * FROM episodes WHERE agent = ? AND policy_version = ? AND started_at >= ?), "
+            "s AS (SELECT sum(tool_calls) AS n, sum(tool_calls - tool_failures) AS k FROM e WHERE tool_calls > 0 "
+            "GROUP BY coalesce(session_id, episode_id)) "
+            "SELECT * FROM (SELECT count(*), coalesce(sum(tool_calls), 0), "
+            "coalesce(sum(tool_calls - tool_failures), 0), count(*) FILTER (WHERE status = ?), "
+            "count(reward), avg(reward), var_samp(reward), "
+            "count(*) FILTER (WHERE tool_calls > 0 AND tool_failures = 0) FROM e), "
+            "(SELECT count(*), coalesce(sum(n), 0), coalesce(sum(k), 0), coalesce(sum(n * n), 0), "
+            "coalesce(sum(k * k), 0), coalesce(sum(n * k), 0) FROM s)",
+            [agent, version, start, EpisodeStatus.ERROR.value],
         )
-        episodes, calls, successes, errors, rewarded, mean, var, tool_episodes = rows[0]
+        episodes, calls, successes, errors, rewarded, mean, var, tool_episodes, *sessions = rows[0]
         return ArmStats(
             version=version,
             episodes=int(episodes),
@@ -402,6 +412,7 @@ class PolicyRouter:
             reward_mean=None if mean is None else float(mean),
             reward_var=None if var is None else float(var),
             tool_episodes=int(tool_episodes),
+            clusters=ClusterSums(*(int(value) for value in sessions)),
         )
 
     def evaluate(self, agent: str) -> GateDecision:

@@ -6,6 +6,10 @@ Pure functions, no state besides a cache of the sequential recursion:
 * :func:`two_proportion_z` — pooled two-proportion z test. **Direction:** the statistic is
   positive when the *first* proportion is higher (``p_a > p_b``), and the p-value is the
   one-sided ``P(Z > z)``. A caller that asks "did B improve on A" passes B first;
+* :func:`ratio_z` — the same question for a *ratio of sums over clusters* (tool calls that
+  succeeded over tool calls, where the canary assigns whole sessions): the delta-method variance
+  of the ratio, computed from per-cluster sums (:class:`ClusterSums`), so that calls of one session
+  that fail or succeed together are not counted as independent evidence;
 * :func:`welch_z` — Welch's test of ``mean_a > mean_b`` (normal approximation);
 * :func:`obrien_fleming_spending` and :func:`sequential_boundaries` — the Lan-DeMets
   O'Brien-Fleming-type alpha spending and the exact group-sequential boundaries for it, so a
@@ -27,11 +31,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import NamedTuple
 
 __all__ = [
+    "ClusterSums",
     "normal_ppf",
     "normal_sf",
     "obrien_fleming_spending",
+    "ratio_z",
     "sequential_boundaries",
     "two_proportion_z",
     "welch_z",
@@ -108,6 +115,85 @@ def two_proportion_z(successes_a: int, n_a: int, successes_b: int, n_b: int) -> 
     if variance <= 0:
         return 0.0, 1.0 if diff <= 0 else 0.0
     z = diff / math.sqrt(variance)
+    return z, normal_sf(z)
+
+
+class ClusterSums(NamedTuple):
+    """Per-cluster sums of a ratio metric: ``clusters`` clusters, cluster ``i`` with ``n_i`` trials, ``k_i`` successes.
+
+    Attributes:
+        clusters: Number of clusters (sessions) with at least one trial.
+        trials: ``sum n_i``.
+        successes: ``sum k_i``.
+        trials_sq: ``sum n_i**2``.
+        successes_sq: ``sum k_i**2``.
+        cross: ``sum n_i * k_i``.
+
+    Example:
+        >>> ClusterSums.of([(2, 2), (1, 0)])
+        ClusterSums(clusters=2, trials=3, successes=2, trials_sq=5, successes_sq=4, cross=4)
+    """
+
+    clusters: int
+    trials: int
+    successes: int
+    trials_sq: int
+    successes_sq: int
+    cross: int
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[int, int]]) -> ClusterSums:
+        """The sums of ``(trials, successes)`` pairs, one per cluster (clusters without trials left out)."""
+        kept = [(n, k) for n, k in pairs if n > 0]
+        return cls(
+            len(kept),
+            sum(n for n, _ in kept),
+            sum(k for _, k in kept),
+            sum(n * n for n, _ in kept),
+            sum(k * k for _, k in kept),
+            sum(n * k for n, k in kept),
+        )
+
+    def ratio_variance(self, ratio: float) -> float:
+        """Delta-method variance of ``successes / trials`` with residuals around ``ratio``.
+
+        ``clusters / (clusters - 1) * sum (k_i - ratio * n_i)**2 / trials**2`` (Deng, Knoblich and
+        Lu, "Applying the Delta Method in Metric Analytics", KDD 2018); with one trial per cluster
+        and ``ratio`` the arm's own rate it is the binomial ``p (1 - p) / (n - 1)``. 0 with fewer
+        than two clusters.
+        """
+        if self.clusters < 2 or self.trials <= 0:
+            return 0.0
+        residual = self.successes_sq - 2 * ratio * self.cross + ratio * ratio * self.trials_sq
+        return self.clusters / (self.clusters - 1) * max(residual, 0.0) / (self.trials * self.trials)
+
+
+def ratio_z(a: ClusterSums, b: ClusterSums) -> tuple[float, float]:
+    """Cluster-robust z statistic for ``ratio_a > ratio_b`` and its one-sided p-value.
+
+    The analogue of :func:`two_proportion_z` when the trials come in clusters that were assigned to
+    an arm as a whole (a session's tool calls): each arm's variance is the delta-method variance of
+    its ratio (:meth:`ClusterSums.ratio_variance`), with residuals around the pooled ratio as the
+    pooled z test has them. Calls that succeed or fail together in a session weigh as the evidence
+    they are: one session that fails five calls is not five independent failures.
+
+    Example:
+        >>> def sessions(size, ok, failed):
+        ...     return ClusterSums.of([(size, size)] * ok + [(size, 0)] * failed)
+        >>> round(ratio_z(sessions(1, 90, 10), sessions(1, 70, 30))[0], 2)  # 90% against 70%, one call a session
+        3.52
+        >>> round(two_proportion_z(90, 100, 70, 100)[0], 2)
+        3.54
+        >>> round(ratio_z(sessions(5, 18, 2), sessions(5, 14, 6))[0], 2)  # the same, in sessions of five that agree
+        1.54
+    """
+    if a.trials <= 0 or b.trials <= 0:
+        return 0.0, 1.0
+    pooled = (a.successes + b.successes) / (a.trials + b.trials)
+    variance = a.ratio_variance(pooled) + b.ratio_variance(pooled)
+    if variance <= 0:
+        return 0.0, 1.0
+    z = (a.successes / a.trials - b.successes / b.trials) / math.sqrt(variance)
     return z, normal_sf(z)
 
 

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 from statistics import NormalDist
 
 import pytest
@@ -24,7 +25,7 @@ from agentgym_runtime.policy.gate import (
     two_proportion_z,
     welch_z,
 )
-from agentgym_runtime.policy.statistics import wilson_lower
+from agentgym_runtime.policy.statistics import ClusterSums, ratio_z, wilson_lower
 
 
 def test_normal_tails_and_quantiles_match_tables() -> None:
@@ -343,3 +344,100 @@ def test_the_wilson_lower_bound_known_values_and_bad_confidence() -> None:
     assert wilson_lower(0, 0, 0.8) == 0.0
     with pytest.raises(ValueError, match=r"confidence must be in \[0.5, 1\), got 1.0"):
         wilson_lower(1, 2, 1.0)
+
+
+def _sessions(size: int, ok: int, failed: int) -> ClusterSums:
+    """``ok`` sessions whose ``size`` calls all succeeded and ``failed`` whose calls all failed."""
+    return ClusterSums.of([(size, size)] * ok + [(size, 0)] * failed)
+
+
+def _clustered_arm(version: int, sums: ClusterSums, *, clustered: bool = True) -> ArmStats:
+    return ArmStats(
+        version,
+        episodes=sums.clusters,
+        tool_calls=sums.trials,
+        tool_successes=sums.successes,
+        clusters=sums if clustered else None,
+    )
+
+
+@given(
+    pairs_a=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 6)), min_size=2, max_size=40),
+    pairs_b=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 6)), min_size=2, max_size=40),
+    factor=st.integers(2, 5),
+)
+def test_scaling_every_session_changes_the_binomial_z_but_not_the_cluster_robust_one(
+    pairs_a: list[tuple[int, int]], pairs_b: list[tuple[int, int]], factor: int
+) -> None:
+    a = ClusterSums.of([(n, min(k, n)) for n, k in pairs_a])
+    b = ClusterSums.of([(n, min(k, n)) for n, k in pairs_b])
+    scaled_a = ClusterSums.of([(factor * n, factor * min(k, n)) for n, k in pairs_a])
+    scaled_b = ClusterSums.of([(factor * n, factor * min(k, n)) for n, k in pairs_b])
+    z, p = ratio_z(a, b)
+    # Repeating every call of a session adds no evidence: the sessions are the independent units.
+    assert ratio_z(scaled_a, scaled_b) == pytest.approx((z, p), abs=1e-9)
+    # The binomial test reads the same repetition as `factor` times the data.
+    plain = two_proportion_z(a.successes, a.trials, b.successes, b.trials)[0]
+    repeated = two_proportion_z(scaled_a.successes, scaled_a.trials, scaled_b.successes, scaled_b.trials)[0]
+    assert repeated == pytest.approx(plain * math.sqrt(factor), abs=1e-9)
+    # Direction and symmetry: the sign follows the difference of the ratios, and swapping negates.
+    diff = a.successes / a.trials - b.successes / b.trials
+    assert z == 0.0 or math.copysign(1, z) == math.copysign(1, diff)
+    assert ratio_z(b, a)[0] == pytest.approx(-z, abs=1e-9)
+
+
+def test_ratio_z_with_one_call_a_session_is_the_binomial_test_up_to_the_small_sample_factor() -> None:
+    z, _ = ratio_z(_sessions(1, 90, 10), _sessions(1, 70, 30))
+    plain, _ = two_proportion_z(90, 100, 70, 100)
+    assert (round(z, 3), round(plain, 3)) == (3.518, 3.536)
+    assert ratio_z(ClusterSums.of([]), _sessions(1, 5, 5)) == (0.0, 1.0)
+    assert ratio_z(_sessions(1, 1, 0), _sessions(1, 1, 0)) == (0.0, 1.0)  # one session each: no variance
+
+
+def test_the_gate_weighs_sessions_whose_calls_fail_together_as_the_evidence_they_are() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=60, min_episodes=10))
+    # 92% against 80% of 125 calls each, in sessions of 5 calls that all succeed or all fail.
+    candidate, incumbent = _sessions(5, 23, 2), _sessions(5, 20, 5)
+    binomial = gate.decide(_clustered_arm(2, candidate, clustered=False), _clustered_arm(1, incumbent, clustered=False))
+    clustered = gate.decide(_clustered_arm(2, candidate), _clustered_arm(1, incumbent))
+    assert binomial.action == "promote" and binomial.numbers["test"] == "two-proportion z (one-sided)"
+    assert round(binomial.numbers["reliability_z"], 2) == 2.73
+    assert clustered.action == "hold", clustered.reason
+    assert clustered.numbers["test"] == "cluster-robust ratio z (delta method over sessions) (one-sided)"
+    assert round(clustered.numbers["reliability_z"], 2) == 1.2
+    assert clustered.numbers["candidate"]["clusters"] == {
+        "clusters": 25,
+        "trials": 125,
+        "successes": 115,
+        "trials_sq": 625,
+        "successes_sq": 575,
+        "cross": 575,
+    }
+    # Sums that disagree with the arm's totals (read at another moment) are not used.
+    stale = replace(_clustered_arm(2, candidate), tool_calls=candidate.trials + 1)
+    assert gate.decide(stale, _clustered_arm(1, incumbent)).numbers["test"] == "two-proportion z (one-sided)"
+
+
+def _correlated_arm(rng: random.Random, version: int, sessions: int) -> ArmStats:
+    """Sessions of 4 calls: a fifth of them go wrong on nearly every call, the rest rarely."""
+    pairs = []
+    for _ in range(sessions):
+        fail = 0.9 if rng.random() < 0.2 else 0.05
+        pairs.append((4, sum(rng.random() >= fail for _ in range(4))))
+    return _clustered_arm(version, ClusterSums.of(pairs))
+
+
+def test_with_correlated_calls_the_binomial_gate_promotes_an_equal_canary_far_above_alpha() -> None:
+    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=100, min_episodes=30))
+    rng = random.Random(11)
+    binomial = clustered = 0
+    runs = 2000
+    for _ in range(runs):
+        candidate, incumbent = _correlated_arm(rng, 1, 60), _correlated_arm(rng, 0, 60)
+        clustered += gate.decide(candidate, incumbent).action == "promote"
+        plain = (replace(candidate, clusters=None), replace(incumbent, clusters=None))
+        binomial += gate.decide(*plain).action == "promote"
+    # Equal arms: every promotion is false. One-sided 99% binomial bound at alpha = 0.05 over 2,000
+    # runs: 0.05 + 2.326 * sqrt(0.05 * 0.95 / 2000) = 0.061.
+    assert (binomial, clustered) == (320, 94)  # 16.0% against 4.7%
+    assert clustered / runs <= 0.061 < binomial / runs

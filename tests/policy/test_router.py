@@ -17,6 +17,7 @@ from agentgym_runtime.policy.apply import apply_to_messages
 from agentgym_runtime.policy.gate import GateConfig, obrien_fleming_spending, sequential_boundaries
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
 from agentgym_runtime.policy.router import PolicyRouter, RouterConfig, fallback_to_incumbent, sticky_bucket
+from agentgym_runtime.policy.statistics import ClusterSums
 from agentgym_runtime.recording.capture import start_llm_call
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.testing import Recorded
@@ -229,6 +230,27 @@ def test_gate_promotes_a_better_canary_automatically(agentgym_runtime: Runtime, 
     assert events[0]["reason"].startswith("gate: hold (not enough tool calls yet")
     assert json.loads(events[1]["details"])["candidate"]["tool_calls"] == truth[1]["calls"]
     assert events[1]["reason"].startswith("gate: better: tool reliability v1 ")
+
+
+def test_arm_stats_sum_tool_calls_per_session_for_the_cluster_robust_test(
+    agentgym_runtime: Runtime, recorded: Recorded
+) -> None:
+    router = _gate_router(agentgym_runtime)
+    rng = random.Random(3)
+    # Three sessions of v0: two episodes of 2 calls in "a", one of 3 in "b", and one without a session.
+    for session, calls in (("a", 2), ("a", 2), ("b", 3), (None, 1)):
+        scripted_episode("support", session, {0: 0.5}, rng, calls=calls)
+    agentgym_runtime.flush()
+    truth = recorded.query(
+        "SELECT coalesce(session_id, episode_id) AS unit, sum(tool_calls) AS n, "
+        "sum(tool_calls - tool_failures) AS k FROM episodes GROUP BY unit ORDER BY unit"
+    )
+    assert sorted(row["n"] for row in truth) == [1, 3, 4]
+    stats = router.arm_stats("support", 0, None)
+    assert stats.clusters is not None
+    assert (stats.episodes, stats.tool_calls, stats.clusters.clusters, stats.clusters.trials) == (4, 8, 3, 8)
+    assert stats.clusters == ClusterSums.of([(row["n"], row["k"]) for row in truth])
+    assert stats.clusters.successes == stats.tool_successes
 
 
 def test_gate_promotes_a_canary_over_an_incumbent_that_calls_no_tool(
