@@ -71,6 +71,8 @@ from agentgym_runtime.trainers.grpo_math import (
 from agentgym_runtime.trainers.lightning.common import import_object, require_modules, trainer_options
 
 if TYPE_CHECKING:
+    from agentgym_runtime.trainers.chat_data import ChatSample
+    from agentgym_runtime.trainers.dataset import Task
     from agentgym_runtime.trainers.sft import SFTConfig
 
 RewardFn = Callable[[int, str], float]
@@ -122,6 +124,13 @@ class GRPOConfig(BaseModel):
             ``sqrt(threshold / f)`` times as often again (repeat-factor sampling, see
             :mod:`agentgym_runtime.trainers.sampling`), so that a mistake the snapshot holds a few
             times is not drowned by a common one. 0 (default): off.
+        base_failures_only: Give ``failed_episode_weight`` and the repeat factor only to failures
+            recorded under the version the job trains from (``spec.base_policy_version``), and to
+            other agents' (teachers'); a failure of another version of this agent is drawn as any
+            prompt. A later job's snapshot holds the episodes since the last job's, most of them
+            served by the previous version while that job trained and canaried: on the demo's
+            customer_support, 503 of a second job's 625 episodes were v0's, and their 271 failures
+            were mostly mistakes the live v1 no longer made, against v1's own 22.
         skip_uniform_groups: Leave out of the optimiser step the groups whose samples (guides
             included) all earned the same reward (DAPO's dynamic sampling, without the resampling):
             their advantages are all zero, so their only gradient is the KL term's, and on a model
@@ -165,6 +174,7 @@ class GRPOConfig(BaseModel):
     guide_below: float = Field(default=0.5, gt=0, le=1)
     failed_episode_weight: float = Field(default=1.0, gt=0)
     rare_failure_threshold: float = Field(default=0.0, ge=0, le=1)
+    base_failures_only: bool = True
     skip_uniform_groups: bool = True
     eval_every: int = Field(default=0, ge=0)
     eval_margin: float = Field(default=0.05, ge=0)
@@ -715,16 +725,7 @@ class GRPOTrainer:
             device=device,
             progress=progress,
             guides=None if guide is None else (lambda i: list(guide(pairs[i][0], prompt=pairs[i][1]))),
-            prompt_weights=sampling.prompt_weights(
-                [
-                    (sampling.recorded_failure_mode(t.tool_calls) or sampling.UNKNOWN_FAILURE)
-                    if t.tool_reliability is not None and t.tool_reliability < 1
-                    else None
-                    for t, _ in pairs
-                ],
-                failed_weight=config.failed_episode_weight,
-                rare_threshold=config.rare_failure_threshold,
-            ),
+            prompt_weights=task_weights(config, spec, [t for t, _ in pairs]),
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
         counts = {"train_tasks": len(train), "heldout_tasks": len(heldout), "train_prompts": len(pairs)}
@@ -778,20 +779,51 @@ class GRPOTrainer:
             device=device,
             progress=progress,
             guides=lambda i: guided[i],
-            prompt_weights=sampling.prompt_weights(
-                [
-                    None
-                    if s.successful
-                    else (sampling.target_failure_mode(s.target, s.outcomes, s.error_types) or sampling.UNKNOWN_FAILURE)
-                    for s in train
-                ],
-                failed_weight=config.failed_episode_weight,
-                rare_threshold=config.rare_failure_threshold,
-            ),
+            prompt_weights=sample_weights(config, spec, train),
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
         counts = {"train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt}
         return adapter_result(self.name, peft_model, spec, model_path, {**metrics, **counts}, progress)
+
+
+def _weighs_failures(config: GRPOConfig, spec: TrainingJobSpec, agent: str, version: int) -> bool:
+    """Whether a failure recorded by ``agent`` under ``version`` is drawn as a failure (see ``base_failures_only``)."""
+    return not config.base_failures_only or sampling.is_base_failure(
+        agent, version, base_agent=spec.agent, base_version=spec.base_policy_version
+    )
+
+
+def task_weights(config: GRPOConfig, spec: TrainingJobSpec, tasks: Sequence[Task]) -> list[float]:
+    """How often to draw each training prompt of recorded episodes (one entry per prompt's task).
+
+    A task whose episode had a failed tool call, recorded under the version the job trains from
+    (``base_failures_only``), weighs ``failed_episode_weight`` times its failure mode's repeat
+    factor (:func:`~agentgym_runtime.trainers.sampling.prompt_weights`); every other weighs 1.
+    """
+    modes = [
+        (sampling.recorded_failure_mode(t.tool_calls) or sampling.UNKNOWN_FAILURE)
+        if t.tool_reliability is not None
+        and t.tool_reliability < 1
+        and _weighs_failures(config, spec, t.agent, t.policy_version)
+        else None
+        for t in tasks
+    ]
+    return sampling.prompt_weights(
+        modes, failed_weight=config.failed_episode_weight, rare_threshold=config.rare_failure_threshold
+    )
+
+
+def sample_weights(config: GRPOConfig, spec: TrainingJobSpec, samples: Sequence[ChatSample]) -> list[float]:
+    """:func:`task_weights` for recorded chat turns: a turn whose requested calls did not all succeed is a failure."""
+    modes = [
+        None
+        if s.successful or not _weighs_failures(config, spec, s.agent, s.policy_version)
+        else (sampling.target_failure_mode(s.target, s.outcomes, s.error_types) or sampling.UNKNOWN_FAILURE)
+        for s in samples
+    ]
+    return sampling.prompt_weights(
+        modes, failed_weight=config.failed_episode_weight, rare_threshold=config.rare_failure_threshold
+    )
 
 
 def _has_chat_spans(spec: TrainingJobSpec) -> bool:

@@ -32,7 +32,14 @@ from typing import Any
 
 from agentgym_runtime import semconv
 
-__all__ = ["UNKNOWN_FAILURE", "call_failure_mode", "prompt_weights", "recorded_failure_mode", "target_failure_mode"]
+__all__ = [
+    "UNKNOWN_FAILURE",
+    "call_failure_mode",
+    "is_base_failure",
+    "prompt_weights",
+    "recorded_failure_mode",
+    "target_failure_mode",
+]
 
 FailureMode = tuple[str | None, str, str | None, tuple[str, ...]]
 
@@ -87,6 +94,20 @@ def target_failure_mode(
             error_type = error_types[index] if index < len(error_types) else None
             return call_failure_mode(function.get("name"), outcome, function.get("arguments"), error_type)
     return None
+
+
+def is_base_failure(agent: str, version: int, *, base_agent: str, base_version: int) -> bool:
+    """Whether a failure recorded by ``agent`` under ``version`` is one of the policy a job trains from.
+
+    Another agent's failures (a teacher's) count; another version of the same agent's do not: the
+    job improves ``base_version``, and what an older version got wrong it may already get right.
+
+    Example:
+        >>> recorded = [("bot", 1), ("bot", 0), ("teacher", 0)]
+        >>> [is_base_failure(agent, version, base_agent="bot", base_version=1) for agent, version in recorded]
+        [True, False, True]
+    """
+    return agent != base_agent or version == base_version
 
 
 def prompt_weights(

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentgym_runtime.trainers.dataset import RecordedToolCall
-from agentgym_runtime.trainers.grpo import GRPOConfig
+from agentgym_runtime.trainers.base import TrainingJobSpec
+from agentgym_runtime.trainers.chat_data import ChatSample
+from agentgym_runtime.trainers.dataset import RecordedToolCall, Task
+from agentgym_runtime.trainers.grpo import GRPOConfig, sample_weights, task_weights
 from agentgym_runtime.trainers.sampling import (
     UNKNOWN_FAILURE,
     call_failure_mode,
@@ -122,3 +124,59 @@ def test_weights_never_shrink_a_failure_and_equal_modes_weigh_the_same(
         for b in by_mode:
             if counts[a] < counts[b]:
                 assert next(iter(by_mode[a])) >= next(iter(by_mode[b]))
+
+
+def _spec(base_version: int) -> TrainingJobSpec:
+    return TrainingJobSpec(
+        run_id="r", agent="bot", trainer="grpo", snapshot_dir="s", output_dir="o", base_policy_version=base_version
+    )
+
+
+def _task(agent: str, version: int, ok: bool, tool: str = "get_order") -> Task:
+    call = _call(tool, "ok" if ok else "invalid_arguments", {"order_id": 1}, None if ok else "ValidationError")
+    return Task(
+        episode_id=f"{agent}-{version}-{tool}-{ok}",
+        agent=agent,
+        policy_version=version,
+        tool_calls=[call],
+        tool_reliability=1.0 if ok else 0.0,
+    )
+
+
+def test_a_later_job_weighs_the_failures_of_the_version_it_trains_from_and_of_teachers() -> None:
+    # A second job (from v1): the snapshot holds v0's failures recorded while the first job
+    # trained, v1's own, and a teacher's.
+    tasks = [
+        _task("bot", 0, False),
+        _task("bot", 1, False, "refund"),
+        _task("teacher", 0, False),
+        _task("bot", 1, True),
+    ]
+    config = GRPOConfig(failed_episode_weight=3.0)
+    assert config.base_failures_only is True
+    assert task_weights(config, _spec(1), tasks) == [1.0, 3.0, 3.0, 1.0]
+    # The first job (from v0) weighs v0's failures; turned off, every failure weighs as before.
+    assert task_weights(config, _spec(0), tasks) == [3.0, 1.0, 3.0, 1.0]
+    assert task_weights(config.model_copy(update={"base_failures_only": False}), _spec(1), tasks) == [3.0] * 3 + [1.0]
+    # The repeat factor counts only the failures that are weighed: v1's one refund mistake is
+    # half of them (above the threshold), not a third.
+    rare = GRPOConfig(failed_episode_weight=2.0, rare_failure_threshold=0.75)
+    assert task_weights(rare, _spec(1), tasks) == pytest.approx([1.0, 2.0 * math.sqrt(1.5), 2.0 * math.sqrt(1.5), 1.0])
+
+
+def test_recorded_chat_turns_are_weighed_by_the_same_rule() -> None:
+    def turn(agent: str, version: int, outcome: str) -> ChatSample:
+        call = {"id": "c", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id": 1}'}}
+        return ChatSample(
+            episode_id=f"{agent}{version}{outcome}",
+            agent=agent,
+            policy_version=version,
+            target={"role": "assistant", "tool_calls": [call]},
+            outcomes=[outcome],
+            error_types=[None if outcome == "ok" else "TimeoutError"],
+        )
+
+    samples = [turn("bot", 0, "tool_error"), turn("bot", 2, "tool_error"), turn("bot", 2, "ok")]
+    config = GRPOConfig(failed_episode_weight=4.0)
+    assert sample_weights(config, _spec(2), samples) == [1.0, 4.0, 1.0]
+    assert sample_weights(config, _spec(0), samples) == [4.0, 1.0, 1.0]
