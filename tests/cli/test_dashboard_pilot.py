@@ -21,7 +21,7 @@ from agentgym_runtime.cli.dashboard import build_app, registry_actions
 from agentgym_runtime.cli.format import fmt_probability, fmt_signed
 from agentgym_runtime.cli.sources import HomeSource
 from agentgym_runtime.policy.registry import PolicyRegistry, PolicyStatus
-from agentgym_runtime.policy.statistics import obrien_fleming_spending, two_proportion_z
+from agentgym_runtime.policy.statistics import ClusterSums, obrien_fleming_spending, ratio_z, two_proportion_z
 from tests.cli.conftest import PLANNED_CALLS, fill_trained_home
 from tests.cli.dashboard_agent import AGENT, expected_outcomes
 
@@ -104,12 +104,16 @@ def test_dashboard_shows_every_promised_item_and_its_keys_change_the_registry(
     assert '"amount":500.0}) → ValueError' in first  # an example call of the failing tool
 
     # The gate's look at the canary: z and spent alpha as the statistics give them for these calls.
-    arms = {v: [0, 0] for v in (0, 1)}
+    # Each canary episode is its own session, so the gate's clusters are the episodes' calls.
+    sessions: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
     for order, version in canary:
-        for outcomes in expected_outcomes(order, version).values():
-            arms[version][0] += len(outcomes)
-            arms[version][1] += outcomes.count("ok")
-    z, _ = two_proportion_z(arms[1][1], arms[1][0], arms[0][1], arms[0][0])
+        outcomes = [o for tool_outcomes in expected_outcomes(order, version).values() for o in tool_outcomes]
+        sessions[version].append((len(outcomes), outcomes.count("ok")))
+    sums = {version: ClusterSums.of(pairs) for version, pairs in sessions.items()}
+    arms = {version: [s.trials, s.successes] for version, s in sums.items()}
+    z, _ = ratio_z(sums[1], sums[0])
+    binomial_z, _ = two_proportion_z(arms[1][1], arms[1][0], arms[0][1], arms[0][0])
+    assert fmt_signed(z) != fmt_signed(binomial_z)  # the screen shows the session-robust statistic
     spent = obrien_fleming_spending(0.05, arms[1][0] / PLANNED_CALLS)
     gate_line = _row(first, AGENT, "50%", f"{arms[1][0]} vs {arms[0][0]}")
     assert f"{fmt_signed(z)} < +" in gate_line and f"{fmt_probability(spent)} of 0.05" in gate_line, gate_line
