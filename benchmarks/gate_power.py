@@ -8,6 +8,7 @@ back, or the canary tool calls available before the demo's budget ends run out (
 
     python benchmarks/gate_power.py                        # the table in benchmarks/RESULTS.md
     python benchmarks/gate_power.py --runs 1000 --available 150 250
+    python benchmarks/gate_power.py --confidences 0.95 --rollback nominal sequential
 
 Not part of ``make bench``: it measures decisions, not speed.
 """
@@ -60,20 +61,33 @@ def main() -> None:
     parser.add_argument("--min-tool-calls", type=int, default=60, help="the demo's gate_min_tool_calls")
     parser.add_argument("--confidences", type=float, nargs="+", default=[0.99, 0.95])
     parser.add_argument("--available", type=int, nargs="+", default=[150, 250], help="canary tool calls in time")
+    parser.add_argument(
+        "--rollback", nargs="+", choices=["sequential", "nominal"], default=["sequential"], help="GateConfig.rollback"
+    )
     args = parser.parse_args()
-    print("| candidate vs live | gate confidence | canary tool calls in time | promoted | rolled back | undecided |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| candidate vs live | gate confidence | rollback test | canary tool calls in time "
+        "| promoted | rolled back | undecided |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|")
     for candidate, live in PAIRS:
         for confidence in args.confidences:
-            config = GateConfig(
-                confidence=confidence, min_tool_calls=args.min_tool_calls, min_episodes=20, min_rewarded=20
-            )
-            for available in args.available:
-                outcomes, _ = simulate(candidate, live, config, available, args.runs, args.step)
-                shares = [f"{outcomes[a] / args.runs:.1%}" for a in ("promote", "rollback", "hold")]
-                print(
-                    f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {available} | " + " | ".join(shares) + " |"
+            for rollback in args.rollback:
+                config = GateConfig(
+                    confidence=confidence,
+                    min_tool_calls=args.min_tool_calls,
+                    min_episodes=20,
+                    min_rewarded=20,
+                    rollback=rollback,
                 )
+                for available in args.available:
+                    outcomes, _ = simulate(candidate, live, config, available, args.runs, args.step)
+                    shares = [f"{outcomes[a] / args.runs:.1%}" for a in ("promote", "rollback", "hold")]
+                    print(
+                        f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {rollback} | {available} | "
+                        + " | ".join(shares)
+                        + " |"
+                    )
 
 
 if __name__ == "__main__":

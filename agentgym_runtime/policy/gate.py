@@ -36,6 +36,17 @@ overwhelming evidence, the last one nearly the fixed-sample ``z_alpha``; at ``t 
 decision is final (promote or roll back). Every look's fraction, boundary, z and spent alpha
 travel in ``GateDecision.numbers["sequential"]``.
 
+**Rolling back early.** Tested at the nominal level at every look, the regression tests (reliability
+or reward worse) roll back an *equal* canary far more often than ``alpha`` — repeated looks inflate
+them exactly as they inflate promotions — and with it, now and then, a better one on an early
+stretch of bad luck. With repeated looks they therefore use the promotion's boundary mirrored (a
+symmetric two-sided group-sequential design, the harm side non-binding): a regression stops the
+canary at look ``k`` when its z passes the boundary of that look. A canary that is much worse is
+still stopped early (its z grows with ``√n``; a candidate that broke its tool use entirely is
+caught at the first look), a mildly worse one is stopped later or by the final look.
+``GateConfig(rollback="nominal")`` keeps the old per-look test. The error-spike test (episodes
+that crash) always runs at the nominal level: it guards users, not the statistics.
+
 Example:
     >>> gate = Gate(GateConfig(confidence=0.95, min_tool_calls=50))
     >>> better = ArmStats(version=2, episodes=60, tool_calls=120, tool_successes=114)
@@ -107,6 +118,11 @@ class GateConfig:
         max_tool_calls: The planned maximum of canary tool calls for repeated looks: a look's
             information fraction is ``canary tool calls / max_tool_calls``, and the look that
             reaches it decides for good. ``None``: ``MAX_TOOL_CALLS_FACTOR * min_tool_calls``.
+        rollback: With repeated looks, how the regression tests (reliability or reward worse)
+            decide: ``"sequential"`` at the promotion's boundary mirrored (an equal canary is
+            rolled back early about as rarely as it is promoted), ``"nominal"`` at ``confidence``
+            at every look (stops a mild regression sooner, rolls back equal canaries far more
+            often). One fixed-sample test (no looks) is always at ``confidence``.
 
     Example:
         >>> GateConfig(min_tool_calls=100).planned_tool_calls
@@ -118,10 +134,13 @@ class GateConfig:
     min_episodes: int = 30
     min_rewarded: int = 30
     max_tool_calls: int | None = None
+    rollback: Literal["sequential", "nominal"] = "sequential"
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if self.rollback not in ("sequential", "nominal"):
+            raise ValueError(f"rollback must be 'sequential' or 'nominal', got {self.rollback!r}")
         if self.min_tool_calls < 1 or self.min_episodes < 1 or self.min_rewarded < 2:
             raise ValueError("minimum samples must be >= 1 (rewards: >= 2)")
         if self.max_tool_calls is not None and self.max_tool_calls < self.min_tool_calls:
@@ -295,10 +314,9 @@ class Gate:
                 at the same canary, the looks made so far (``[]`` at first; append each
                 decision's :attr:`GateDecision.look`): the promotion must then cross the
                 group-sequential boundary (module docstring), and the look with ``t >= 1`` is
-                final (promote or roll back). The rollback tests stay at the nominal level at
-                every look: they stop harm early and can only end a sequence without promoting,
-                so they add no false promotions (an equal canary is sometimes rolled back, which
-                costs a retrain, not users).
+                final (promote or roll back). The regression tests then use the promotion's
+                boundary mirrored (``GateConfig.rollback``; module docstring); the error-spike
+                test stays at ``confidence``.
 
         Example:
             >>> gate = Gate(GateConfig(min_tool_calls=100))  # planned: 400 canary tool calls
@@ -341,7 +359,6 @@ class Gate:
                     f"vs {incumbent.errors}/{incumbent.episodes} on v{incumbent.version} (p={p:.2g})",
                     numbers,
                 )
-        reward_worse = False
         reward_note = ""
         if (
             candidate.rewarded >= cfg.min_rewarded
@@ -358,13 +375,15 @@ class Gate:
                 candidate.rewarded,
             )
             numbers["reward_worse_z"], numbers["reward_worse_p"] = z, p
-            reward_worse = p < alpha
             reward_note = f"; reward {candidate.reward_mean:.3f} vs {incumbent.reward_mean:.3f}"
         silent = self._silent_arm(candidate, incumbent)
         if silent is None and (candidate.tool_calls < cfg.min_tool_calls or incumbent.tool_calls < cfg.min_tool_calls):
-            if reward_worse:
+            harm = self._harm_boundary(candidate.tool_calls, previous, None, alpha, numbers)
+            if numbers.get("reward_worse_z", -math.inf) > harm:
                 return GateDecision(
-                    "rollback", f"reward regression{reward_note} (p={numbers['reward_worse_p']:.2g})", numbers
+                    "rollback",
+                    f"reward regression{reward_note} (p={numbers['reward_worse_p']:.2g}{_beyond(harm, alpha)})",
+                    numbers,
                 )
             return GateDecision(
                 "hold",
@@ -420,11 +439,17 @@ class Gate:
                 look = self._look(candidate.tool_calls, z_better, previous, alpha)
                 sequential["look"] = look.to_json()
                 sequential["looks"].append(look.to_json())
-        if p_worse < alpha:
-            return GateDecision("rollback", f"regression: {summary} (p={p_worse:.2g})", numbers, look)
-        if reward_worse:
+        harm = self._harm_boundary(candidate.tool_calls, previous, look, alpha, numbers)
+        if -z_better > harm:
             return GateDecision(
-                "rollback", f"reward regression: {summary} (p={numbers['reward_worse_p']:.2g})", numbers, look
+                "rollback", f"regression: {summary} (p={p_worse:.2g}{_beyond(harm, alpha)})", numbers, look
+            )
+        if numbers.get("reward_worse_z", -math.inf) > harm:
+            return GateDecision(
+                "rollback",
+                f"reward regression: {summary} (p={numbers['reward_worse_p']:.2g}{_beyond(harm, alpha)})",
+                numbers,
+                look,
             )
         if sequential is None:
             if p_better < alpha:
@@ -464,6 +489,34 @@ class Gate:
                 return silent
         return None
 
+    def _harm_boundary(
+        self, tool_calls: int, previous: Sequence[Look], look: Look | None, alpha: float, numbers: dict[str, Any]
+    ) -> float:
+        """The z a regression must reach to roll back now (recorded as ``numbers["rollback_boundary_z"]``).
+
+        One fixed-sample test, ``rollback="nominal"``, or a candidate without tool calls (no
+        information fraction; a candidate that stopped calling tools is a harm to stop at once):
+        ``z_(1-alpha)``. Otherwise the boundary of this look mirrored: the look's own when it made
+        one, else the one a look at the candidate's calls would get after the earlier looks (or
+        the last look's, when no canary call came since).
+        """
+        nominal = normal_ppf(1.0 - alpha)
+        boundary = nominal
+        if "sequential" in numbers and self.config.rollback == "sequential" and tool_calls > 0:
+            if look is not None:
+                boundary = look.boundary_z
+            elif previous and tool_calls <= previous[-1].tool_calls:
+                boundary = previous[-1].boundary_z
+            else:
+                planned = self.config.planned_tool_calls
+                fractions = [earlier.tool_calls / planned for earlier in previous] + [tool_calls / planned]
+                boundary = sequential_boundaries(alpha, fractions)[-1]
+            # Never below the single test: past the planned horizon the spending is exhausted, and
+            # the final look decides instead.
+            boundary = max(boundary, nominal)
+        numbers["rollback_boundary_z"] = boundary if math.isfinite(boundary) else None
+        return boundary
+
     def _look(self, tool_calls: int, z: float, previous: Sequence[Look], alpha: float) -> Look:
         planned = self.config.planned_tool_calls
         # Fractions come from the tool calls, so a change of the planned horizon between looks
@@ -483,6 +536,13 @@ class Gate:
             alpha_released=spent - before,
             final=t >= 1.0,
         )
+
+
+def _beyond(boundary: float, alpha: float) -> str:
+    """The rollback boundary in a reason, where it is not the single test's."""
+    if math.isclose(boundary, normal_ppf(1.0 - alpha)):
+        return ""
+    return f", beyond the sequential boundary z={boundary:.2f}"
 
 
 def _cluster_sums(arm: ArmStats) -> ClusterSums | None:

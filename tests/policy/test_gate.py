@@ -267,12 +267,78 @@ def test_the_look_that_reaches_the_planned_calls_is_final() -> None:
     assert after.action == "rollback"
 
 
-def test_rollback_tests_stay_at_the_nominal_level_at_every_look() -> None:
-    gate = Gate(GateConfig(confidence=0.95, min_tool_calls=100))
-    worse = gate.decide(_arm(2, 120, 88), _arm(1, 120, 100), [])  # z = -1.88: p_worse = 0.03
+def test_a_mild_regression_at_an_early_look_needs_the_mirrored_boundary() -> None:
+    sequential = Gate(GateConfig(confidence=0.95, min_tool_calls=100))
+    nominal = Gate(GateConfig(confidence=0.95, min_tool_calls=100, rollback="nominal"))
+    # Look 1 at t = 120/400 = 0.3: z = -1.88 (p_worse = 0.03) passes a single test, not the
+    # boundary 3.39 the promotion needs at this look.
+    boundary = sequential_boundaries(0.05, [0.3])[0]
+    assert boundary == pytest.approx(3.39, abs=0.01)
+    held = sequential.decide(_arm(2, 120, 88), _arm(1, 120, 100), [])
+    assert held.action == "hold" and held.reason.startswith("no significant difference yet"), held.reason
+    assert held.numbers["rollback_boundary_z"] == pytest.approx(boundary)
+    assert held.numbers["reliability_p_worse"] == pytest.approx(0.0301, abs=1e-3)
+    worse = nominal.decide(_arm(2, 120, 88), _arm(1, 120, 100), [])
     assert worse.action == "rollback"
     assert worse.reason.startswith("regression: tool reliability v2 88/120")
+    assert "sequential boundary" not in worse.reason
     assert worse.look is not None and worse.look.number == 1  # the look is logged with it
+    # A canary that is much worse is still stopped at the first look, naming the boundary.
+    broken = sequential.decide(_arm(2, 120, 60), _arm(1, 120, 100), [])
+    assert broken.action == "rollback", broken.reason
+    assert f"beyond the sequential boundary z={boundary:.2f})" in broken.reason
+    # One fixed-sample test (no looks) is at the confidence, whatever the setting.
+    assert sequential.decide(_arm(2, 120, 88), _arm(1, 120, 100)).action == "rollback"
+    with pytest.raises(ValueError, match="rollback must be 'sequential' or 'nominal', got 'never'"):
+        GateConfig(rollback="never")  # type: ignore[arg-type]
+
+
+def test_a_reward_regression_before_the_reliability_test_uses_the_boundary_of_the_calls_so_far() -> None:
+    config = {"confidence": 0.95, "min_tool_calls": 100, "min_rewarded": 30}
+    # Welch z = 0.1 / sqrt(2 * 0.04 / 40) = 2.24 (p = 0.013); the candidate has 20 tool calls (t = 0.05).
+    candidate = _arm(2, 20, 20, episodes=40, rewarded=40, reward_mean=0.5, reward_var=0.04)
+    incumbent = _arm(1, 20, 20, episodes=40, rewarded=40, reward_mean=0.6, reward_var=0.04)
+    held = Gate(GateConfig(**config)).decide(candidate, incumbent, [])  # type: ignore[arg-type]
+    assert held.action == "hold" and held.reason.startswith("not enough tool calls yet"), held.reason
+    assert held.numbers["reward_worse_z"] == pytest.approx(2.236, abs=1e-3)
+    assert held.numbers["rollback_boundary_z"] == pytest.approx(sequential_boundaries(0.05, [0.05])[0])
+    nominal = Gate(GateConfig(**config, rollback="nominal")).decide(candidate, incumbent, [])  # type: ignore[arg-type]
+    assert nominal.action == "rollback" and nominal.reason == "reward regression; reward 0.500 vs 0.600 (p=0.013)"
+
+
+def _early_rollbacks(config: GateConfig, reliability: float, runs: int, step: int = 7) -> Counter[str]:
+    """Equal canaries looked at every ``step`` calls per arm: how each ends, rollbacks before the final look apart."""
+    gate = Gate(config)
+    outcomes: Counter[str] = Counter()
+    for run in range(runs):
+        rng = random.Random(run)
+        calls = ok_candidate = ok_live = 0
+        looks: list[Look] = []
+        while True:
+            calls += step
+            ok_candidate += sum(rng.random() < reliability for _ in range(step))
+            ok_live += sum(rng.random() < reliability for _ in range(step))
+            decision = gate.decide(_arm(2, calls, ok_candidate), _arm(1, calls, ok_live), looks)
+            if decision.look is not None:
+                looks.append(decision.look)
+            if decision.action != "hold":
+                early = decision.look is None or not decision.look.final
+                outcomes[f"{decision.action}{' early' if early else ''}"] += 1
+                break
+    return outcomes
+
+
+def test_the_sequential_rollback_rarely_stops_an_equal_canary_early() -> None:
+    # The demo's second round: 60 calls before the first test, 240 planned, a look every 7 calls.
+    sequential = _early_rollbacks(GateConfig(min_tool_calls=60, max_tool_calls=240), 0.93, 400)
+    nominal = _early_rollbacks(GateConfig(min_tool_calls=60, max_tool_calls=240, rollback="nominal"), 0.93, 400)
+    assert nominal == Counter({"rollback": 307, "rollback early": 76, "promote early": 14, "promote": 3})
+    assert sequential == Counter({"rollback": 361, "rollback early": 21, "promote early": 15, "promote": 3})
+    # Early rollbacks of an equal canary fall from 19.0% to 5.25%: the harm side spends its alpha
+    # (5%) over the looks as the promotion does, within the one-sided 99% binomial bound (30 of 400).
+    assert sequential["rollback early"] <= 30 < nominal["rollback early"]
+    # The promotions are the promotion boundary's business and do not change.
+    assert (sequential["promote early"], sequential["promote"]) == (15, 3)
 
 
 def _simulate_canaries(
@@ -315,7 +381,7 @@ def test_repeated_looks_keep_false_promotions_at_alpha_where_the_uncorrected_gat
     assert tolerance == 30
     corrected = _simulate_canaries(_SIMULATED, 0.65, 0.65, corrected=True, seed=2024)
     uncorrected = _simulate_canaries(_SIMULATED, 0.65, 0.65, corrected=False, seed=2024)
-    assert corrected == Counter({"rollback": 379, "promote": 21})  # 5.25%; ~4.9% over 4,000 runs
+    assert corrected == Counter({"rollback": 380, "promote": 20})  # 5.0%; ~4.9% over 4,000 runs
     assert uncorrected == Counter({"hold": 299, "promote": 54, "rollback": 47})  # 13.5%
     assert corrected["promote"] <= tolerance < uncorrected["promote"]
     # With the sequential gate every canary is decided by the planned horizon; never left holding.
