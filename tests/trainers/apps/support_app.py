@@ -7,8 +7,8 @@ models copy their examples, good or bad). Nothing in it knows about training.
 
 ``python support_app.py HOME serve`` runs it as a service: it answers the four questions in a
 loop until it is stopped (SIGTERM, as orchestrators stop services), printing one JSON line per
-answered call. ``SUPPORT_SCHEDULE`` and ``SUPPORT_TRAINER_OPTIONS`` (JSON) set the training
-schedule and options, as a deployment's configuration would; ``SUPPORT_PAUSE_S`` the time between
+answered call. ``SUPPORT_SCHEDULE``, ``SUPPORT_MIN_NEW_EPISODES`` and ``SUPPORT_TRAINER_OPTIONS``
+(JSON) set the training schedule and options, as a deployment's configuration would; ``SUPPORT_PAUSE_S`` the time between
 calls (users do not ask a hundred questions a second).
 """
 
@@ -61,7 +61,7 @@ def scripted_model(question: str) -> tuple[str, str]:
     trainer="demos",
     canary_share=0.5,
     schedule=os.environ.get("SUPPORT_SCHEDULE", "1h"),
-    min_new_episodes=4,
+    min_new_episodes=int(os.environ.get("SUPPORT_MIN_NEW_EPISODES", "4")),
     trainer_options=json.loads(os.environ.get("SUPPORT_TRAINER_OPTIONS", "{}")),
 )
 def support(question: str) -> str:
