@@ -378,7 +378,12 @@ class Gate:
             reward_note = f"; reward {candidate.reward_mean:.3f} vs {incumbent.reward_mean:.3f}"
         silent = self._silent_arm(candidate, incumbent)
         if silent is None and (candidate.tool_calls < cfg.min_tool_calls or incumbent.tool_calls < cfg.min_tool_calls):
-            harm = self._harm_boundary(candidate.tool_calls, previous, None, alpha, numbers)
+            # The boundary costs a numerical integration at a new fraction: only when there is a reward to test.
+            harm = (
+                self._harm_boundary(candidate.tool_calls, previous, None, alpha, numbers)
+                if "reward_worse_z" in numbers
+                else math.inf
+            )
             if numbers.get("reward_worse_z", -math.inf) > harm:
                 return GateDecision(
                     "rollback",
