@@ -35,6 +35,7 @@ from agentgym_runtime.policy.trained import TrainedPolicy
 from agentgym_runtime.recording.capture import LlmCall, ToolDefinition, start_llm_call
 from agentgym_runtime.recording.context import Episode, current_episode_var, current_policy, last_episode_var
 from agentgym_runtime.recording.episodes import _UNNAMED, AgentOptions, AgentRun
+from agentgym_runtime.recording.import_guard import refuse_while_importing
 from agentgym_runtime.recording.policy import Demonstration, LLMConfig, Policy
 from agentgym_runtime.recording.runtime import Runtime
 from agentgym_runtime.services import Services
@@ -64,6 +65,7 @@ def configure(**settings: Any) -> Services:
     """
     from pydantic import ValidationError
 
+    refuse_while_importing("called agentgym.configure()")
     try:
         parsed = Settings(**settings)
     except ValidationError as exc:
@@ -99,6 +101,7 @@ def episode(
     """
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ConfigurationError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    refuse_while_importing(f"opened an episode of agent {agent or _UNNAMED!r}")
     runtime = services.current().runtime
     run = AgentRun(runtime, AgentOptions(name=agent or _UNNAMED), session_id=session_id, metadata=metadata)
     current = run.enter()

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from agentgym_runtime.recording.episodes import AgentOptions, AgentRun
+from agentgym_runtime.recording.import_guard import refuse_while_importing
 from agentgym_runtime.recording.runtime import Runtime, get_runtime
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ class CallKind(Enum):
 
 def _begin(options: AgentOptions, call_input: Any, *, per_step: bool) -> tuple[Runtime | None, AgentRun | None]:
     """Open a run: bound to this context for a call, or unbound for a generator (bound per step)."""
+    refuse_while_importing(f"ran agent {options.name!r}")
     runtime = get_runtime()
     if not runtime.settings.enabled:
         return None, None

@@ -12,8 +12,9 @@ cross the process boundary:
 
 Exit codes tell the scheduler what happened without parsing logs:
 :data:`EXIT_OK` (0), :data:`EXIT_CRASH` (1, the trainer raised), :data:`EXIT_BAD_SPEC`
-(2, unreadable spec or unknown trainer), :data:`EXIT_UNAVAILABLE` (3, ``TrainerUnavailable``
-or ``GPUNotAvailableError``: missing extra, unreachable endpoint, no GPU).
+(2, unreadable spec, unknown trainer, or the agent's code served while the job imported it to
+replay the agent: see :mod:`~agentgym_runtime.recording.import_guard`), :data:`EXIT_UNAVAILABLE`
+(3, ``TrainerUnavailable`` or ``GPUNotAvailableError``: missing extra, unreachable endpoint, no GPU).
 
 Which class runs a trainer name: ``options["trainer_class"] = "module:Class"`` in the spec,
 else the ``AGENTGYM_EXTRA_TRAINERS`` environment variable (``name=module:Class`` pairs separated
@@ -44,6 +45,7 @@ from typing import Any
 
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
 from agentgym_runtime.recording.files import atomic_write_text
+from agentgym_runtime.recording.import_guard import AgentCodeImportError
 from agentgym_runtime.trainers.base import TRAINERS, Trainer, TrainerUnavailable, TrainingJobSpec
 
 EXIT_OK = 0
@@ -237,6 +239,8 @@ def run_job(spec: TrainingJobSpec) -> int:
         trainer.check_available(spec)
     except TrainerUnavailable as exc:
         return _fail(output_dir, "unavailable", exc, EXIT_UNAVAILABLE)
+    except AgentCodeImportError as exc:
+        return _fail(output_dir, "agent_code", exc, EXIT_BAD_SPEC)
     except Exception as exc:
         traceback.print_exc()
         return _fail(output_dir, "crash", exc, EXIT_CRASH)
@@ -247,6 +251,8 @@ def run_job(spec: TrainingJobSpec) -> int:
         progress(1.0, f"trainer {spec.trainer!r} finished")
     except TrainerUnavailable as exc:  # e.g. the endpoint went away after the check
         return _fail(output_dir, "unavailable", exc, EXIT_UNAVAILABLE)
+    except AgentCodeImportError as exc:  # the agent's code served while the job imported it
+        return _fail(output_dir, "agent_code", exc, EXIT_BAD_SPEC)
     except Exception as exc:
         traceback.print_exc()
         return _fail(output_dir, "crash", exc, EXIT_CRASH)

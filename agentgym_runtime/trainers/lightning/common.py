@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from agentgym_runtime.recording.import_guard import importing_agent_code
 from agentgym_runtime.trainers.base import TrainerUnavailable, TrainingJobSpec
 
 #: Options any job may carry that are not a trainer's own hyper-parameters.
@@ -84,7 +85,11 @@ def import_object(path: str) -> Any:
     module_name, _, qualname = path.rpartition(":")
     if not module_name or not qualname:
         raise ValueError(f"{path!r} must be 'module:qualname'")
-    target: Any = import_script(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+    # Serving at import time (a loop outside `if __name__ == "__main__":`) is refused during the import.
+    with importing_agent_code(module_name):
+        target: Any = (
+            import_script(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        )
     for part in qualname.split("."):
         target = getattr(target, part)
     return target

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.recording.files import atomic_write_json
+from agentgym_runtime.recording.import_guard import refuse_while_importing
 from agentgym_runtime.recording.policy import Policy, resolve_adapter_path
 from agentgym_runtime.trainers.base import TrainingJobSpec, TrainingResult
 from agentgym_runtime.trainers.scheduler.config import (
@@ -229,6 +230,7 @@ class TrainingScheduler:
 
     def start(self) -> TrainingScheduler:
         """Pick up the configs registered in this process (``@train_online(schedule=...)``)."""
+        refuse_while_importing("started the training scheduler")
         for config in registered_training().values():
             if config.agent not in self.configs:
                 self.add_agent(config)
