@@ -137,6 +137,13 @@ class GRPOConfig(BaseModel):
             that already handles most prompts they are most of the batch. The loss keeps the full
             batch's scale, so the other groups' gradients are unchanged. Dropping them made a
             round about twice as fast on the demo model.
+        settled_prompt_weight: A prompt whose last group was uniform (its samples, guides included,
+            all earned the same reward, so there was nothing to learn from it) is drawn with its
+            weight times this factor until a group of it shows a difference again (1, the default:
+            off). On a model that already handles most prompts, half the groups drawn are uniform
+            and their sampling, the bulk of a round's time, teaches nothing; drawing them less
+            spends the rounds on the prompts still being learnt (online difficulty filtering).
+            A settled prompt is still drawn now and then, so a prompt the policy unlearns comes back.
         eval_every: Measure the held-out reward every this many rounds (0: only before and after)
             and return an earlier round's adapter (the start included) when it beat the last round
             by more than ``eval_margin``: RL on a small model can peak and then degrade (on the
@@ -176,6 +183,7 @@ class GRPOConfig(BaseModel):
     rare_failure_threshold: float = Field(default=0.0, ge=0, le=1)
     base_failures_only: bool = True
     skip_uniform_groups: bool = True
+    settled_prompt_weight: float = Field(default=1.0, gt=0, le=1)
     eval_every: int = Field(default=0, ge=0)
     eval_margin: float = Field(default=0.05, ge=0)
     continue_from_base: bool = True
@@ -496,6 +504,11 @@ def grpo_train(
         if len(prompt_weights) != len(train_prompts) or min(prompt_weights) < 0 or sum(prompt_weights) <= 0:
             raise ValueError("prompt_weights needs one non-negative weight per train prompt, not all zero")
         weights = torch.tensor(list(prompt_weights), dtype=torch.float64)
+    # Per-prompt factor on the draw: settled_prompt_weight after a uniform group, 1 after one with signal.
+    settled = torch.ones(len(train_prompts), dtype=torch.float64)
+    adaptive = config.settled_prompt_weight < 1.0
+    if adaptive and weights is None:
+        weights = torch.ones(len(train_prompts), dtype=torch.float64)
     guide_cache: dict[int, list[tuple[list[int], float]]] = {}
     guided = 0
     skipped_groups = 0
@@ -516,7 +529,8 @@ def grpo_train(
         if weights is None:
             picks = torch.randint(len(train_prompts), (config.prompts_per_step,), generator=order).tolist()
         else:
-            picks = torch.multinomial(weights, config.prompts_per_step, replacement=True, generator=order).tolist()
+            draw = weights * settled if adaptive else weights
+            picks = torch.multinomial(draw, config.prompts_per_step, replacement=True, generator=order).tolist()
         peft_model.eval()
         n = config.group_size
         drawn = sampler.sample([train_prompts[i] for i in picks], n, generator)
@@ -538,6 +552,10 @@ def grpo_train(
         guided += on_policy.count(False)
         attention = drawn.attention(mask.shape[1])
         advantages_list = group_advantages(rewards, n)
+        if adaptive:
+            informative = set(_rows_of_informative_groups(rewards, n))
+            for j, index in enumerate(picks):
+                settled[index] = 1.0 if j * n in informative else config.settled_prompt_weight
         rows = list(range(len(rewards)))
         if config.skip_uniform_groups:
             rows = _rows_of_informative_groups(rewards, n)

@@ -232,3 +232,31 @@ def test_dropout_is_detected_in_the_modules_and_the_attention() -> None:
     attention_dropout = tiny_llama(12)
     attention_dropout.config.attention_dropout = 0.1
     assert _has_dropout(attention_dropout)
+
+
+def test_settled_prompts_are_drawn_less_until_a_group_of_them_shows_a_difference() -> None:
+    # Prompts 0-7 earn the same reward whatever the completion (settled after their first group);
+    # 8-15 earn one that differs with the completion, so their groups keep showing a difference.
+    tokenizer, train, _ = _toy()
+    draws: dict[bool, list[int]] = {}
+    for weight in (1.0, 0.1):
+        seen: list[int] = []
+
+        def reward(index: int, completion: str, seen: list[int] = seen) -> float:
+            seen.append(index)
+            return 1.0 if index < 8 else (sum(map(ord, completion)) % 97) / 97
+
+        config = GRPOConfig(steps=30, group_size=4, prompts_per_step=4, max_new_tokens=3, settled_prompt_weight=weight)
+        grpo_train(_model(tokenizer), tokenizer, train, reward, config)
+        draws[weight < 1.0] = seen[:: config.group_size]  # one reward call per sample: a draw per group
+    assert len(draws[False]) == len(draws[True]) == 120
+    settled_share = {on: sum(i < 8 for i in picks) / len(picks) for on, picks in draws.items()}
+    assert 0.35 < settled_share[False] < 0.65  # uniform draws: about half
+    assert settled_share[True] < 0.2  # each settled prompt weighs 0.1 after its first group
+
+
+def test_settled_prompt_weight_is_checked() -> None:
+    with pytest.raises(ValueError, match="settled_prompt_weight"):
+        GRPOConfig(settled_prompt_weight=0)
+    with pytest.raises(ValueError, match="settled_prompt_weight"):
+        GRPOConfig(settled_prompt_weight=1.5)
