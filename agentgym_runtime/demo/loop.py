@@ -351,12 +351,6 @@ class Demo:
             # it, a first round on one snapshot left 13 of 22 such held-out calls failing (95.8%
             # in all); with it, 0 of 11 (99.3%). See trainers.sampling.
             "rare_failure_threshold": 0.25,
-            # A prompt whose last group all scored the same is drawn a quarter as often until one
-            # differs again: about half the groups were such, and their sampling taught nothing.
-            # Replaying three first jobs whose v1 missed 95% (customer_support seeds 2, 4, 5, on
-            # their own snapshots; measured on another held-out draw than the demo's): tool
-            # reliability 94.0/93.8/81.9% -> 95.5/99.3/96.4% in the same 120 rounds (0.1: 96.4, -, 93.9%).
-            "settled_prompt_weight": 0.25,
             "max_new_tokens": demo_model.config.max_new_tokens,
             "eval_samples": 2,
             # Measure the snapshot's held-out reward (greedy, as the agent serves) every 20 rounds:

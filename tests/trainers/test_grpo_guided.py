@@ -246,10 +246,10 @@ def test_settled_prompts_are_drawn_less_until_a_group_of_them_shows_a_difference
             seen.append(index)
             return 1.0 if index < 8 else (sum(map(ord, completion)) % 97) / 97
 
-        config = GRPOConfig(steps=30, group_size=4, prompts_per_step=4, max_new_tokens=3, settled_prompt_weight=weight)
+        config = GRPOConfig(steps=20, group_size=4, prompts_per_step=4, max_new_tokens=3, settled_prompt_weight=weight)
         grpo_train(_model(tokenizer), tokenizer, train, reward, config)
         draws[weight < 1.0] = seen[:: config.group_size]  # one reward call per sample: a draw per group
-    assert len(draws[False]) == len(draws[True]) == 120
+    assert len(draws[False]) == len(draws[True]) == 80
     settled_share = {on: sum(i < 8 for i in picks) / len(picks) for on, picks in draws.items()}
     assert 0.35 < settled_share[False] < 0.65  # uniform draws: about half
     assert settled_share[True] < 0.2  # each settled prompt weighs 0.1 after its first group
