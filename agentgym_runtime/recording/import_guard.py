@@ -16,14 +16,18 @@ and :class:`asyncio.CancelledError` do, because a serving loop usually catches :
 around each request to keep serving: an ordinary exception would be swallowed there and the loop
 would go on inside the job.
 
+Only a training job's process is guarded (:func:`training_job`, entered by the job's entry point):
+a trainer run in a service's own process, beside threads that serve, must never refuse them.
+
 Example:
-    >>> with importing_agent_code("/srv/app.py"):
+    >>> with training_job(), importing_agent_code("/srv/app.py"):
     ...     try:
     ...         refuse_while_importing("called agentgym.configure()")
     ...     except AgentCodeImportError as exc:
     ...         print(str(exc).split(": ")[0])
     the training job imports /srv/app.py again to replay the agent, and importing it called agentgym.configure()
-    >>> refuse_while_importing("called agentgym.configure()")  # not importing: nothing to refuse
+    >>> with importing_agent_code("/srv/app.py"):  # not in a job: nothing is refused
+    ...     refuse_while_importing("called agentgym.configure()")
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _lock = threading.Lock()
 # A process-wide mark, not a context variable: a serving loop may call the agent from threads it
 # starts during the import, and those must be refused too.
 _importing: list[str] = []
+_in_job = 0
 
 
 class AgentCodeImportError(BaseException):
@@ -48,21 +53,45 @@ class AgentCodeImportError(BaseException):
 
 
 @contextmanager
-def importing_agent_code(what: str) -> Iterator[None]:
-    """Mark ``what`` (a script's path or a module's name) as being imported by a training job.
+def training_job() -> Iterator[None]:
+    """Within the block, this process is a training job: imports of the agent's code are guarded.
 
     Example:
-        >>> with importing_agent_code("app"):
+        >>> with training_job(), importing_agent_code("app"):
         ...     importing_now()
         'app'
     """
+    global _in_job
     with _lock:
-        _importing.append(what)
+        _in_job += 1
     try:
         yield
     finally:
         with _lock:
-            _importing.remove(what)
+            _in_job -= 1
+
+
+@contextmanager
+def importing_agent_code(what: str) -> Iterator[None]:
+    """Mark ``what`` (a script's path or a module's name) as being imported by a training job.
+
+    Outside :func:`training_job` nothing is marked.
+
+    Example:
+        >>> with importing_agent_code("app"):
+        ...     importing_now() is None
+        True
+    """
+    with _lock:
+        marked = _in_job > 0
+        if marked:
+            _importing.append(what)
+    try:
+        yield
+    finally:
+        if marked:
+            with _lock:
+                _importing.remove(what)
 
 
 def importing_now() -> str | None:
@@ -95,4 +124,4 @@ def refuse_while_importing(action: str) -> None:
     )
 
 
-__all__ = ["AgentCodeImportError", "importing_agent_code", "importing_now", "refuse_while_importing"]
+__all__ = ["AgentCodeImportError", "importing_agent_code", "importing_now", "refuse_while_importing", "training_job"]

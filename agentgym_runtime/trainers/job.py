@@ -45,7 +45,7 @@ from typing import Any
 
 from agentgym_runtime.errors import ConfigurationError, MissingExtraError
 from agentgym_runtime.recording.files import atomic_write_text
-from agentgym_runtime.recording.import_guard import AgentCodeImportError
+from agentgym_runtime.recording.import_guard import AgentCodeImportError, training_job
 from agentgym_runtime.trainers.base import TRAINERS, Trainer, TrainerUnavailable, TrainingJobSpec
 
 EXIT_OK = 0
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         return _fail(spec_path.parent if spec_path.parent.is_dir() else None, "invalid_spec", exc, EXIT_BAD_SPEC)
     print(f"[job] run {spec.run_id}: trainer {spec.trainer!r} for agent {spec.agent!r} (pid {os.getpid()})", flush=True)
-    return run_job(spec)
+    with training_job():  # this process only trains: the agent's code must not serve when imported
+        return run_job(spec)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses

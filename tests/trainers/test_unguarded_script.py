@@ -26,6 +26,7 @@ from agentgym_runtime.recording.import_guard import (
     importing_agent_code,
     importing_now,
     refuse_while_importing,
+    training_job,
 )
 from agentgym_runtime.trainers.lightning.common import import_object
 
@@ -86,7 +87,7 @@ def no_mark() -> Iterator[None]:
 
 def test_refused_only_while_a_job_imports_the_code(no_mark: None) -> None:
     refuse_while_importing("called agentgym.configure()")  # a service's own run: nothing to refuse
-    with importing_agent_code("/srv/app.py"):
+    with training_job(), importing_agent_code("/srv/app.py"):
         with pytest.raises(AgentCodeImportError) as caught:
             refuse_while_importing("ran agent 'bot'")
         with importing_agent_code("helpers"):
@@ -110,11 +111,38 @@ def test_a_thread_the_import_starts_is_refused_too(no_mark: None) -> None:
         except AgentCodeImportError as exc:
             outcomes.append(str(exc).split(",")[0])
 
-    with importing_agent_code("app"):
+    with training_job(), importing_agent_code("app"):
         worker = threading.Thread(target=serve)
         worker.start()
         worker.join()
     assert outcomes == ["the training job imports app again to replay the agent"]
+
+
+def test_outside_a_training_job_an_import_refuses_nothing(tmp_path: Path, no_mark: None) -> None:
+    # A trainer run in the service's own process (trainer.train(spec) in a notebook) imports the
+    # agent's code while other threads serve: those threads must never be refused.
+    served: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    module = tmp_path / "slow_module.py"
+    module.write_text("import threading\nREADY.set()\nGO.wait(10)\nVALUE = 1\n")
+
+    def serve() -> None:
+        started.wait(10)
+        refuse_while_importing("ran agent 'bot'")
+        served.append("served")
+        release.set()
+
+    import builtins
+
+    builtins.READY, builtins.GO = started, release  # type: ignore[attr-defined]
+    try:
+        worker = threading.Thread(target=serve)
+        worker.start()
+        assert import_object(f"{module}:VALUE") == 1  # the import waits until the thread has served
+        worker.join(10)
+    finally:
+        del builtins.READY, builtins.GO  # type: ignore[attr-defined]
+    assert served == ["served"]
 
 
 def test_import_object_refuses_a_script_that_configures_on_import(
@@ -124,7 +152,7 @@ def test_import_object_refuses_a_script_that_configures_on_import(
     script.write_text(CONFIGURES_AT_IMPORT)
     monkeypatch.setattr(sys, "argv", ["job", "--spec", "2"])  # what the script reads in a job
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(AgentCodeImportError) as caught:
+    with pytest.raises(AgentCodeImportError) as caught, training_job():
         import_object(f"{script}:bot")
     assert str(caught.value).startswith(
         f"the training job imports {script} again to replay the agent, and importing it called agentgym.configure()"
