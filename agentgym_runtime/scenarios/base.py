@@ -30,7 +30,9 @@ Example:
 from __future__ import annotations
 
 import random
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -251,8 +253,7 @@ class Scenario(ABC):
         parts = task_id.split(":")
         if len(parts) != 4 or parts[0] != self.name or not parts[2].lstrip("-").isdigit() or not parts[3].isdigit():
             raise ConfigurationError(f"{task_id!r} is not a task id of scenario {self.name!r}")
-        index = int(parts[3])
-        return _tasks(self, _split(parts[1]), index + 1, int(parts[2]))[index]
+        return _task_at(self, _split(parts[1]), int(parts[2]), int(parts[3]))
 
     def task_for(self, episode: Episode, output: Any = None) -> Task | None:
         """The task an episode ran: ``metadata["task_id"]``, or a :class:`Task` among its inputs."""
@@ -383,6 +384,33 @@ def _tasks_cached(scenario: Scenario, split: Split, n: int, seed: int) -> tuple[
 
 def _tasks(scenario: Scenario, split: Split, n: int, seed: int) -> tuple[Task, ...]:
     return _tasks_cached(scenario, split, n, seed)
+
+
+# (scenario, split, seed) -> the longest run of tasks drawn so far. A draw's first n tasks do not
+# depend on n, so one run answers every index below its length: a trainer's reward looks a task up
+# by id for every sample (thousands a job), and drawing ``index + 1`` tasks each time (the lru
+# cache above is keyed by n) was a tenth of a GRPO round on the demo.
+_RUNS: OrderedDict[tuple[Scenario, Split, int], tuple[Task, ...]] = OrderedDict()
+_RUNS_LOCK = threading.Lock()
+_MAX_RUNS = 256
+
+
+def _task_at(scenario: Scenario, split: Split, seed: int, index: int) -> Task:
+    key = (scenario, split, seed)
+    with _RUNS_LOCK:
+        run = _RUNS.get(key)
+        if run is not None:
+            _RUNS.move_to_end(key)
+            if index < len(run):
+                return run[index]
+    run = _tasks_cached.__wrapped__(scenario, split, index + 1, seed)
+    with _RUNS_LOCK:
+        if len(run) > len(_RUNS.get(key, ())):
+            _RUNS[key] = run
+            _RUNS.move_to_end(key)
+            while len(_RUNS) > _MAX_RUNS:
+                _RUNS.popitem(last=False)
+    return run[index]
 
 
 def _find_task(value: Any, depth: int = 0) -> Task | None:

@@ -6,6 +6,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.errors import ConfigurationError, ToolArgumentsError
@@ -134,6 +136,24 @@ def test_task_generators_are_deterministic_and_splits_disjoint(name: str) -> Non
     assert scenario.task_by_id(heldout[42].id) == heldout[42]
     pitfalls = sum(t.pitfall is not None for t in train) / n
     assert 0.2 <= pitfalls <= 0.6
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(NAMES),
+    split=st.sampled_from(["train", "heldout"]),
+    seed=st.integers(-3, 3),
+    indices=st.lists(st.integers(0, 120), min_size=1, max_size=12),
+)
+def test_a_task_looked_up_by_id_is_the_task_of_the_draw_in_any_order_of_lookups(
+    name: str, split: str, seed: int, indices: list[int]
+) -> None:
+    # task_by_id keeps the longest draw per (split, seed) and answers shorter indices from it:
+    # whatever order the ids come in, each is the draw's own task.
+    scenario = get_scenario(name)
+    drawn = scenario.tasks(split, 121, seed=seed)
+    for index in indices:
+        assert scenario.task_by_id(f"{name}:{split}:{seed}:{index}") == drawn[index]
 
 
 def test_task_generator_rejects_bad_requests() -> None:
