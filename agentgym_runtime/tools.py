@@ -217,6 +217,26 @@ class Tool(Generic[P, R]):
         """The definition in OpenAI's ``tools=[...]`` format."""
         return {"type": "function", "function": self.definition()}
 
+    @property
+    def arguments_model(self) -> type[BaseModel]:
+        """The pydantic model :meth:`validate` checks arguments with: an unknown argument is an error.
+
+        Hand it to a framework that builds its own tool from the function (LangChain's
+        ``args_schema``), or the framework infers a model of its own that drops an argument the
+        function does not take and runs the call, where :meth:`validate` (and the schema the model
+        is shown, ``additionalProperties: false``) refuses it.
+
+        Example:
+            >>> import agentgym_runtime as agentgym
+            >>> @agentgym.tool
+            ... def get_order(order_id: int) -> str:
+            ...     "Look up an order."
+            ...     return "shipped"
+            >>> get_order.arguments_model.model_config["extra"]
+            'forbid'
+        """
+        return self._model
+
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validate keyword ``arguments``; return them converted to the declared types.
 
