@@ -47,7 +47,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,7 @@ from agentgym_runtime.trainers.grpo_math import (
     _token_logprobs,
     group_advantages,
     grpo_loss,
+    lr_factor,
 )
 from agentgym_runtime.trainers.lightning.common import import_object, require_modules, trainer_options
 
@@ -95,6 +96,9 @@ class GRPOConfig(BaseModel):
             to 0% (reward 1.875 -> 0 within a round), while 5e-5 kept them and raised valid calls
             87.5% -> 100% (``benchmarks/RESULTS.md``). Models trained from scratch, like the demo's
             0.3M-parameter one, need far larger steps (the demo uses 2.5e-3).
+        lr_schedule: How the learning rate moves over the job's rounds: ``"constant"``, or down to
+            zero at the last round, ``"linear"`` (TRL's default) or ``"cosine"``. A decaying rate
+            lets the last rounds settle instead of jumping between ``eval_every`` measurements.
         beta: Weight of the KL term to the reference model.
         clip_epsilon: PPO clip range.
         max_new_tokens: Completion length.
@@ -170,6 +174,7 @@ class GRPOConfig(BaseModel):
     group_size: int = Field(default=8, ge=2)
     inner_steps: int = Field(default=2, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     beta: float = Field(default=0.04, ge=0)
     clip_epsilon: float = Field(default=0.2, gt=0)
     max_new_tokens: int = Field(default=8, ge=1)
@@ -415,13 +420,12 @@ def _update(
     import torch
 
     with torch.no_grad():
-        # With one optimiser step per round, the weights the ratio compares with are the very weights
-        # that sampled: the step's own log-probabilities, detached, are the old ones (TRL's shortcut),
-        # which saves a forward pass over the batch. Only with dropout would a second pass differ,
-        # by the dropout noise alone, so it is kept where dropout is on.
-        old = None
-        if config.inner_steps > 1 or _has_dropout(model):
-            old = _token_logprobs(model, sequences, attention, prompt_length)
+        # The weights the ratio compares with are the very weights that sampled, which the first
+        # optimiser step still has: its own log-probabilities, detached, are the old ones (TRL's
+        # shortcut), and later inner steps reuse them. That saves a forward pass over the batch
+        # (a quarter of a demo round's passes at two inner steps). Only with dropout would a
+        # separate pass differ, by the dropout noise alone, so it is kept where dropout is on.
+        old = _token_logprobs(model, sequences, attention, prompt_length) if _has_dropout(model) else None
         with model.disable_adapter():
             ref = _token_logprobs(model, sequences, attention, prompt_length)
     advantage = torch.tensor(advantages, device=device)
@@ -431,9 +435,11 @@ def _update(
     for _ in range(config.inner_steps):
         optimiser.zero_grad()
         logps = _token_logprobs(model, sequences, attention, prompt_length)
+        if old is None:
+            old = logps.detach()
         loss, stats = grpo_loss(
             logps,
-            logps.detach() if old is None else old,
+            old,
             ref,
             advantage,
             mask,
@@ -516,6 +522,8 @@ def grpo_train(
     guided = 0
     skipped_groups = 0
     steps = config.continued_steps if init_adapter is not None and config.continued_steps else config.steps
+    # Stepped once a round (not per inner step): every optimiser step of a round has the round's rate.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda done: lr_factor(config.lr_schedule, done, steps))
 
     def guides_of(index: int) -> list[tuple[list[int], float]]:
         # Tokenised once per prompt, scored with the same reward as the samples.
@@ -585,12 +593,18 @@ def grpo_train(
             note = f"reward {rewards_per_step[-1]:.3f}"
         else:
             note = "no group with signal"
+        scheduler.step()  # a round with no signal still counts: the schedule is over the job's rounds
         report(0.1 + 0.8 * (step + 1) / steps, f"step {step + 1}/{steps}: {note}")
         if selecting and (step + 1) % config.eval_every == 0 and step + 1 < steps:
             measured = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
             if measured > best_reward:
                 best_reward, best_step = measured, step + 1
                 best_state = [p.detach().clone() for _, p in trainable]
+            # In the run's progress, so that `agentgym runs` shows whether the rounds were still paying.
+            report(
+                0.1 + 0.8 * (step + 1) / steps,
+                f"round {step + 1}: held-out reward {measured:.3f} (best {best_reward:.3f}, round {best_step})",
+            )
     elapsed = time.perf_counter() - started
     after = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
     last_step = after

@@ -107,6 +107,33 @@ def grpo_loss(
     return loss, stats
 
 
+def lr_factor(schedule: str, done: int, total: int) -> float:
+    """The learning rate's factor after ``done`` of ``total`` rounds: 1, or falling to 0 at the last.
+
+    ``"linear"`` and ``"cosine"`` give the first round the full rate and reach 0 only after the
+    last, so every round learns something.
+
+    Raises:
+        ValueError: An unknown schedule, or ``total`` below 1.
+
+    Example:
+        >>> [round(lr_factor("linear", k, 4), 2) for k in range(4)]
+        [1.0, 0.75, 0.5, 0.25]
+        >>> [round(lr_factor("cosine", k, 4), 2) for k in range(4)]
+        [1.0, 0.85, 0.5, 0.15]
+    """
+    if total < 1:
+        raise ValueError(f"total must be >= 1, got {total}")
+    left = max(0.0, 1.0 - done / total)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return left
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (1.0 - left)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}: use 'constant', 'linear' or 'cosine'")
+
+
 def group_advantages(rewards: Sequence[float], group_size: int, eps: float = 1e-4) -> list[float]:
     """Group-relative advantages: each reward minus its group's mean, over the group's std (+eps).
 

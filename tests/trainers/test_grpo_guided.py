@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -178,10 +179,23 @@ def test_eval_every_returns_the_best_measured_round_and_never_one_worse_than_the
         return 1.0 if completion == "g h c" else 0.0
 
     # Training towards what the held-out reward wants: a later round is kept, and it is the best measured.
+    messages: list[str] = []
     _, helped = grpo_train(
-        _model(tokenizer), tokenizer, train, wanted, config, heldout_prompts=heldout, guides=lambda i: ["g h c"]
+        _model(tokenizer),
+        tokenizer,
+        train,
+        wanted,
+        config,
+        heldout_prompts=heldout,
+        guides=lambda i: ["g h c"],
+        progress=lambda fraction, message: messages.append(message),
     )
     assert helped["best_step"] in (5, 10, 15, 20)
+    # Each measured round is in the progress, with the best so far (the last round is the "after").
+    measured = [m for m in messages if "held-out reward" in m]
+    assert [m.split(":")[0] for m in measured] == ["round 5", "round 10", "round 15"]
+    best = max(float(m.split("held-out reward ")[1].split()[0]) for m in measured)
+    assert f"(best {max(best, helped['heldout_reward_before']):.3f}" in measured[-1]
     assert helped["heldout_reward_after"] >= helped["heldout_reward_last_step"]
     assert helped["heldout_reward_after"] > helped["heldout_reward_before"]
 
@@ -219,6 +233,63 @@ def test_completion_logprobs_with_the_head_over_the_completion_only_equal_the_fu
         got = _token_logprobs(model, sequences, attention, 4)
     assert got.shape == (2, 3)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_inner_steps_reuse_the_first_steps_logprobs_as_the_old_ones_and_learn_the_same() -> None:
+    # Without dropout the weights that sampled are the first inner step's weights, so _update takes
+    # the old log-probabilities from that step's own pass: three passes a round at two inner steps
+    # (reference, then one per step), not four, and the same update as computing them apart.
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from agentgym_runtime.trainers.grpo import _update
+    from agentgym_runtime.trainers.grpo_math import _token_logprobs
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_llama(12), lora)
+    twin = copy.deepcopy(model)
+    sequences = torch.tensor([[0, 4, 5, 6, 7, 8, 1], [4, 5, 6, 7, 9, 10, 11], [3, 5, 6, 7, 2, 8, 1]])
+    attention = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    mask = torch.ones(3, 3)
+    advantages, on_policy = [1.0, -0.5, -0.5], [True, True, True]
+    config = toy_grpo_config(inner_steps=2, beta=0.05)
+    passes: list[int] = []
+    model.base_model.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    stats = _update(model, optimiser, sequences, attention, mask, 4, advantages, on_policy, 3, config, "cpu")
+    assert len(passes) == 3
+
+    # The same round computed the long way: the old log-probabilities from a pass of their own.
+    twin_optimiser = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2)
+    with torch.no_grad():
+        old = _token_logprobs(twin, sequences, attention, 4)
+        with twin.disable_adapter():
+            ref = _token_logprobs(twin, sequences, attention, 4)
+    twin.train()
+    for _ in range(2):
+        twin_optimiser.zero_grad()
+        logps = _token_logprobs(twin, sequences, attention, 4)
+        loss, twin_stats = grpo_loss(
+            logps,
+            old,
+            ref,
+            torch.tensor(advantages),
+            mask,
+            clip_epsilon=config.clip_epsilon,
+            beta=config.beta,
+            on_policy=torch.ones(3),
+            batch_size=3,
+        )
+        loss.backward()
+        twin_optimiser.step()
+    learned = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    expected = {n: p for n, p in twin.named_parameters() if "lora_" in n}
+    assert learned.keys() == expected.keys() and len(learned) == 8
+    for name, value in learned.items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
+    assert stats == pytest.approx(twin_stats, abs=1e-6)
 
 
 def test_dropout_is_detected_in_the_modules_and_the_attention() -> None:
@@ -260,3 +331,44 @@ def test_settled_prompt_weight_is_checked() -> None:
         GRPOConfig(settled_prompt_weight=0)
     with pytest.raises(ValueError, match="settled_prompt_weight"):
         GRPOConfig(settled_prompt_weight=1.5)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "factors"),
+    [
+        ("constant", [1.0, 1.0, 1.0, 1.0]),
+        ("linear", [1.0, 0.75, 0.5, 0.25]),
+        ("cosine", [1.0, (1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2]),
+    ],
+)
+def test_the_learning_rate_follows_the_schedule_round_by_round(
+    schedule: str, factors: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every optimiser step of a round (two inner steps here) has the round's rate.
+    rates: list[float] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):  # type: ignore[no-untyped-def]
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    tokenizer, train, _ = _toy()
+    config = TOY_CONFIG.model_copy(
+        update={"steps": 4, "inner_steps": 2, "lr_schedule": schedule, "skip_uniform_groups": False}
+    )
+    grpo_train(_model(tokenizer), tokenizer, train, lambda i, text: float(len(text)), config)
+    assert rates == pytest.approx([5e-3 * f for f in factors for _ in range(2)], abs=1e-6)
+
+
+def test_an_unknown_learning_rate_schedule_is_refused_with_the_choices() -> None:
+    from pydantic import ValidationError
+
+    from agentgym_runtime.trainers.grpo_math import lr_factor
+
+    with pytest.raises(ValidationError, match="lr_schedule"):
+        GRPOConfig(lr_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step': use 'constant', 'linear' or 'cosine'"):
+        lr_factor("step", 0, 4)
+    with pytest.raises(ValueError, match="total must be >= 1, got 0"):
+        lr_factor("linear", 0, 0)
