@@ -389,7 +389,7 @@ def _tasks(scenario: Scenario, split: Split, n: int, seed: int) -> tuple[Task, .
 # (scenario, split, seed) -> the longest run of tasks drawn so far. A draw's first n tasks do not
 # depend on n, so one run answers every index below its length: a trainer's reward looks a task up
 # by id for every sample (thousands a job), and drawing ``index + 1`` tasks each time (the lru
-# cache above is keyed by n) was a tenth of a GRPO round on the demo.
+# cache above is keyed by n) was a seventh of a profiled GRPO round on the demo.
 _RUNS: OrderedDict[tuple[Scenario, Split, int], tuple[Task, ...]] = OrderedDict()
 _RUNS_LOCK = threading.Lock()
 _MAX_RUNS = 256

@@ -601,9 +601,10 @@ def grpo_train(
                 best_reward, best_step = measured, step + 1
                 best_state = [p.detach().clone() for _, p in trainable]
             # In the run's progress, so that `agentgym runs` shows whether the rounds were still paying.
+            # Not worded "reward": the CLI reads "reward X" in a message as the train reward.
             report(
                 0.1 + 0.8 * (step + 1) / steps,
-                f"round {step + 1}: held-out reward {measured:.3f} (best {best_reward:.3f}, round {best_step})",
+                f"round {step + 1}: held-out score {measured:.3f} (best {best_reward:.3f}, round {best_step})",
             )
     elapsed = time.perf_counter() - started
     after = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agentgym_runtime.cli.progress import Report
 from agentgym_runtime.trainers.scheduler.scheduler import learned_nothing
 
 torch = pytest.importorskip("torch")
@@ -192,10 +193,11 @@ def test_eval_every_returns_the_best_measured_round_and_never_one_worse_than_the
     )
     assert helped["best_step"] in (5, 10, 15, 20)
     # Each measured round is in the progress, with the best so far (the last round is the "after").
-    measured = [m for m in messages if "held-out reward" in m]
+    measured = [m for m in messages if "held-out score" in m]
     assert [m.split(":")[0] for m in measured] == ["round 5", "round 10", "round 15"]
-    best = max(float(m.split("held-out reward ")[1].split()[0]) for m in measured)
+    best = max(float(m.split("held-out score ")[1].split()[0]) for m in measured)
     assert f"(best {max(best, helped['heldout_reward_before']):.3f}" in measured[-1]
+    assert all(Report.parse(0.5, m).reward is None for m in measured)  # not read as the train reward
     assert helped["heldout_reward_after"] >= helped["heldout_reward_last_step"]
     assert helped["heldout_reward_after"] > helped["heldout_reward_before"]
 
