@@ -63,17 +63,16 @@ def replay(home: Path, run: Path, overrides: dict[str, Any], out: Path) -> Path:
     return out / "adapter"
 
 
-def measure(home: Path, seed: int, adapter: Path | None, draws: list[int], tasks: int) -> list[float]:
-    """Tool reliability (%) of ``adapter`` (``None``: the base model) on each draw."""
+def measure(home: Path, spec: dict[str, Any], adapter: Path | None, draws: list[int], tasks: int) -> list[float]:
+    """Tool reliability (%) of ``adapter`` (``None``: the base model) on each draw, with ``spec``'s model."""
     import torch
 
     from agentgym_runtime.demo.model import evaluate_model, load_or_build_demo_model
     from agentgym_runtime.scenarios import get_scenario
 
     torch.set_num_threads(1)
-    spec = json.loads((first_job(home) / "spec.json").read_text())
     scenario = get_scenario(spec["scenario"])
-    model = load_or_build_demo_model(scenario, home, seed)
+    model = load_or_build_demo_model(scenario, home, spec["seed"])
     return [
         round(
             100
@@ -108,13 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home.resolve()
     run = first_job(home)
-    seed = json.loads((run / "spec.json").read_text())["seed"]
-    v1 = json.loads((run / "result.json").read_text())
-    kept = run / v1["adapter"]
-    rows = [("kept v1", measure(home, seed, kept, args.draws, args.tasks))]
+    spec = json.loads((run / "spec.json").read_text())
+    kept = run / json.loads((run / "result.json").read_text())["adapter"]
+    rows = [("kept v1", measure(home, spec, kept, args.draws, args.tasks))]
     for index, text in enumerate(args.set):
         adapter = replay(home, run, parse_overrides(text), args.out / f"{home.name}-{index}")
-        rows.append((text, measure(home, seed, adapter, args.draws, args.tasks)))
+        rows.append((text, measure(home, spec, adapter, args.draws, args.tasks)))
     print(f"{home.name}: first job {run.name}, draws {args.draws} ({args.tasks} tasks each)")
     for label, values in rows:
         print(f"  {label:40s} {values}  mean {sum(values) / len(values):.1f}")
