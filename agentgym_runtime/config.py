@@ -68,6 +68,11 @@ class Settings(BaseSettings):
             sequence of looks ends (promote or roll back for good) at 4x this many canary calls.
         canary_max_wait_s: How long a canary may stay undecided; a judgement after that rolls
             it back, giving the reason it was held (``None``: wait forever).
+        canary_promotion: What the gate needs to promote a canary: ``"superiority"`` (live
+            traffic shows it better) or ``"non_inferiority"`` (not worse by ``canary_margin``;
+            for candidates the offline gate measured better, see :mod:`agentgym_runtime.policy.gate`).
+        canary_margin: With ``canary_promotion="non_inferiority"``, how much lower tool
+            reliability (absolute: 0.02 is two points) still counts as not worse.
         handle_sigterm: When the host has no SIGTERM handler of its own, turn SIGTERM into a
             normal exit (``SystemExit(143)``), so what was recorded is flushed like at any exit
             (see ``SECURITY.md``); a handler the host installed is never replaced.
@@ -128,6 +133,8 @@ class Settings(BaseSettings):
     canary_evaluate_every: int | None = Field(default=20, ge=1)
     canary_min_tool_calls: int = Field(default=200, ge=1)
     canary_max_wait_s: float | None = Field(default=86_400.0, gt=0)
+    canary_promotion: Literal["superiority", "non_inferiority"] = "superiority"
+    canary_margin: float = Field(default=0.02, ge=0.0, lt=0.5)
     handle_sigterm: bool = True
     # --- training backends (where jobs run; secrets are never settings) ---
     backend: str | None = None

@@ -184,6 +184,7 @@ def train_online(
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
     backend: str | None = ...,
+    max_heldout_drop: float | None = ...,
 ) -> T: ...
 @overload
 def train_online(
@@ -202,6 +203,7 @@ def train_online(
     trainer_options: Mapping[str, Any] | None = ...,
     canary_share: float | None = ...,
     backend: str | None = ...,
+    max_heldout_drop: float | None = ...,
 ) -> Callable[[T], T]: ...
 def train_online(
     target: Any = None,
@@ -221,6 +223,7 @@ def train_online(
     trainer_options: Mapping[str, Any] | None = None,
     canary_share: float | None = None,
     backend: str | None = None,
+    max_heldout_drop: float | None = None,
 ) -> Any:
     """Record every run of an agent as an episode (and, with training configured, improve it).
 
@@ -252,6 +255,11 @@ def train_online(
             right away; the router's gate then promotes it or rolls it back.
         backend: Where training jobs run: ``"local"``, ``"ssh"``, ``"ray"``, ``"runpod"``, ``"lambda"``
             (configured by ``AGENTGYM_SSH_*``/``RAY_*``/``RUNPOD_*``/``LAMBDA_*`` settings); default: ``gpu`` decides.
+        max_heldout_drop: The offline gate: a trained candidate whose reward on the snapshot's
+            held-out split fell more than this below its starting point's is registered but not
+            canaried (default 0.02; 0: it must not measure worse). With
+            ``AGENTGYM_CANARY_PROMOTION=non_inferiority`` the live gate promotes a canary that is
+            not worse, so this is where a candidate shows it is better.
 
     Returns:
         The wrapped function, or a transparent proxy of the agent object.
@@ -280,6 +288,7 @@ def train_online(
             ("trainer_options", trainer_options),
             ("canary_share", canary_share),
             ("backend", backend),
+            ("max_heldout_drop", max_heldout_drop),
         )
         if value is not None
     }

@@ -21,7 +21,8 @@ boundaries and actions.
 
 * **rollback** — reliability significantly lower, error rate significantly higher, or
   reward significantly lower;
-* **promote** — reliability significantly higher, and reward not significantly lower;
+* **promote** — reliability significantly higher (or, with ``promotion="non_inferiority"``,
+  significantly not lower by ``margin``), and reward not significantly lower;
 * **hold** — not enough data, or no significant difference yet.
 
 **Repeated looks.** :meth:`Gate.decide` without ``looks`` is one fixed-sample test. A caller that
@@ -46,6 +47,19 @@ still stopped early (its z grows with ``√n``; a candidate that broke its tool 
 caught at the first look), a mildly worse one is stopped later or by the final look.
 ``GateConfig(rollback="nominal")`` keeps the old per-look test. The error-spike test (episodes
 that crash) always runs at the nominal level: it guards users, not the statistics.
+
+**Promoting what is not worse** (``GateConfig(promotion="non_inferiority", margin=0.02)``). By
+default a canary is promoted only when live traffic shows it *better*. A second or third training
+round usually is better by a few points or not at all, and showing three points at 95% takes about
+400 tool calls per arm (``benchmarks/gate_power.py``): the canary runs out of traffic, or time, and
+a better version is rolled back. Where the candidate's improvement was already measured offline
+(the scheduler's offline gate, ``TrainingConfig.max_heldout_drop``, compares it with its starting
+point on the same held-out prompts), live traffic has a different job: to show that the candidate
+is *not worse* by more than ``margin``, the question a canary analysis asks. The promotion test is
+then the non-inferiority z, ``(candidate - incumbent + margin) / se``, with the same boundaries and
+looks; the rollback tests are unchanged, and at the final look a canary that has not shown it is
+within the margin is rolled back. A candidate truly ``margin`` worse is promoted at most
+``1 - confidence`` of the time; an equal one, most of the time.
 
 Example:
     >>> gate = Gate(GateConfig(confidence=0.95, min_tool_calls=50))
@@ -123,10 +137,18 @@ class GateConfig:
             rolled back early about as rarely as it is promoted), ``"nominal"`` at ``confidence``
             at every look (stops a mild regression sooner, rolls back equal canaries far more
             often). One fixed-sample test (no looks) is always at ``confidence``.
+        promotion: What live traffic must show to promote: ``"superiority"`` (the candidate is
+            better) or ``"non_inferiority"`` (it is not worse by ``margin``; for candidates whose
+            improvement an offline gate measured, see the module docstring).
+        margin: With ``promotion="non_inferiority"``, how much lower (absolute, 0.02: two points
+            of tool reliability) the candidate may truly be and still count as not worse.
 
     Example:
         >>> GateConfig(min_tool_calls=100).planned_tool_calls
         400
+        >>> GateConfig(promotion="non_inferiority", margin=1.5)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ValueError: margin must be in [0, 0.5), got 1.5
     """
 
     confidence: float = 0.95
@@ -135,12 +157,18 @@ class GateConfig:
     min_rewarded: int = 30
     max_tool_calls: int | None = None
     rollback: Literal["sequential", "nominal"] = "sequential"
+    promotion: Literal["superiority", "non_inferiority"] = "superiority"
+    margin: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if self.rollback not in ("sequential", "nominal"):
             raise ValueError(f"rollback must be 'sequential' or 'nominal', got {self.rollback!r}")
+        if self.promotion not in ("superiority", "non_inferiority"):
+            raise ValueError(f"promotion must be 'superiority' or 'non_inferiority', got {self.promotion!r}")
+        if isinstance(self.margin, bool) or not 0.0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin!r}")
         if self.min_tool_calls < 1 or self.min_episodes < 1 or self.min_rewarded < 2:
             raise ValueError("minimum samples must be >= 1 (rewards: >= 2)")
         if self.max_tool_calls is not None and self.max_tool_calls < self.min_tool_calls:
@@ -208,7 +236,8 @@ class Look:
         tool_calls: The candidate's tool calls at this look (they define the fraction).
         information_fraction: ``tool_calls / GateConfig.planned_tool_calls`` (may exceed 1).
         boundary_z: The z the candidate needed to be promoted (``inf``: no alpha left).
-        z: The reliability z statistic (candidate better than incumbent) at this look.
+        z: The promotion's z statistic at this look: candidate better than the incumbent, or
+            with ``promotion="non_inferiority"``, not worse by the margin.
         alpha_spent: Cumulative alpha spent by this look, ``alpha*(t)``.
         alpha_released: What this look added to ``alpha_spent``.
         final: ``t >= 1``: this look decided for good.
@@ -396,18 +425,25 @@ class Gate:
                 f"v{incumbent.version} {incumbent.tool_calls} (need {cfg.min_tool_calls} each)",
                 numbers,
             )
+        margin = cfg.margin if cfg.promotion == "non_inferiority" else 0.0
         if silent is None:
             metric = "reliability"
             candidate_sums, incumbent_sums = _cluster_sums(candidate), _cluster_sums(incumbent)
             if candidate_sums is not None and incumbent_sums is not None:
                 z_better, p_better = ratio_z(candidate_sums, incumbent_sums)
+                z_promote, p_promote = ratio_z(candidate_sums, incumbent_sums, margin=margin)
                 numbers["test"] = numbers["test"].replace(
                     "two-proportion z", "cluster-robust ratio z (delta method over sessions)"
                 )
             else:
-                z_better, p_better = two_proportion_z(
-                    candidate.tool_successes, candidate.tool_calls, incumbent.tool_successes, incumbent.tool_calls
+                counts = (
+                    candidate.tool_successes,
+                    candidate.tool_calls,
+                    incumbent.tool_successes,
+                    incumbent.tool_calls,
                 )
+                z_better, p_better = two_proportion_z(*counts)
+                z_promote, p_promote = two_proportion_z(*counts, margin=margin)
             summary = (
                 f"tool reliability v{candidate.version} {candidate.tool_successes}/{candidate.tool_calls} "
                 f"({candidate.reliability:.3f}) vs v{incumbent.version} "
@@ -415,9 +451,9 @@ class Gate:
             )
         else:
             metric = "tool_use"
-            z_better, p_better = two_proportion_z(
-                candidate.tool_episodes, candidate.episodes, incumbent.tool_episodes, incumbent.episodes
-            )
+            counts = (candidate.tool_episodes, candidate.episodes, incumbent.tool_episodes, incumbent.episodes)
+            z_better, p_better = two_proportion_z(*counts)
+            z_promote, p_promote = two_proportion_z(*counts, margin=margin)
             summary = (
                 f"episodes with successful tool use v{candidate.version} {candidate.tool_episodes}/"
                 f"{candidate.episodes} vs v{incumbent.version} {incumbent.tool_episodes}/{incumbent.episodes} "
@@ -430,6 +466,14 @@ class Gate:
             p_better,
             p_worse,
         )
+        numbers["promotion"] = cfg.promotion
+        verdict, short_of = "better", "not better"
+        if cfg.promotion == "non_inferiority":
+            numbers["margin"] = margin
+            numbers[f"{metric}_z_not_worse"], numbers[f"{metric}_p_not_worse"] = z_promote, p_promote
+            numbers["test"] += f", promotion on non-inferiority (margin {margin:g})"
+            verdict = f"not worse by {100 * margin:g} points or more"
+            short_of = f"not shown within {100 * margin:g} points"
         look: Look | None = None
         if sequential is not None:
             if candidate.tool_calls == 0:
@@ -441,7 +485,7 @@ class Gate:
                 # alpha on the same data (and the spending needs increasing fractions).
                 sequential["note"] = f"no new canary tool calls since look {previous[-1].number}"
             else:
-                look = self._look(candidate.tool_calls, z_better, previous, alpha)
+                look = self._look(candidate.tool_calls, z_promote, previous, alpha)
                 sequential["look"] = look.to_json()
                 sequential["looks"].append(look.to_json())
         harm = self._harm_boundary(candidate.tool_calls, previous, look, alpha, numbers)
@@ -457,21 +501,21 @@ class Gate:
                 look,
             )
         if sequential is None:
-            if p_better < alpha:
-                return GateDecision("promote", f"better: {summary} (p={p_better:.2g})", numbers)
-            return GateDecision("hold", f"no significant difference yet: {summary} (p={p_better:.2g})", numbers)
+            if p_promote < alpha:
+                return GateDecision("promote", f"{verdict}: {summary} (p={p_promote:.2g})", numbers)
+            return GateDecision("hold", f"no significant difference yet: {summary} (p={p_promote:.2g})", numbers)
         if look is None:
             return GateDecision("hold", f"no significant difference yet: {summary} ({sequential['note']})", numbers)
-        crossed = z_better >= look.boundary_z
+        crossed = z_promote >= look.boundary_z
         where = (
-            f"look {look.number}, t={look.information_fraction:.2f}: z={z_better:.2f} "
+            f"look {look.number}, t={look.information_fraction:.2f}: z={z_promote:.2f} "
             f"{'>=' if crossed else '<'} boundary {look.boundary_z:.2f}, "
             f"alpha spent {look.alpha_spent:.2g} of {alpha:.2g}"
         )
         if crossed:
-            return GateDecision("promote", f"better: {summary} ({where})", numbers, look)
+            return GateDecision("promote", f"{verdict}: {summary} ({where})", numbers, look)
         if look.final:
-            return GateDecision("rollback", f"not better by the final look: {summary} ({where})", numbers, look)
+            return GateDecision("rollback", f"{short_of} by the final look: {summary} ({where})", numbers, look)
         return GateDecision("hold", f"no significant difference yet: {summary} ({where})", numbers, look)
 
     def _silent_arm(self, candidate: ArmStats, incumbent: ArmStats) -> ArmStats | None:

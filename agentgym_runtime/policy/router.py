@@ -116,9 +116,10 @@ class RouterConfig:
     def from_settings(cls, settings: Settings) -> RouterConfig:
         """The serving configuration: the gate judges every canary as its episodes arrive.
 
-        ``canary_evaluate_every``, ``canary_min_tool_calls`` and ``canary_max_wait_s`` of
-        :class:`~agentgym_runtime.config.Settings` (``AGENTGYM_CANARY_*``) set
-        :attr:`evaluate_every`, the gate's ``min_tool_calls`` and :attr:`max_canary_wait_s`.
+        ``canary_evaluate_every``, ``canary_min_tool_calls``, ``canary_promotion``,
+        ``canary_margin`` and ``canary_max_wait_s`` of :class:`~agentgym_runtime.config.Settings`
+        (``AGENTGYM_CANARY_*``) set :attr:`evaluate_every`, the gate's ``min_tool_calls``,
+        ``promotion`` and ``margin``, and :attr:`max_canary_wait_s`.
 
         Example:
             >>> from agentgym_runtime.config import Settings
@@ -127,7 +128,11 @@ class RouterConfig:
             (20, 50, 86400.0)
         """
         return cls(
-            gate=GateConfig(min_tool_calls=settings.canary_min_tool_calls),
+            gate=GateConfig(
+                min_tool_calls=settings.canary_min_tool_calls,
+                promotion=settings.canary_promotion,
+                margin=settings.canary_margin,
+            ),
             evaluate_every=settings.canary_evaluate_every,
             max_canary_wait_s=settings.canary_max_wait_s,
         )

@@ -99,19 +99,27 @@ def normal_ppf(p: float) -> float:
     )
 
 
-def two_proportion_z(successes_a: int, n_a: int, successes_b: int, n_b: int) -> tuple[float, float]:
-    """Pooled two-proportion z statistic for ``p_a > p_b`` and its one-sided p-value.
+def two_proportion_z(
+    successes_a: int, n_a: int, successes_b: int, n_b: int, *, margin: float = 0.0
+) -> tuple[float, float]:
+    """Pooled two-proportion z statistic for ``p_a > p_b - margin`` and its one-sided p-value.
+
+    ``margin`` 0 (the default) tests superiority; a positive ``margin`` tests non-inferiority:
+    that ``a`` is worse than ``b`` by less than ``margin`` (``(p_a - p_b + margin) / se``, the
+    standard error of the difference as for superiority).
 
     Example:
         >>> z, p = two_proportion_z(90, 100, 70, 100)
         >>> round(z, 2), p < 0.001
         (3.54, True)
+        >>> round(two_proportion_z(90, 100, 90, 100, margin=0.05)[0], 2)  # equal rates, within 5 points
+        1.18
     """
     if n_a <= 0 or n_b <= 0:
         return 0.0, 1.0
     pooled = (successes_a + successes_b) / (n_a + n_b)
     variance = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
-    diff = successes_a / n_a - successes_b / n_b
+    diff = successes_a / n_a - successes_b / n_b + margin
     if variance <= 0:
         return 0.0, 1.0 if diff <= 0 else 0.0
     z = diff / math.sqrt(variance)
@@ -168,8 +176,8 @@ class ClusterSums(NamedTuple):
         return self.clusters / (self.clusters - 1) * max(residual, 0.0) / (self.trials * self.trials)
 
 
-def ratio_z(a: ClusterSums, b: ClusterSums) -> tuple[float, float]:
-    """Cluster-robust z statistic for ``ratio_a > ratio_b`` and its one-sided p-value.
+def ratio_z(a: ClusterSums, b: ClusterSums, *, margin: float = 0.0) -> tuple[float, float]:
+    """Cluster-robust z statistic for ``ratio_a > ratio_b - margin`` and its one-sided p-value.
 
     The analogue of :func:`two_proportion_z` when the trials come in clusters that were assigned to
     an arm as a whole (a session's tool calls): each arm's variance is the delta-method variance of
@@ -186,6 +194,11 @@ def ratio_z(a: ClusterSums, b: ClusterSums) -> tuple[float, float]:
         3.54
         >>> round(ratio_z(sessions(5, 18, 2), sessions(5, 14, 6))[0], 2)  # the same, in sessions of five that agree
         1.54
+        >>> round(ratio_z(sessions(1, 90, 10), sessions(1, 90, 10), margin=0.05)[0], 2)  # equal, within 5 points
+        1.17
+
+    ``margin`` 0 tests superiority; a positive ``margin`` tests non-inferiority, as in
+    :func:`two_proportion_z`.
     """
     if a.trials <= 0 or b.trials <= 0:
         return 0.0, 1.0
@@ -193,7 +206,7 @@ def ratio_z(a: ClusterSums, b: ClusterSums) -> tuple[float, float]:
     variance = a.ratio_variance(pooled) + b.ratio_variance(pooled)
     if variance <= 0:
         return 0.0, 1.0
-    z = (a.successes / a.trials - b.successes / b.trials) / math.sqrt(variance)
+    z = (a.successes / a.trials - b.successes / b.trials + margin) / math.sqrt(variance)
     return z, normal_sf(z)
 
 

@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import agentgym_runtime as agentgym
 from agentgym_runtime.cli.app import build_app
+from agentgym_runtime.errors import ConfigurationError
 from agentgym_runtime.policy.gate import GateConfig
 from agentgym_runtime.policy.registry import PolicyStatus
 from agentgym_runtime.policy.router import RouterConfig
@@ -121,3 +124,44 @@ def test_unknown_agents_are_errors_listing_the_known_ones(agentgym_runtime: Runt
         assert code == 1, (args, out)
         assert "no policies registered for agent 'nosuch'; agents with policies: support" in " ".join(out.split())
     assert _json(home, "diff", "support", "0", "1")["changed"]["system_prompt"] == ["", "x"]
+
+
+def test_the_settings_choose_promotion_on_non_inferiority_and_its_margin(agentgym_runtime: Runtime) -> None:
+    settings = agentgym_runtime.settings.model_copy(
+        update={"canary_promotion": "non_inferiority", "canary_margin": 0.03}
+    )
+    gate = RouterConfig.from_settings(settings).gate
+    assert (gate.promotion, gate.margin) == ("non_inferiority", 0.03)
+    assert (agentgym_runtime.router.config.gate.promotion, agentgym_runtime.router.config.gate.margin) == (
+        "superiority",
+        0.02,
+    )
+    with pytest.raises(ValidationError, match="canary_promotion"):
+        agentgym.Settings(canary_promotion="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="canary_margin"):
+        agentgym.Settings(canary_margin=0.7)
+
+
+def echo(question: str) -> str:
+    """A module-level agent the training jobs of the decorator test could replay."""
+    return question
+
+
+def test_the_decorator_sets_the_offline_gate_a_candidate_must_pass(agentgym_runtime: Runtime) -> None:
+    replay = {"replay": "tests.policy.test_canary_gate:echo"}
+
+    @agentgym.train_online(name="strict", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=0.0)
+    def strict(question: str) -> str:
+        return question
+
+    @agentgym.train_online(name="default", trainer="demos", gpu="cpu", trainer_options=replay)
+    def default(question: str) -> str:
+        return question
+
+    assert strict("a") == "a" and default("b") == "b"
+    assert agentgym_runtime.scheduler.config_for("strict").max_heldout_drop == 0.0
+    assert agentgym_runtime.scheduler.config_for("default").max_heldout_drop == 0.02
+    with pytest.raises(ConfigurationError, match=r"invalid training options for agent 'bad': max_heldout_drop"):
+        agentgym.train_online(name="bad", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=-0.1)(
+            default
+        )

@@ -507,3 +507,106 @@ def test_with_correlated_calls_the_binomial_gate_promotes_an_equal_canary_far_ab
     # runs: 0.05 + 2.326 * sqrt(0.05 * 0.95 / 2000) = 0.061.
     assert (binomial, clustered) == (320, 94)  # 16.0% against 4.7%
     assert clustered / runs <= 0.061 < binomial / runs
+
+
+# --- promotion on non-inferiority ---------------------------------------------------------------
+
+_NOT_WORSE = Gate(
+    GateConfig(
+        confidence=0.95,
+        min_tool_calls=100,
+        min_episodes=30,
+        min_rewarded=10_000,
+        promotion="non_inferiority",
+        margin=0.02,
+    )
+)
+
+
+def test_promotion_and_margin_are_validated_with_their_names() -> None:
+    with pytest.raises(ValueError, match=r"promotion must be 'superiority' or 'non_inferiority', got 'maybe'"):
+        GateConfig(promotion="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"margin must be in \[0, 0.5\), got -0.01"):
+        GateConfig(margin=-0.01)
+    with pytest.raises(ValueError, match=r"margin must be in \[0, 0.5\), got True"):
+        GateConfig(margin=True)
+
+
+def test_an_equal_candidate_is_promoted_as_not_worse_but_not_as_better() -> None:
+    # 282/300 on both arms: no difference, so superiority holds; within 4 points, z = 0.04 / se.
+    candidate, incumbent = ArmStats(2, 300, 300, 282), ArmStats(1, 300, 300, 282)
+    se = math.sqrt(0.94 * 0.06 * (2 / 300))
+    better = Gate(GateConfig(min_tool_calls=100)).decide(candidate, incumbent)
+    assert better.action == "hold" and better.numbers["promotion"] == "superiority"
+    assert "margin" not in better.numbers
+    gate = Gate(GateConfig(min_tool_calls=100, promotion="non_inferiority", margin=0.04))
+    decision = gate.decide(candidate, incumbent)
+    assert decision.action == "promote"
+    assert decision.numbers["reliability_z"] == pytest.approx(0.0)  # the rollback test's z is unchanged
+    assert decision.numbers["reliability_z_not_worse"] == pytest.approx(0.04 / se)
+    assert decision.numbers["reliability_p_not_worse"] == pytest.approx(normal_sf(0.04 / se))
+    assert decision.numbers["margin"] == 0.04
+    assert decision.reason.startswith("not worse by 4 points or more: tool reliability v2 282/300 (0.940)")
+    assert "promotion on non-inferiority (margin 0.04)" in decision.numbers["test"]
+    # A candidate three points worse is still rolled back on the regression test, whatever the margin.
+    worse = gate.decide(ArmStats(2, 300, 300, 273), ArmStats(1, 300, 300, 282))
+    assert worse.action == "hold"  # z = -1.4: neither within 4 points at 95% nor a significant regression
+    clearly_worse = gate.decide(ArmStats(2, 300, 300, 255), incumbent)
+    assert clearly_worse.action == "rollback" and clearly_worse.reason.startswith("regression: ")
+
+
+def test_the_final_look_rolls_back_a_candidate_not_shown_within_the_margin() -> None:
+    gate = Gate(
+        GateConfig(min_tool_calls=100, max_tool_calls=200, promotion="non_inferiority", margin=0.02, rollback="nominal")
+    )
+    first = gate.decide(ArmStats(2, 50, 100, 90), ArmStats(1, 50, 100, 93), looks=[])
+    assert first.action == "hold" and first.look is not None
+    assert first.look.z == pytest.approx(first.numbers["reliability_z_not_worse"])
+    last = gate.decide(ArmStats(2, 100, 200, 180), ArmStats(1, 100, 200, 186), looks=[first.look])
+    assert last.look is not None and last.look.final
+    assert last.action == "rollback"
+    assert last.reason.startswith("not shown within 2 points by the final look: tool reliability v2 180/200")
+
+
+@given(
+    st.integers(100, 400),
+    st.floats(0.5, 0.99),
+    st.floats(0.5, 0.99),
+    st.floats(0.0, 0.1),
+)
+def test_non_inferiority_promotes_whatever_superiority_does_and_is_superiority_at_margin_zero(
+    calls: int, candidate_rate: float, incumbent_rate: float, margin: float
+) -> None:
+    candidate = ArmStats(2, calls, calls, round(calls * candidate_rate))
+    incumbent = ArmStats(1, calls, calls, round(calls * incumbent_rate))
+    base = GateConfig(min_tool_calls=100, min_episodes=30)
+    superiority = Gate(base).decide(candidate, incumbent)
+    at_zero = Gate(replace(base, promotion="non_inferiority", margin=0.0)).decide(candidate, incumbent)
+    not_worse = Gate(replace(base, promotion="non_inferiority", margin=margin)).decide(candidate, incumbent)
+    assert at_zero.action == superiority.action
+    if superiority.action == "promote":
+        assert not_worse.action == "promote"
+    if superiority.action == "rollback":  # the regression tests do not look at the margin
+        assert not_worse.action == "rollback"
+
+
+def test_a_candidate_a_margin_worse_is_promoted_at_most_alpha_of_the_time() -> None:
+    # Canary truly 2 points worse (0.93 vs 0.95), looked at every 40 calls up to 400: every
+    # promotion is a false one. Same tolerance as the superiority gate's false promotions (30 of 400).
+    outcomes = _simulate_canaries(_NOT_WORSE, 0.95, 0.93, corrected=True, seed=2026)
+    assert outcomes["promote"] <= 30
+    assert outcomes["hold"] == 0
+
+
+def test_not_worse_promotes_a_modestly_better_canary_that_better_often_rolls_back() -> None:
+    # 96% against 93%, what a second training round often is: showing "better" over 400 canary
+    # calls succeeds about half the time, showing "not worse by 2 points" nearly always.
+    modest_not_worse = _simulate_canaries(_NOT_WORSE, 0.93, 0.96, corrected=True, seed=2028)
+    modest_better = _simulate_canaries(_SIMULATED, 0.93, 0.96, corrected=True, seed=2028)
+    assert modest_not_worse == Counter({"promote": 373, "rollback": 27})
+    assert modest_better == Counter({"promote": 220, "rollback": 180})
+    # An equal canary: "better" promotes it about alpha of the time, "not worse" a third of the time
+    # (at 400 calls a 2-point margin is 1.2 standard errors).
+    equal_not_worse = _simulate_canaries(_NOT_WORSE, 0.94, 0.94, corrected=True, seed=2027)
+    equal_better = _simulate_canaries(_SIMULATED, 0.94, 0.94, corrected=True, seed=2027)
+    assert equal_better["promote"] <= 30 < equal_not_worse["promote"] == 137
