@@ -9,6 +9,7 @@ back, or the canary tool calls available before the demo's budget ends run out (
     python benchmarks/gate_power.py                        # the table in benchmarks/RESULTS.md
     python benchmarks/gate_power.py --runs 1000 --available 150 250
     python benchmarks/gate_power.py --confidences 0.95 --rollback nominal sequential
+    python benchmarks/gate_power.py --confidences 0.95 --promotion superiority non_inferiority
 
 Not part of ``make bench``: it measures decisions, not speed.
 """
@@ -16,14 +17,16 @@ Not part of ``make bench``: it measures decisions, not speed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 from collections import Counter
 
 from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, Look
 
 #: (candidate, live) true tool reliabilities: a clearly better second round (customer_support seed 1
-#: at 43531b3: 97.7% vs 93.3% held-out), a modestly better one, an equal one, a slightly worse one.
-PAIRS = ((0.977, 0.933), (0.96, 0.925), (0.93, 0.93), (0.92, 0.935))
+#: at 43531b3: 97.7% vs 93.3% held-out), a modestly better one, an equal one, a slightly worse one,
+#: and one two points worse (what ``promotion="non_inferiority"`` at ``margin=0.02`` must keep out).
+PAIRS = ((0.977, 0.933), (0.96, 0.925), (0.93, 0.93), (0.92, 0.935), (0.93, 0.95))
 
 
 def simulate(
@@ -64,30 +67,40 @@ def main() -> None:
     parser.add_argument(
         "--rollback", nargs="+", choices=["sequential", "nominal"], default=["sequential"], help="GateConfig.rollback"
     )
+    parser.add_argument(
+        "--promotion",
+        nargs="+",
+        choices=["superiority", "non_inferiority"],
+        default=["superiority"],
+        help="GateConfig.promotion",
+    )
+    parser.add_argument("--margin", type=float, default=0.02, help="GateConfig.margin (non_inferiority)")
     args = parser.parse_args()
     print(
-        "| candidate vs live | gate confidence | rollback test | canary tool calls in time "
-        "| promoted | rolled back | undecided |"
+        "| candidate vs live | gate confidence | rollback test | promotion | canary tool calls in time "
+        "| promoted | rolled back | undecided | median calls at a decision |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
     for candidate, live in PAIRS:
-        for confidence in args.confidences:
-            for rollback in args.rollback:
-                config = GateConfig(
-                    confidence=confidence,
-                    min_tool_calls=args.min_tool_calls,
-                    min_episodes=20,
-                    min_rewarded=20,
-                    rollback=rollback,
+        for confidence, rollback, promotion in itertools.product(args.confidences, args.rollback, args.promotion):
+            config = GateConfig(
+                confidence=confidence,
+                min_tool_calls=args.min_tool_calls,
+                min_episodes=20,
+                min_rewarded=20,
+                rollback=rollback,
+                promotion=promotion,
+                margin=args.margin,
+            )
+            label = promotion if promotion == "superiority" else f"not worse by {100 * args.margin:g} points"
+            for available in args.available:
+                outcomes, median = simulate(candidate, live, config, available, args.runs, args.step)
+                shares = [f"{outcomes[a] / args.runs:.1%}" for a in ("promote", "rollback", "hold")]
+                print(
+                    f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {rollback} | {label} | {available} | "
+                    + " | ".join(shares)
+                    + f" | {median if median is not None else '-'} |"
                 )
-                for available in args.available:
-                    outcomes, _ = simulate(candidate, live, config, available, args.runs, args.step)
-                    shares = [f"{outcomes[a] / args.runs:.1%}" for a in ("promote", "rollback", "hold")]
-                    print(
-                        f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {rollback} | {available} | "
-                        + " | ".join(shares)
-                        + " |"
-                    )
 
 
 if __name__ == "__main__":
