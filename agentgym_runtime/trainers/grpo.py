@@ -563,13 +563,14 @@ def grpo_train(
         guided += on_policy.count(False)
         attention = drawn.attention(mask.shape[1])
         advantages_list = group_advantages(rewards, n)
+        informative_rows = _rows_of_informative_groups(rewards, n) if adaptive or config.skip_uniform_groups else []
         if adaptive:
-            informative = set(_rows_of_informative_groups(rewards, n))
+            informative = set(informative_rows)
             for j, index in enumerate(picks):
                 settled[index] = 1.0 if j * n in informative else config.settled_prompt_weight
         rows = list(range(len(rewards)))
         if config.skip_uniform_groups:
-            rows = _rows_of_informative_groups(rewards, n)
+            rows = informative_rows
             skipped_groups += (len(rewards) - len(rows)) // n
             if rows and len(rows) < len(rewards):
                 keep = torch.tensor(rows, device=sequences.device)
