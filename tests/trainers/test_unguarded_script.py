@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,13 +119,20 @@ def test_a_thread_the_import_starts_is_refused_too(no_mark: None) -> None:
     assert outcomes == ["the training job imports app again to replay the agent"]
 
 
-def test_outside_a_training_job_an_import_refuses_nothing(tmp_path: Path, no_mark: None) -> None:
+def test_outside_a_training_job_an_import_refuses_nothing(
+    tmp_path: Path, no_mark: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A trainer run in the service's own process (trainer.train(spec) in a notebook) imports the
     # agent's code while other threads serve: those threads must never be refused.
     served: list[str] = []
     started, release = threading.Event(), threading.Event()
     module = tmp_path / "slow_module.py"
-    module.write_text("import threading\nREADY.set()\nGO.wait(10)\nVALUE = 1\n")
+    # The module under import reaches the test's events through a module of their own, put in
+    # sys.modules for this test only.
+    events = types.ModuleType("agentgym_test_import_events")
+    events.READY, events.GO = started, release  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, events.__name__, events)
+    module.write_text(f"from {events.__name__} import GO, READY\nREADY.set()\nGO.wait(10)\nVALUE = 1\n")
 
     def serve() -> None:
         started.wait(10)
@@ -132,16 +140,10 @@ def test_outside_a_training_job_an_import_refuses_nothing(tmp_path: Path, no_mar
         served.append("served")
         release.set()
 
-    import builtins
-
-    builtins.READY, builtins.GO = started, release  # type: ignore[attr-defined]
-    try:
-        worker = threading.Thread(target=serve)
-        worker.start()
-        assert import_object(f"{module}:VALUE") == 1  # the import waits until the thread has served
-        worker.join(10)
-    finally:
-        del builtins.READY, builtins.GO  # type: ignore[attr-defined]
+    worker = threading.Thread(target=serve)
+    worker.start()
+    assert import_object(f"{module}:VALUE") == 1  # the import waits until the thread has served
+    worker.join(10)
     assert served == ["served"]
 
 
