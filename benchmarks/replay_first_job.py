@@ -72,7 +72,7 @@ def measure(home: Path, spec: dict[str, Any], adapter: Path | None, draws: list[
 
     torch.set_num_threads(1)
     scenario = get_scenario(spec["scenario"])
-    model = load_or_build_demo_model(scenario, home, spec["seed"])
+    model = load_or_build_demo_model(scenario, home, build_seed(home, spec["scenario"]))
     return [
         round(
             100
@@ -83,6 +83,21 @@ def measure(home: Path, spec: dict[str, Any], adapter: Path | None, draws: list[
         )
         for draw in draws
     ]
+
+
+def build_seed(home: Path, scenario: str) -> int:
+    """The seed the home's demo model was built with (the demo's ``--seed``).
+
+    Not the job spec's ``seed``, which is the trainer's: a model loaded with another seed than its
+    build's is rebuilt in place, and the kept adapters and the replays would then run on a base
+    model they were not trained on.
+    """
+    from agentgym_runtime.demo.model.tiny import BUILD_FILE, model_dir
+
+    build = model_dir(scenario, home) / BUILD_FILE
+    if not build.is_file():
+        raise SystemExit(f"{home} holds no built demo model for {scenario} ({build} is missing)")
+    return int(json.loads(build.read_text())["seed"])
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
