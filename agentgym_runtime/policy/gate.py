@@ -309,13 +309,19 @@ class GateDecision:
 
 
 def decision_z(details: Mapping[str, Any]) -> float | None:
-    """The z of the metric a gate decision's ``details`` compared on (tool reliability, or tool use).
+    """The promotion z of a gate decision's ``details``: the one its look's boundary was compared with.
+
+    The metric is tool reliability, or tool use; with ``promotion="non_inferiority"`` the z is the
+    non-inferiority one (``<metric>_z_not_worse``), not the plain difference's.
 
     Example:
         >>> decision_z({"metric": "tool_use", "tool_use_z": 4.8}), decision_z({"reliability_z": 2.5})
         (4.8, 2.5)
+        >>> decision_z({"metric": "reliability", "reliability_z": 0.4, "reliability_z_not_worse": 1.9})
+        1.9
     """
-    value = details.get(f"{details.get('metric', 'reliability')}_z")
+    metric = details.get("metric", "reliability")
+    value = details.get(f"{metric}_z_not_worse", details.get(f"{metric}_z"))
     return None if value is None else float(value)
 
 

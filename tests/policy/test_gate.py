@@ -18,6 +18,7 @@ from agentgym_runtime.policy.gate import (
     Gate,
     GateConfig,
     Look,
+    decision_z,
     normal_ppf,
     normal_sf,
     obrien_fleming_spending,
@@ -546,6 +547,8 @@ def test_an_equal_candidate_is_promoted_as_not_worse_but_not_as_better() -> None
     assert decision.numbers["reliability_z_not_worse"] == pytest.approx(0.04 / se)
     assert decision.numbers["reliability_p_not_worse"] == pytest.approx(normal_sf(0.04 / se))
     assert decision.numbers["margin"] == 0.04
+    assert decision_z(decision.numbers) == decision.numbers["reliability_z_not_worse"]  # what the CLI shows
+    assert decision_z(better.numbers) == better.numbers["reliability_z"]
     assert decision.reason.startswith("not worse by 4 points or more: tool reliability v2 282/300 (0.940)")
     assert "promotion on non-inferiority (margin 0.04)" in decision.numbers["test"]
     # A candidate three points worse is still rolled back on the regression test, whatever the margin.
