@@ -9,9 +9,10 @@
    scenario's held-out distribution; every run is an episode in ``<home>/traces.duckdb``;
 3. the background scheduler snapshots the episodes and runs a GRPO job (LoRA, Agent Lightning
    trainer, a real subprocess) on them;
-4. the candidate is registered, served to a canary share of sessions, and the router's gate
-   promotes it when it is significantly better (or rolls it back) — the live agent hot-swaps
-   to the new adapter without a restart;
+4. the candidate, unless its trainer measured it worse than its starting point (the offline
+   gate), is registered, served to a canary share of sessions, and the router's gate promotes
+   it once live traffic shows it is not worse by more than ``gate_margin`` (or rolls it back) —
+   the live agent hot-swaps to the new adapter without a restart;
 5. at the end, every version is measured on held-out tasks that were never served, and the
    before/after table is compared with the scenario's success criteria.
 
