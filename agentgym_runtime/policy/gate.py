@@ -59,7 +59,8 @@ is *not worse* by more than ``margin``, the question a canary analysis asks. The
 then the non-inferiority z, ``(candidate - incumbent + margin) / se``, with the same boundaries and
 looks; the rollback tests are unchanged, and at the final look a canary that has not shown it is
 within the margin is rolled back. A candidate truly ``margin`` worse is promoted at most
-``1 - confidence`` of the time; an equal one, most of the time.
+``1 - confidence`` of the time; an equal one more often than as "better" (a fifth of the time over
+240 canary calls a side, against 4.5%), a clearly better one far more often.
 
 Example:
     >>> gate = Gate(GateConfig(confidence=0.95, min_tool_calls=50))
