@@ -129,8 +129,14 @@ def test_validation_held_out_and_traffic_are_disjoint_for_every_scenario() -> No
     for name in ("customer_support", "code_review", "qa_testing"):
         scenario = get_scenario(name)
         served = served_traffic(scenario, config.served_tasks, config.seed + 1, config.served_block)
-        held_out = unserved_tasks(scenario, served, config.eval_tasks, config.seed + 7)
-        validation = unserved_tasks(scenario, served + held_out, config.validation_tasks, config.seed + 13)
+        held_out = unserved_tasks(scenario, served, config.eval_tasks, config.seed + 7, config.eval_block)
+        validation = unserved_tasks(
+            scenario, served + held_out, config.validation_tasks, config.seed + 13, config.eval_block
+        )
         prompts = [{t.prompt for t in tasks} for tasks in (served, held_out, validation)]
         assert [len(p) for p in prompts] == [1000, 300, 200], name
         assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+        worlds = [{t.world_seed for t in tasks} for tasks in (served, held_out, validation)]
+        # 7 of 150 served; 6-7 of 50 held-out and 4-5 of 50 validation (a block loses prompts drawn before).
+        assert len(worlds[0]) == 7 and len(worlds[1]) in (6, 7) and len(worlds[2]) in (4, 5), name
+        assert not (worlds[0] & worlds[1]) and not (worlds[0] & worlds[2]) and not (worlds[1] & worlds[2])

@@ -28,6 +28,27 @@ def test_no_served_prompt_is_measured(name: str, n_served: int) -> None:
     assert [t.id for t in unserved_tasks(scenario, served, 300, seed=7)] == [t.id for t in fresh]
 
 
+@pytest.mark.parametrize("name", ["customer_support", "code_review", "qa_testing"])
+def test_the_measurement_draws_from_several_worlds_and_never_a_served_prompt(name: str) -> None:
+    scenario = get_scenario(name)
+    config = DemoConfig()
+    served = served_traffic(scenario, config.served_tasks, config.seed + 1, config.served_block)
+    fresh = unserved_tasks(scenario, served, 300, seed=7, block=50)
+    assert len(fresh) == 300 and len({t.prompt for t in fresh}) == 300
+    assert not {t.prompt for t in fresh} & {t.prompt for t in served}
+    worlds = Counter(t.world_seed for t in fresh)
+    # Six worlds, 7, 1007, ..., 5007 (a world's draw loses the odd prompt served or drawn before).
+    assert sorted(worlds)[:6] == [7, 1007, 2007, 3007, 4007, 5007]
+    assert all(n <= 50 for n in worlds.values())
+    assert sum(n >= 45 for n in worlds.values()) >= 5
+    assert [t.id for t in unserved_tasks(scenario, served, 300, seed=7, block=50)] == [t.id for t in fresh]
+
+
+def test_a_block_size_below_one_is_refused_with_its_value() -> None:
+    with pytest.raises(ConfigurationError, match=r"block must be >= 1, got 0"):
+        unserved_tasks(get_scenario("qa_testing"), [], 10, seed=7, block=0)
+
+
 def test_too_many_asked_names_the_scenario_and_the_count() -> None:
     scenario = get_scenario("qa_testing")
     with pytest.raises(
