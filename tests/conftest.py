@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("AGENTOPS_API_KEY", "")
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,13 @@ def demo(demo_home: Path) -> Any:
     from agentgym_runtime.demo.model.tiny import load_or_build_demo_model
 
     return load_or_build_demo_model("customer_support", home=demo_home, seed=0)
+
+
+@pytest.fixture
+def no_registered_training() -> Iterator[None]:
+    """Forget, after the test, every training config the test's decorators registered in this process."""
+    from agentgym_runtime.trainers.scheduler import registered_training, unregister_training
+
+    yield
+    for agent in list(registered_training()):
+        unregister_training(agent)

@@ -19,7 +19,6 @@ from agentgym_runtime.policy.gate import GateConfig
 from agentgym_runtime.policy.registry import PolicyStatus
 from agentgym_runtime.policy.router import RouterConfig
 from agentgym_runtime.recording.runtime import Runtime
-from agentgym_runtime.trainers.scheduler import registered_training, unregister_training
 from tests.policy.helpers import scripted_episode
 
 
@@ -148,26 +147,23 @@ def echo(question: str) -> str:
     return question
 
 
-def test_the_decorator_sets_the_offline_gate_a_candidate_must_pass(agentgym_runtime: Runtime) -> None:
-    try:
-        replay = {"replay": "tests.policy.test_canary_gate:echo"}
+def test_the_decorator_sets_the_offline_gate_a_candidate_must_pass(
+    agentgym_runtime: Runtime, no_registered_training: None
+) -> None:
+    replay = {"replay": "tests.policy.test_canary_gate:echo"}
 
-        @agentgym.train_online(name="strict", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=0.0)
-        def strict(question: str) -> str:
-            return question
+    @agentgym.train_online(name="strict", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=0.0)
+    def strict(question: str) -> str:
+        return question
 
-        @agentgym.train_online(name="default", trainer="demos", gpu="cpu", trainer_options=replay)
-        def default(question: str) -> str:
-            return question
+    @agentgym.train_online(name="default", trainer="demos", gpu="cpu", trainer_options=replay)
+    def default(question: str) -> str:
+        return question
 
-        assert strict("a") == "a" and default("b") == "b"
-        assert agentgym_runtime.scheduler.config_for("strict").max_heldout_drop == 0.0
-        assert agentgym_runtime.scheduler.config_for("default").max_heldout_drop == 0.02
-        with pytest.raises(ConfigurationError, match=r"invalid training options for agent 'bad': max_heldout_drop"):
-            agentgym.train_online(
-                name="bad", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=-0.1
-            )(default)
-    finally:
-        # The decorators registered process-wide training configs: forget them, as tests/trainers' fixture does.
-        for agent in list(registered_training()):
-            unregister_training(agent)
+    assert strict("a") == "a" and default("b") == "b"
+    assert agentgym_runtime.scheduler.config_for("strict").max_heldout_drop == 0.0
+    assert agentgym_runtime.scheduler.config_for("default").max_heldout_drop == 0.02
+    with pytest.raises(ConfigurationError, match=r"invalid training options for agent 'bad': max_heldout_drop"):
+        agentgym.train_online(name="bad", trainer="demos", gpu="cpu", trainer_options=replay, max_heldout_drop=-0.1)(
+            default
+        )
