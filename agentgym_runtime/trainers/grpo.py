@@ -151,6 +151,17 @@ class GRPOConfig(BaseModel):
             At 0.25, three of the demo's weak first jobs replayed on their own snapshots went from
             94.0/93.8/81.9% to 95.5/99.3/96.4% tool reliability, but six fresh demo runs did as
             well without it (3 of 6 at >= 95%), their rounds ~8 s longer; the demo leaves it off.
+        refocus_every: Every this many rounds (0, the default: never), decode every train prompt
+            greedily, as the agent serves, and draw the prompts whose greedy completion earns less
+            than the best the job has seen for them (a guide's reward, a sample's, or their own
+            greedy reward at an earlier look) ``refocus_weight`` times as often until the next look.
+            Two kinds of prompt are then trained more: a recorded mistake the policy still makes
+            greedily although it has been shown the fix, and a prompt it handled and has unlearnt
+            (on the demo's customer_support, first rounds that taught "refund order N" to add a
+            reason also added one to "could you cancel order N?", whose tool takes none: 12-17 of
+            ~600 calls on fresh requests, each prompt of it in the snapshot right before training).
+            Costs one greedy pass over the train prompts per look.
+        refocus_weight: How much more often a prompt the last look found wrong is drawn.
         eval_every: Measure the held-out reward every this many rounds (0: only before and after)
             and return an earlier round's adapter (the start included) when it beat the last round
             by more than ``eval_margin``: RL on a small model can peak and then degrade (on the
@@ -192,6 +203,8 @@ class GRPOConfig(BaseModel):
     base_failures_only: bool = True
     skip_uniform_groups: bool = True
     settled_prompt_weight: float = Field(default=1.0, gt=0, le=1)
+    refocus_every: int = Field(default=0, ge=0)
+    refocus_weight: float = Field(default=4.0, ge=1)
     eval_every: int = Field(default=0, ge=0)
     eval_margin: float = Field(default=0.05, ge=0)
     continue_from_base: bool = True
@@ -385,22 +398,46 @@ def evaluate(
         >>> evaluate(model, tok, ["p"], lambda i, c: 1.0, GRPOConfig(), "cpu", 0)  # doctest: +SKIP
         1.0
     """
-    import torch
-
     if not prompts:
         return 0.0
+    rewards = prompt_rewards(
+        model, tokenizer, prompts, reward, config, device, seed, greedy=config.eval_greedy, samples=config.eval_samples
+    )
+    return sum(rewards) / len(prompts)
+
+
+def prompt_rewards(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    reward: RewardFn,
+    config: GRPOConfig,
+    device: str,
+    seed: int,
+    *,
+    greedy: bool = True,
+    samples: int = 1,
+) -> list[float]:
+    """Each prompt's reward for its greedy completion, or its mean over ``samples`` seeded samples.
+
+    Example:
+        >>> prompt_rewards(model, tok, ["p", "q"], lambda i, c: float(i), GRPOConfig(), "cpu", 0)  # doctest: +SKIP
+        [0.0, 1.0]
+    """
+    import torch
+
     sampler = _Sampler(model, tokenizer, config, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    total = 0.0
+    rewards: list[float] = []
     model.eval()
-    n = 1 if config.eval_greedy else config.eval_samples
+    n = 1 if greedy else samples
     chunk = max(1, 64 // n)  # about 64 sequences per batch
     for start in range(0, len(prompts), chunk):
-        texts = sampler.sample(prompts[start : start + chunk], n, generator, greedy=config.eval_greedy).texts
+        texts = sampler.sample(prompts[start : start + chunk], n, generator, greedy=greedy).texts
         for position in range(len(texts) // n):
             index = start + position
-            total += sum(reward(index, t) for t in texts[position * n : (position + 1) * n]) / n
-    return total / len(prompts)
+            rewards.append(sum(reward(index, t) for t in texts[position * n : (position + 1) * n]) / n)
+    return rewards
 
 
 def _update(
@@ -516,7 +553,12 @@ def grpo_train(
     # Per-prompt factor on the draw: settled_prompt_weight after a uniform group, 1 after one with signal.
     settled = torch.ones(len(train_prompts), dtype=torch.float64)
     adaptive = config.settled_prompt_weight < 1.0
-    if adaptive and weights is None:
+    # Per-prompt factor on the draw: refocus_weight while the last greedy look found the prompt below
+    # the best reward the job has seen for it (see refocus_every).
+    focus = torch.ones(len(train_prompts), dtype=torch.float64)
+    best_seen = [float("-inf")] * len(train_prompts)
+    refocused: list[int] = []
+    if (adaptive or config.refocus_every) and weights is None:
         weights = torch.ones(len(train_prompts), dtype=torch.float64)
     guide_cache: dict[int, list[tuple[list[int], float]]] = {}
     guided = 0
@@ -540,7 +582,8 @@ def grpo_train(
         if weights is None:
             picks = torch.randint(len(train_prompts), (config.prompts_per_step,), generator=order).tolist()
         else:
-            draw = weights * settled if adaptive else weights
+            # Multiplying by factors of 1.0 leaves the weights, and so the draws, exactly as they were.
+            draw = weights * settled * focus
             picks = torch.multinomial(draw, config.prompts_per_step, replacement=True, generator=order).tolist()
         peft_model.eval()
         n = config.group_size
@@ -561,6 +604,9 @@ def grpo_train(
             config.guide_below,
         )
         guided += on_policy.count(False)
+        if config.refocus_every:
+            for j, index in enumerate(picks):
+                best_seen[index] = max([best_seen[index], *rewards[j * n : (j + 1) * n]])
         attention = drawn.attention(mask.shape[1])
         advantages_list = group_advantages(rewards, n)
         informative_rows = _rows_of_informative_groups(rewards, n) if adaptive or config.skip_uniform_groups else []
@@ -596,6 +642,14 @@ def grpo_train(
             note = "no group with signal"
         scheduler.step()  # a round with no signal still counts: the schedule is over the job's rounds
         report(0.1 + 0.8 * (step + 1) / steps, f"step {step + 1}/{steps}: {note}")
+        if config.refocus_every and (step + 1) % config.refocus_every == 0 and step + 1 < steps:
+            looked = (peft_model, tokenizer, train_prompts, train_reward)
+            wrong = _refocus(*looked, config, device, focus, best_seen, guides_of)
+            refocused.append(wrong)
+            report(
+                0.1 + 0.8 * (step + 1) / steps,
+                f"round {step + 1}: {wrong} of {len(train_prompts)} train prompts below their best, greedily",
+            )
         if selecting and (step + 1) % config.eval_every == 0 and step + 1 < steps:
             measured = evaluate(peft_model, tokenizer, heldout_prompts, heldout_fn, config, device, config.seed + 1)
             if measured > best_reward:
@@ -629,6 +683,7 @@ def grpo_train(
         "samples": samples,
         "guided_samples": guided,
         "skipped_groups": skipped_groups,
+        "refocused_prompts": refocused,
         "samples_per_second": samples / elapsed if elapsed > 0 else None,
         "train_seconds": elapsed,
         "final_kl": stats.get("kl"),
@@ -636,6 +691,33 @@ def grpo_train(
         "continued_from": None if init_adapter is None else str(init_adapter),
     }
     return peft_model, metrics
+
+
+def _refocus(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    reward: RewardFn,
+    config: GRPOConfig,
+    device: str,
+    focus: Any,
+    best_seen: list[float],
+    guides_of: Callable[[int], list[tuple[list[int], float]]],
+) -> int:
+    """One greedy look over the train prompts (see ``refocus_every``): sets ``focus``, returns the prompts found wrong.
+
+    A prompt is wrong when its greedy reward is below the best seen for it: a sample's or a guide's
+    reward, or its own greedy reward at an earlier look (so a prompt the policy unlearns counts).
+    """
+    greedy = prompt_rewards(model, tokenizer, prompts, reward, config, device, config.seed + 2, greedy=True)
+    wrong = 0
+    for index, got in enumerate(greedy):
+        best = max([best_seen[index], *(value for _, value in guides_of(index))])
+        below = got < best - 1e-9
+        focus[index] = config.refocus_weight if below else 1.0
+        wrong += below
+        best_seen[index] = max(best, got)
+    return wrong
 
 
 def save_adapter(peft_model: Any, output_dir: str | Path) -> Path:

@@ -335,6 +335,81 @@ def test_settled_prompt_weight_is_checked() -> None:
         GRPOConfig(settled_prompt_weight=1.5)
 
 
+def _rounds_and_looks(calls: list[int], rounds: int, per_round: int, every: int, prompts: int) -> tuple[list[int], int]:
+    """Split a job's reward calls into its rounds' draws (one per group) and its greedy looks' passes."""
+    draws: list[int] = []
+    looks = 0
+    position = 0
+    for round_ in range(1, rounds + 1):
+        draws.extend(calls[position : position + per_round : 4])
+        position += per_round
+        if every and round_ % every == 0 and round_ < rounds:
+            assert calls[position : position + prompts] == list(range(prompts))  # one greedy call per prompt, in order
+            position += prompts
+            looks += 1
+    assert position == len(calls)
+    return draws, looks
+
+
+def test_refocus_draws_the_prompts_whose_greedy_completion_falls_short_more_often() -> None:
+    # Prompts 0-7 earn 1 whatever the completion: greedy is never below their best. Prompts 8-15 earn
+    # a reward that varies with the completion, so some sample beats the greedy one.
+    tokenizer, train, _ = _toy()
+    runs: dict[int, tuple[list[int], dict[str, object]]] = {}
+    for every in (0, 10):
+        calls: list[int] = []
+
+        def reward(index: int, completion: str, calls: list[int] = calls) -> float:
+            calls.append(index)
+            return 1.0 if index < 8 else (sum(map(ord, completion)) % 97) / 97
+
+        config = GRPOConfig(
+            steps=40, group_size=4, prompts_per_step=4, max_new_tokens=3, refocus_every=every, refocus_weight=9.0
+        )
+        _, metrics = grpo_train(_model(tokenizer), tokenizer, train, reward, config)
+        runs[every] = (calls, metrics)
+    off_draws, off_looks = _rounds_and_looks(runs[0][0], 40, 16, 0, 16)
+    on_draws, on_looks = _rounds_and_looks(runs[10][0], 40, 16, 10, 16)
+    assert (off_looks, on_looks) == (0, 3)  # rounds 10, 20 and 30; none after the last round
+    assert runs[0][1]["refocused_prompts"] == []
+    # Only prompts 8-15 can fall short (here 6, 7 and 8 of them: one not drawn yet has no best to miss).
+    refocused = runs[10][1]["refocused_prompts"]
+    assert isinstance(refocused, list) and len(refocused) == 3 and all(5 <= n <= 8 for n in refocused)
+    # After the first look each of prompts 8-15 that fell short weighs 9: ~9/10 of the draws, not ~1/2.
+    share = {name: sum(i >= 8 for i in d[40:]) / len(d[40:]) for name, d in (("off", off_draws), ("on", on_draws))}
+    assert share["off"] < 0.65
+    assert share["on"] > 0.75
+
+
+def test_refocus_marks_a_prompt_the_policy_unlearnt_and_one_below_its_guide(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentgym_runtime.trainers import grpo
+
+    looks = iter([[1.0, 0.5, 0.0], [0.5, 0.8, 1.0]])
+    monkeypatch.setattr(grpo, "prompt_rewards", lambda *args, **kwargs: next(looks))
+    config = GRPOConfig(refocus_every=5, refocus_weight=3.0)
+    focus = torch.ones(3, dtype=torch.float64)
+    best_seen = [float("-inf"), 0.8, float("-inf")]  # prompt 1: a sample earned 0.8
+
+    def guides_of(index: int) -> list[tuple[list[int], float]]:
+        return [([5, 1], 1.0)] if index == 2 else []  # prompt 2: a recorded call that earns 1
+
+    args = (None, None, ["p", "q", "r"], lambda i, c: 0.0, config, "cpu", focus, best_seen, guides_of)
+    assert grpo._refocus(*args) == 2
+    assert focus.tolist() == [1.0, 3.0, 3.0]  # below a sample's 0.8; below the guide's 1
+    assert best_seen == [1.0, 0.8, 1.0]
+    # Next look: prompt 0 falls from its own greedy 1.0 (unlearnt); 1 and 2 reach their best.
+    assert grpo._refocus(*args) == 1
+    assert focus.tolist() == [3.0, 1.0, 1.0]
+    assert best_seen == [1.0, 0.8, 1.0]
+
+
+def test_refocus_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="refocus_every"):
+        GRPOConfig(refocus_every=-1)
+    with pytest.raises(ValueError, match="refocus_weight"):
+        GRPOConfig(refocus_weight=0.5)
+
+
 @pytest.mark.parametrize(
     ("schedule", "factors"),
     [
