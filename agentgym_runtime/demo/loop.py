@@ -411,8 +411,9 @@ class Demo:
             # (grpo's refocus_every). Six first jobs of missed runs, replayed on their own snapshots
             # with a fresh trainer seed (11) in both arms and measured on 600 requests of 12 fresh
             # worlds: 92.3% mean with the decaying rate alone (1 of 6 at >= 95%), 96.0% with the
-            # looks (5 of 6), every snapshot better. With a constant rate the looks once ended at
-            # 79.2% (cancellations sent to the refund tool). benchmarks/RESULTS.md, session 32.
+            # looks (5 of 6), every snapshot better (two reruns with seed 12: -0.7 and -0.8 points).
+            # With a constant rate the looks once ended at 79.2% (cancellations sent to the refund
+            # tool). Fresh runs: 8 of 10 at >= 95% (benchmarks/RESULTS.md, session 32).
             "lr_schedule": "linear",
             "refocus_every": 20,
             "failed_episode_weight": 3.0,
