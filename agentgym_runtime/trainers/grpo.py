@@ -646,8 +646,8 @@ def grpo_train(
         scheduler.step()  # a round with no signal still counts: the schedule is over the job's rounds
         report(0.1 + 0.8 * (step + 1) / steps, f"step {step + 1}/{steps}: {note}")
         if config.refocus_every and (step + 1) % config.refocus_every == 0 and step + 1 < steps:
-            looked = (peft_model, tokenizer, train_prompts, train_reward)
-            wrong = _refocus(*looked, config, device, focus, best_seen, guides_of)
+            greedy = prompt_rewards(peft_model, tokenizer, train_prompts, train_reward, config, device, config.seed + 2)
+            wrong = _refocus(greedy, config, focus, best_seen, guides_of)
             refocused.append(wrong)
             report(
                 0.1 + 0.8 * (step + 1) / steps,
@@ -697,22 +697,18 @@ def grpo_train(
 
 
 def _refocus(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    reward: RewardFn,
+    greedy: Sequence[float],
     config: GRPOConfig,
-    device: str,
     focus: Any,
     best_seen: list[float],
     guides_of: Callable[[int], list[tuple[list[int], float]]],
 ) -> int:
     """One greedy look over the train prompts (see ``refocus_every``): sets ``focus``, returns the prompts found wrong.
 
-    A prompt is wrong when its greedy reward is below the best seen for it: a sample's or a guide's
-    reward, or its own greedy reward at an earlier look (so a prompt the policy unlearns counts).
+    ``greedy`` holds each train prompt's greedy reward. A prompt is wrong when it is below the best
+    seen for it: a sample's or a guide's reward, or its own greedy reward at an earlier look (so a
+    prompt the policy unlearns counts).
     """
-    greedy = prompt_rewards(model, tokenizer, prompts, reward, config, device, config.seed + 2, greedy=True)
     wrong = 0
     for index, got in enumerate(greedy):
         best = max([best_seen[index], *(value for _, value in guides_of(index))])
