@@ -73,6 +73,11 @@ class Settings(BaseSettings):
             for candidates the offline gate measured better, see :mod:`agentgym_runtime.policy.gate`).
         canary_margin: With ``canary_promotion="non_inferiority"``, how much lower tool
             reliability (absolute: 0.02 is two points) still counts as not worse.
+        canary_undecided: What the gate's final look (at 4x ``canary_min_tool_calls`` canary
+            calls) does with a canary that showed neither what ``canary_promotion`` asks nor a
+            regression: ``"rollback"``, or ``"promote"`` (a canary that served its planned traffic
+            without a regression goes on; see :mod:`agentgym_runtime.policy.gate`).
+            ``canary_max_wait_s`` still rolls back a canary that never reached that look.
         handle_sigterm: When the host has no SIGTERM handler of its own, turn SIGTERM into a
             normal exit (``SystemExit(143)``), so what was recorded is flushed like at any exit
             (see ``SECURITY.md``); a handler the host installed is never replaced.
@@ -135,6 +140,7 @@ class Settings(BaseSettings):
     canary_max_wait_s: float | None = Field(default=86_400.0, gt=0)
     canary_promotion: Literal["superiority", "non_inferiority"] = "superiority"
     canary_margin: float = Field(default=0.02, ge=0.0, lt=0.5)
+    canary_undecided: Literal["rollback", "promote"] = "rollback"
     handle_sigterm: bool = True
     # --- training backends (where jobs run; secrets are never settings) ---
     backend: str | None = None

@@ -10,6 +10,8 @@ back, or the canary tool calls available before the demo's budget ends run out (
     python benchmarks/gate_power.py --runs 1000 --available 150 250
     python benchmarks/gate_power.py --confidences 0.95 --rollback nominal sequential
     python benchmarks/gate_power.py --confidences 0.95 --promotion superiority non_inferiority
+    python benchmarks/gate_power.py --confidences 0.95 --promotion non_inferiority --undecided rollback promote \
+        --pairs high
 
 Not part of ``make bench``: it measures decisions, not speed.
 """
@@ -27,6 +29,11 @@ from agentgym_runtime.policy.gate import ArmStats, Gate, GateConfig, Look
 #: at 43531b3: 97.7% vs 93.3% held-out), a modestly better one, an equal one, a slightly worse one,
 #: and one two points worse (what ``promotion="non_inferiority"`` at ``margin=0.02`` must keep out).
 PAIRS = ((0.977, 0.933), (0.96, 0.925), (0.93, 0.93), (0.92, 0.935), (0.93, 0.95))
+
+#: The same questions where a later round's canary is asked them: both versions near 97-99% (a
+#: customer_support run's v2 at 97.0% held-out, 98.0% live, against v1's 98.8% live was rolled back
+#: as "not shown within 2 points" at the final look), down to a candidate two and four points worse.
+HIGH_PAIRS = ((0.98, 0.98), (0.985, 0.97), (0.97, 0.98), (0.96, 0.98), (0.94, 0.98))
 
 
 def simulate(
@@ -75,14 +82,23 @@ def main() -> None:
         help="GateConfig.promotion",
     )
     parser.add_argument("--margin", type=float, default=0.02, help="GateConfig.margin (non_inferiority)")
+    parser.add_argument(
+        "--undecided", nargs="+", choices=["rollback", "promote"], default=["rollback"], help="GateConfig.undecided"
+    )
+    parser.add_argument(
+        "--pairs", choices=["default", "high"], default="default", help="PAIRS, or HIGH_PAIRS (later rounds)"
+    )
     args = parser.parse_args()
     print(
         "| candidate vs live | gate confidence | rollback test | promotion | canary tool calls in time "
-        "| promoted | rolled back | undecided | median calls at a decision |"
+        "| at the final look | promoted | rolled back | undecided | median calls at a decision |"
     )
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
-    for candidate, live in PAIRS:
-        for confidence, rollback, promotion in itertools.product(args.confidences, args.rollback, args.promotion):
+    print("|---|---:|---|---|---:|---|---:|---:|---:|---:|")
+    pairs = HIGH_PAIRS if args.pairs == "high" else PAIRS
+    for candidate, live in pairs:
+        for confidence, rollback, promotion, undecided in itertools.product(
+            args.confidences, args.rollback, args.promotion, args.undecided
+        ):
             config = GateConfig(
                 confidence=confidence,
                 min_tool_calls=args.min_tool_calls,
@@ -91,13 +107,14 @@ def main() -> None:
                 rollback=rollback,
                 promotion=promotion,
                 margin=args.margin,
+                undecided=undecided,
             )
             label = promotion if promotion == "superiority" else f"not worse by {100 * args.margin:g} points"
             for available in args.available:
                 outcomes, median = simulate(candidate, live, config, available, args.runs, args.step)
                 shares = [f"{outcomes[a] / args.runs:.1%}" for a in ("promote", "rollback", "hold")]
                 print(
-                    f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {rollback} | {label} | {available} | "
+                    f"| {candidate:.1%} vs {live:.1%} | {confidence:.2f} | {rollback} | {label} | {available} | {undecided} | "
                     + " | ".join(shares)
                     + f" | {median if median is not None else '-'} |"
                 )

@@ -117,9 +117,10 @@ class RouterConfig:
         """The serving configuration: the gate judges every canary as its episodes arrive.
 
         ``canary_evaluate_every``, ``canary_min_tool_calls``, ``canary_promotion``,
-        ``canary_margin`` and ``canary_max_wait_s`` of :class:`~agentgym_runtime.config.Settings`
-        (``AGENTGYM_CANARY_*``) set :attr:`evaluate_every`, the gate's ``min_tool_calls``,
-        ``promotion`` and ``margin``, and :attr:`max_canary_wait_s`.
+        ``canary_margin``, ``canary_undecided`` and ``canary_max_wait_s`` of
+        :class:`~agentgym_runtime.config.Settings` (``AGENTGYM_CANARY_*``) set :attr:`evaluate_every`,
+        the gate's ``min_tool_calls``, ``promotion``, ``margin`` and ``undecided``, and
+        :attr:`max_canary_wait_s`.
 
         Example:
             >>> from agentgym_runtime.config import Settings
@@ -132,6 +133,7 @@ class RouterConfig:
                 min_tool_calls=settings.canary_min_tool_calls,
                 promotion=settings.canary_promotion,
                 margin=settings.canary_margin,
+                undecided=settings.canary_undecided,
             ),
             evaluate_every=settings.canary_evaluate_every,
             max_canary_wait_s=settings.canary_max_wait_s,

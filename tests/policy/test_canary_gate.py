@@ -128,18 +128,22 @@ def test_unknown_agents_are_errors_listing_the_known_ones(agentgym_runtime: Runt
     assert _json(home, "diff", "support", "0", "1")["changed"]["system_prompt"] == ["", "x"]
 
 
-def test_the_settings_choose_promotion_on_non_inferiority_and_its_margin(agentgym_runtime: Runtime) -> None:
+def test_the_settings_choose_promotion_on_non_inferiority_its_margin_and_the_final_look(
+    agentgym_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = agentgym_runtime.settings.model_copy(
-        update={"canary_promotion": "non_inferiority", "canary_margin": 0.03}
+        update={"canary_promotion": "non_inferiority", "canary_margin": 0.03, "canary_undecided": "promote"}
     )
     gate = RouterConfig.from_settings(settings).gate
-    assert (gate.promotion, gate.margin) == ("non_inferiority", 0.03)
-    assert (agentgym_runtime.router.config.gate.promotion, agentgym_runtime.router.config.gate.margin) == (
-        "superiority",
-        0.02,
-    )
+    assert (gate.promotion, gate.margin, gate.undecided) == ("non_inferiority", 0.03, "promote")
+    live = agentgym_runtime.router.config.gate
+    assert (live.promotion, live.margin, live.undecided) == ("superiority", 0.02, "rollback")
     with pytest.raises(ValidationError, match="canary_promotion"):
         agentgym.Settings(canary_promotion="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="canary_undecided"):
+        agentgym.Settings(canary_undecided="hold")  # type: ignore[arg-type]
+    monkeypatch.setenv("AGENTGYM_CANARY_UNDECIDED", "promote")
+    assert RouterConfig.from_settings(agentgym.Settings()).gate.undecided == "promote"
     with pytest.raises(ValidationError, match="canary_margin"):
         agentgym.Settings(canary_margin=0.7)
 

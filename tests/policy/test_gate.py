@@ -613,3 +613,95 @@ def test_not_worse_promotes_a_modestly_better_canary_that_better_often_rolls_bac
     equal_not_worse = _simulate_canaries(_NOT_WORSE, 0.94, 0.94, corrected=True, seed=2027)
     equal_better = _simulate_canaries(_SIMULATED, 0.94, 0.94, corrected=True, seed=2027)
     assert equal_better["promote"] <= 30 < equal_not_worse["promote"] == 137
+
+
+# --- what the final look does with an undecided canary --------------------------------------------
+
+_PROMOTE_UNDECIDED = Gate(replace(_NOT_WORSE.config, undecided="promote"))
+
+
+def test_undecided_is_validated_with_its_name() -> None:
+    with pytest.raises(ValueError, match=r"undecided must be 'rollback' or 'promote', got 'wait'"):
+        GateConfig(undecided="wait")  # type: ignore[arg-type]
+    assert GateConfig().undecided == "rollback"
+
+
+def test_the_final_look_promotes_an_undecided_canary_when_told_to_but_never_a_regression() -> None:
+    config = GateConfig(min_tool_calls=100, max_tool_calls=200, promotion="non_inferiority", rollback="nominal")
+    gate = Gate(replace(config, undecided="promote"))
+    first = gate.decide(ArmStats(2, 50, 100, 90), ArmStats(1, 50, 100, 93), looks=[])
+    assert first.action == "hold" and first.look is not None and "undecided" not in first.numbers
+    last = gate.decide(ArmStats(2, 100, 200, 180), ArmStats(1, 100, 200, 186), looks=[first.look])
+    assert last.look is not None and last.look.final
+    assert last.action == "promote" and last.numbers["undecided"] == "promote"
+    assert last.reason.startswith(
+        "no regression by the final look (not shown within 2 points): tool reliability v2 180/200 (0.900) "
+        "vs v1 186/200 (0.930)"
+    )
+    # The same numbers under the default roll back, and say so.
+    default = Gate(config).decide(ArmStats(2, 100, 200, 180), ArmStats(1, 100, 200, 186), looks=[first.look])
+    assert default.action == "rollback" and default.numbers["undecided"] == "rollback"
+    # A regression at the final look is rolled back whatever `undecided` says: 160/200 against 186/200.
+    worse = gate.decide(ArmStats(2, 100, 200, 160), ArmStats(1, 100, 200, 186), looks=[first.look])
+    assert worse.action == "rollback" and worse.reason.startswith("regression: tool reliability v2 160/200")
+    # One fixed-sample test has no final look: it holds.
+    assert gate.decide(ArmStats(2, 100, 200, 180), ArmStats(1, 100, 200, 186)).action == "hold"
+
+
+@given(
+    st.floats(0.85, 0.995),
+    st.floats(0.85, 0.995),
+    st.integers(3, 12),
+    st.integers(0, 2**32 - 1),
+)
+def test_undecided_changes_only_the_final_looks_rollback_of_a_canary_not_shown_worse(
+    candidate_rate: float, incumbent_rate: float, step: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    rollback, promote = (
+        Gate(replace(_NOT_WORSE.config, max_tool_calls=120)),
+        Gate(replace(_NOT_WORSE.config, max_tool_calls=120, undecided="promote")),
+    )
+    looks: list[Look] = []
+    calls = ok_candidate = ok_incumbent = 0
+    while True:
+        calls += step
+        ok_candidate += sum(rng.random() < candidate_rate for _ in range(step))
+        ok_incumbent += sum(rng.random() < incumbent_rate for _ in range(step))
+        arms = (ArmStats(2, calls, calls, ok_candidate), ArmStats(1, calls, calls, ok_incumbent))
+        before, after = rollback.decide(*arms, looks), promote.decide(*arms, looks)
+        assert before.look == after.look
+        final = before.look is not None and before.look.final
+        if final and before.reason.startswith("not shown within 2 points by the final look"):
+            assert before.action == "rollback" and after.action == "promote"
+            assert after.reason.startswith("no regression by the final look (not shown within 2 points)")
+        else:
+            assert (before.action, before.reason) == (after.action, after.reason)
+        if before.action != "hold":
+            return
+        assert not final  # the final look always decides
+        if before.look is not None:
+            looks.append(before.look)
+
+
+def test_promoting_undecided_canaries_lets_equal_ones_through_and_keeps_most_four_points_worse_out() -> None:
+    # Both versions near 98%, as a later training round's canary is: "not worse by 2 points" can
+    # rarely be shown there in 400 calls, so the default rolls back a third of equal canaries,
+    # which "promote" lets through. The price: a canary two points worse goes live half the time
+    # (7% by default), one four points worse a tenth of the time (never by default).
+    equal = (0.98, 0.98, 2030)
+    two_worse = (0.98, 0.96, 2032)
+    four_worse = (0.98, 0.94, 2031)
+    counts = {
+        (name, gate_name): _simulate_canaries(gate, live, canary, corrected=True, seed=seed)
+        for name, (live, canary, seed) in {"equal": equal, "two": two_worse, "four": four_worse}.items()
+        for gate_name, gate in {"rollback": _NOT_WORSE, "promote": _PROMOTE_UNDECIDED}.items()
+    }
+    assert counts == {
+        ("equal", "rollback"): Counter({"promote": 261, "rollback": 139}),
+        ("equal", "promote"): Counter({"promote": 375, "rollback": 25}),
+        ("two", "rollback"): Counter({"promote": 27, "rollback": 373}),
+        ("two", "promote"): Counter({"promote": 196, "rollback": 204}),
+        ("four", "rollback"): Counter({"rollback": 400}),
+        ("four", "promote"): Counter({"promote": 41, "rollback": 359}),
+    }
