@@ -89,6 +89,15 @@ class DemoConfig:
             as not worse by 2 points, after a median 168 canary calls instead of 245; one truly 2
             points worse was promoted in 4.2% (``benchmarks/gate_power.py``).
         gate_margin: How much worse (absolute tool reliability) still counts as not worse.
+        gate_undecided: What the gate's final look does with a canary that showed neither (the
+            gate's ``undecided``): ``"promote"``, since the offline gate (``max_heldout_drop`` 0)
+            kept out every candidate that measured worse than its starting point, and near 98%
+            "not worse by 2 points" needs more traffic than a later round's canary gets before the
+            budget ends. A customer_support run (seed 7 at 3732b3b) missed 95% that way: its v2,
+            97.0% held-out against v1's 94.3%, was rolled back at the final look on 245/250 live
+            tool calls against 244/247 (z = 0.88 against 2.00). The regression tests still roll
+            back at any look; a candidate truly two points worse than a 98% live version goes
+            live 64.5% of the time instead of 7.0% (``benchmarks/gate_power.py --pairs high``).
         max_heldout_drop: The offline gate (``train_online(max_heldout_drop=...)``): 0, a
             candidate must not measure worse than its starting point on the snapshot's held-out
             prompts to be canaried, since the live gate then only asks that it is not worse.
@@ -148,6 +157,7 @@ class DemoConfig:
     gate_confidence: float = 0.95
     gate_promotion: Literal["superiority", "non_inferiority"] = "non_inferiority"
     gate_margin: float = 0.02
+    gate_undecided: Literal["rollback", "promote"] = "promote"
     max_heldout_drop: float = 0.0
     promotions: int = 1
     until_criteria: bool = True
@@ -378,6 +388,7 @@ class Demo:
                     min_tool_calls=config.gate_min_tool_calls,
                     promotion=config.gate_promotion,
                     margin=config.gate_margin,
+                    undecided=config.gate_undecided,
                     min_episodes=20,
                     min_rewarded=20,
                 ),
