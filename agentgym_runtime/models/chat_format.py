@@ -55,6 +55,7 @@ ToolCallFormat = Literal["hermes", "llama3", "mistral", "json"]
 TOOL_CALL_FORMATS: tuple[ToolCallFormat, ...] = get_args(ToolCallFormat)
 
 _PROBE_TOOL = "agentgym_probe_tool"
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|\Z)", re.S)
 _MISTRAL_TAG = "[TOOL_CALLS]"
 _MISTRAL_ARGS = "[ARGS]"
@@ -577,6 +578,28 @@ def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
+def control_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The text of ``tokenizer``'s special tokens: spelled inside a message, each is read as that token.
+
+    A recorded argument or answer that spells one (``"<|im_end|>"`` in a Qwen model's data) cannot be
+    rendered for training: tokenized, it becomes the control token (the turn would end in the middle
+    of the call), and the end-of-turn cut of the rendered target stops there.
+
+    Example:
+        >>> class Tok:
+        ...     all_special_tokens = ["<|endoftext|>", "<|im_end|>"]
+        ...     eos_token = "<|endoftext|>"
+        >>> control_strings(Tok())
+        ('<|endoftext|>', '<|im_end|>')
+    """
+    found = {str(token) for token in getattr(tokenizer, "all_special_tokens", None) or ()}
+    decoder = getattr(tokenizer, "added_tokens_decoder", None)
+    if isinstance(decoder, Mapping):
+        found |= {str(token.content) for token in decoder.values() if getattr(token, "special", False)}
+    found |= set(end_of_turn_markers(tokenizer))
+    return tuple(sorted(text for text in found if text))
+
+
 def strip_end_of_turn(text: str, markers: Sequence[str]) -> str:
     r"""``text`` cut at the first end-of-turn marker (what a model generates past its turn is not its answer).
 
@@ -646,22 +669,91 @@ def _result(content: str, items: Sequence[ToolCall | InvalidToolCall]) -> Parsed
 
 def _parse_hermes(text: str) -> ParsedCompletion:
     items: list[ToolCall | InvalidToolCall] = []
-    for body in _HERMES_CALL.findall(text):
+    content: list[str] = []
+    position = 0
+    while (start := text.find(_HERMES_OPEN, position)) >= 0:
+        content.append(text[position:start])
+        body_start = start + len(_HERMES_OPEN)
+        # The closing tag outside JSON strings first: an argument may spell "</tool_call>".
+        end = _find_outside_strings(text, _HERMES_CLOSE, body_start)
+        body = text[body_start : len(text) if end < 0 else end].strip()
         try:
             items.append(_call(json.loads(body), body))
+            position = len(text) if end < 0 else end + len(_HERMES_CLOSE)
+            continue
+        except json.JSONDecodeError:
+            pass
+        # Broken JSON (an unterminated string hides every later tag): up to the first closing tag.
+        match = _HERMES_CALL.match(text, start)
+        assert match is not None  # the pattern matches at any opening tag
+        try:
+            items.append(_call(json.loads(match[1]), match[1]))
         except json.JSONDecodeError as exc:
-            items.append(_invalid(body, exc))
-    return _result(_HERMES_CALL.sub("", text), items)
+            items.append(_invalid(match[1], exc))
+        position = match.end()
+    content.append(text[position:])
+    return _result("".join(content), items)
+
+
+def _find_outside_strings(text: str, tag: str, start: int) -> int:
+    """The index of the first ``tag`` in ``text`` from ``start`` that is not inside a JSON string, or -1.
+
+    Example:
+        >>> _find_outside_strings('{"a": "</tool_call>"}</tool_call>', "</tool_call>", 0)
+        21
+    """
+    inside = False
+    i = start
+    while i < len(text):
+        char = text[i]
+        if inside:
+            if char == "\\":
+                i += 2
+                continue
+            if char == '"':
+                inside = False
+        elif char == '"':
+            inside = True
+        elif text.startswith(tag, i):
+            return i
+        i += 1
+    return -1
+
+
+def _split_outside_strings(text: str, tag: str) -> list[str]:
+    """``text`` split at every ``tag`` that is not inside a JSON string.
+
+    Example:
+        >>> _split_outside_strings('[{"a": "x[TOOL_CALLS]"}][TOOL_CALLS][]', "[TOOL_CALLS]")
+        ['[{"a": "x[TOOL_CALLS]"}]', '[]']
+    """
+    parts: list[str] = []
+    start = 0
+    while (end := _find_outside_strings(text, tag, start)) >= 0:
+        parts.append(text[start:end])
+        start = end + len(tag)
+    parts.append(text[start:])
+    return parts
 
 
 def _parse_mistral(text: str) -> ParsedCompletion:
     if _MISTRAL_TAG not in text:
         return ParsedCompletion(text.strip())
     content, _, rest = text.partition(_MISTRAL_TAG)
+    # Split at the tags outside JSON strings (an argument may spell "[TOOL_CALLS]"); where that
+    # leaves a broken call (an unterminated string hides the later tags), at every tag, as before.
+    parsed = _mistral_chunks(content, _split_outside_strings(rest, _MISTRAL_TAG))
+    if parsed.invalid_tool_calls:
+        return _mistral_chunks(content, rest.split(_MISTRAL_TAG))
+    return parsed
+
+
+def _mistral_chunks(content: str, chunks: Sequence[str]) -> ParsedCompletion:
     items: list[ToolCall | InvalidToolCall] = []
-    for chunk in rest.split(_MISTRAL_TAG):
+    for chunk in chunks:
         chunk = chunk.strip()
-        if _MISTRAL_ARGS in chunk:  # the v11 tokenizer's ``name[ARGS]{json}``
+        # The v11 tokenizer's ``name[ARGS]{json}`` (a JSON call may spell "[ARGS]" in a string).
+        if _MISTRAL_ARGS in chunk and not chunk.startswith(("[", "{")):
             name, _, raw = chunk.partition(_MISTRAL_ARGS)
             try:
                 items.append(_call({"name": name.strip(), "arguments": json.loads(raw)}, chunk))

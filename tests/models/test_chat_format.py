@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agentgym_runtime.errors import ConfigurationError
@@ -15,6 +15,7 @@ from agentgym_runtime.models.chat_format import (
     ChatTemplateError,
     PadTokenError,
     ToolCall,
+    control_strings,
     detect_format,
     end_of_turn_markers,
     parse_completion,
@@ -68,6 +69,45 @@ def test_rendered_tool_calls_parse_back_in_every_format(fmt: Any, expected: list
     assert parsed.content == ""
 
 
+MARKUP = ("<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>", '\\"</tool_call>')
+
+
+@pytest.mark.parametrize("fmt", TOOL_CALL_FORMATS)
+@settings(max_examples=40, deadline=None)
+@given(
+    expected=st.lists(
+        st.builds(
+            ToolCall, names, st.dictionaries(st.sampled_from(MARKUP) | st.text(max_size=4), st.sampled_from(MARKUP))
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    text=prose,
+)
+def test_arguments_that_spell_the_formats_markup_parse_back(fmt: Any, expected: list[ToolCall], text: str) -> None:
+    # An argument holding "</tool_call>" once ended a hermes call in the middle of its JSON string.
+    parsed = parse_completion(
+        # Prose may come before the calls in the formats that mark them; the bare formats are the call alone.
+        (f"{text}\n" if fmt in ("hermes", "mistral") else "") + render_tool_calls(expected, fmt),
+        fmt,
+    )
+    assert _same(parsed.tool_calls, expected)
+    assert parsed.invalid_tool_calls == ()
+
+
+def test_a_broken_call_still_ends_at_its_closing_tag() -> None:
+    # An unterminated string hides every later tag from the string-aware scan: the first closing
+    # tag ends the broken call, and the next call still parses.
+    text = '<tool_call>{"name": "a", "arguments": {"x": "oops</tool_call> <tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    parsed = parse_completion(text, "hermes")
+    assert [c.name for c in parsed.tool_calls] == ["b"]
+    assert [c.name for c in parsed.invalid_tool_calls] == ["a"]
+    mistral = parse_completion(
+        '[TOOL_CALLS][{"name": "a", "arguments": {"x": "oops}}][TOOL_CALLS][{"name": "b", "arguments": {}}]', "mistral"
+    )
+    assert [c.name for c in mistral.tool_calls] == ["b"] and len(mistral.invalid_tool_calls) == 1
+
+
 @pytest.mark.parametrize("fmt", ["hermes", "mistral"])
 @settings(max_examples=40, deadline=None)
 @given(text=prose, expected=calls)
@@ -81,8 +121,14 @@ def test_text_before_the_calls_is_kept_as_content(fmt: Any, text: str, expected:
 @settings(max_examples=25, deadline=None)
 @given(expected=calls, question=prose)
 def test_template_render_then_parse_round_trips(family: str, expected: list[ToolCall], question: str) -> None:
-    """A recorded turn rendered by the family's template, tokenized and decoded, parses back to its calls."""
+    """A recorded turn rendered by the family's template, tokenized and decoded, parses back to its calls.
+
+    Unless its text spells one of the tokenizer's control tokens: training leaves such a turn out
+    (``test_a_turn_that_spells_a_control_token_cannot_round_trip``).
+    """
     tokenizer = _tokenizer(family)
+    recorded = json.dumps([question, [[c.name, c.arguments] for c in expected]])
+    assume(not any(control in recorded for control in control_strings(tokenizer)))
     messages = [
         {"role": "user", "content": question},
         {
@@ -100,6 +146,32 @@ def test_template_render_then_parse_round_trips(family: str, expected: list[Tool
     parsed = parse_completion(strip_end_of_turn(decoded, end_of_turn_markers(tokenizer)), detect_format(tokenizer))
     assert _same(parsed.tool_calls, expected)
     assert parsed.content == ""
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_turn_that_spells_a_control_token_cannot_round_trip(family: str) -> None:
+    # Hypothesis found it: an argument named "<|im_end|>" ends a Qwen turn in the middle of the call.
+    # Tokenized, the text is the control token; the end-of-turn cut stops there. The training data
+    # loader therefore leaves such samples out (tests/trainers/test_sft_chat_data.py).
+    tokenizer = _tokenizer(family)
+    marker = end_of_turn_markers(tokenizer)[-1]
+    assert marker in control_strings(tokenizer)
+    expected = [ToolCall("a", {marker: None})]
+    messages = [
+        {"role": "user", "content": "0"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c0", "type": "function", "function": {"name": "a", "arguments": json.dumps({marker: None})}}
+            ],
+        },
+    ]
+    _, completion = split_prompt_completion(tokenizer, messages, TOOLS)
+    decoded = tokenizer.decode(tokenizer.encode(completion, add_special_tokens=False), skip_special_tokens=False)
+    parsed = parse_completion(strip_end_of_turn(decoded, end_of_turn_markers(tokenizer)), detect_format(tokenizer))
+    assert not _same(parsed.tool_calls, expected)
+    assert parsed.tool_calls == () and len(parsed.invalid_tool_calls) == 1
 
 
 _TOKENIZERS: dict[str, Any] = {}
