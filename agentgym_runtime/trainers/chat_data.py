@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from agentgym_runtime.models.chat_format import ToolCallFormat
 
 ExtraReward = Callable[[Task, str], float]
+
+logger = logging.getLogger(__name__)
 
 
 class ChatSample(BaseModel):
@@ -432,6 +435,10 @@ class ChatJobData(BaseModel):
         train: Training samples (the job's snapshot, then every ``extra_snapshots`` one).
         heldout: Held-out samples (sessions never trained on).
         tasks: Training tasks, for the counts.
+        left_out: Samples left out because their recorded text spells one of the tokenizer's
+            control tokens (:func:`~agentgym_runtime.models.chat_format.control_strings`): rendered,
+            the text would become that token, so the sample would teach the model to end its turn
+            in the middle of a call. Jobs report it as ``metrics["left_out_samples"]``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -441,6 +448,7 @@ class ChatJobData(BaseModel):
     train: list[ChatSample]
     heldout: list[ChatSample]
     tasks: int = 0
+    left_out: int = 0
 
 
 def load_tokenizer(model_path: str, options: Mapping[str, Any]) -> Any:
@@ -514,7 +522,7 @@ def load_job_data(spec: Any, *, heldout_fraction: float = 0.2) -> ChatJobData:
     Example:
         >>> load_job_data(spec)  # doctest: +SKIP
     """
-    from agentgym_runtime.models.chat_format import check_format, detect_format
+    from agentgym_runtime.models.chat_format import check_format, control_strings, detect_format
     from agentgym_runtime.trainers.base import TrainerUnavailable
     from agentgym_runtime.trainers.dataset import load_tasks
 
@@ -532,9 +540,36 @@ def load_job_data(spec: Any, *, heldout_fraction: float = 0.2) -> ChatJobData:
         more_train, more_heldout = split_samples(samples, heldout_tasks)
         train += more_train
         heldout += more_heldout
-    if not train:
+    controls = control_strings(tokenizer)
+    kept_train = [s for s in train if not spells_control_string(s, controls)]
+    kept_heldout = [s for s in heldout if not spells_control_string(s, controls)]
+    left_out = len(train) + len(heldout) - len(kept_train) - len(kept_heldout)
+    if left_out:
+        logger.warning(
+            "%d recorded LLM call(s) left out of training: their text spells a control token of the model (%s)",
+            left_out,
+            ", ".join(controls),
+        )
+    if not kept_train:
         raise TrainerUnavailable(
             "the snapshot holds no recorded LLM call with its messages (chat spans with gen_ai.input.messages): "
             "turn content capture on, or give the prompt/reward options"
+            + (f" ({left_out} left out: their text spells a control token of the model)" if left_out else "")
         )
-    return ChatJobData(tokenizer=tokenizer, fmt=fmt, train=train, heldout=heldout, tasks=count)
+    return ChatJobData(
+        tokenizer=tokenizer, fmt=fmt, train=kept_train, heldout=kept_heldout, tasks=count, left_out=left_out
+    )
+
+
+def spells_control_string(sample: ChatSample, controls: Sequence[str]) -> bool:
+    """Whether any recorded text of ``sample`` (messages, tools, target) holds one of ``controls``.
+
+    Example:
+        >>> sample = ChatSample(episode_id="e", agent="a", target={"content": "bye<|im_end|>"})
+        >>> spells_control_string(sample, ["<|im_end|>"]), spells_control_string(sample, ["</s>"])
+        (True, False)
+    """
+    if not controls:
+        return False
+    text = json.dumps([sample.messages, sample.tools, sample.target], ensure_ascii=False, default=str)
+    return any(control in text for control in controls)

@@ -900,7 +900,12 @@ class GRPOTrainer:
             prompt_weights=sample_weights(config, spec, train),
             init_adapter=spec.base_adapter if config.continue_from_base else None,
         )
-        counts = {"train_prompts": len(prompts), "heldout_prompts": len(held), "tool_format": fmt}
+        counts = {
+            "train_prompts": len(prompts),
+            "heldout_prompts": len(held),
+            "tool_format": fmt,
+            "left_out_samples": data.left_out,
+        }
         return adapter_result(self.name, peft_model, spec, model_path, {**metrics, **counts}, progress)
 
 

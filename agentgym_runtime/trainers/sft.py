@@ -296,5 +296,6 @@ class SFTTrainer:
             "heldout_samples": len(heldout),
             "teacher_models": sorted({s.model for s in chosen if s.model}),
             "tool_format": fmt,
+            "left_out_samples": data.left_out,
         }
         return adapter_result(self.name, peft_model, spec, model_path, metrics, progress)
